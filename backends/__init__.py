@@ -1,0 +1,25 @@
+"""Backends by name. An explicit table of lazy imports: `vdeploy --help` never imports a runtime."""
+
+from __future__ import annotations
+
+import importlib
+
+from vdeploy.errors import BackendError
+
+_TABLE = {
+    "onnxruntime": ("vdeploy.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "openvino": ("vdeploy.backends.openvino", "OpenVinoBackend"),
+}
+
+
+def get_backend(name: str):
+    """The backend object for a name from targets.yaml; raise BackendError when it is not built or installed."""
+    entry = _TABLE.get(name)
+    if entry is None:
+        raise BackendError(f"backend {name!r} is not implemented in this vdeploy version",
+                           f"implemented: {', '.join(_TABLE)}")
+    module, cls = entry
+    backend = getattr(importlib.import_module(module), cls)()
+    if not backend.available():
+        raise BackendError(f"the {name} runtime is not installed", f"pip install 'vdeploy[{name}]'")
+    return backend

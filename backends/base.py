@@ -1,0 +1,55 @@
+"""The backend protocol: compile a legalized ONNX model into an artifact, open it, run it.
+
+onnx.ModelProto --compile--> Artifact (files in the bundle) --open--> Session.run(feeds) -> outputs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Artifact:
+    backend: str
+    precision: str
+    entry: str  # the file a runtime opens, relative to the bundle directory
+    files: tuple[str, ...]  # every artifact file, relative to the bundle directory
+    options: tuple[tuple[str, str], ...] = ()  # runtime settings the session must use (e.g. inference precision)
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "entry": self.entry,
+                "files": list(self.files), "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Artifact":
+        return cls(data["backend"], data["precision"], data["entry"], tuple(data["files"]),
+                   tuple(sorted(data.get("options", {}).items())))
+
+
+class Session(Protocol):
+    input_names: Sequence[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def sync(self) -> None: ...
+
+    def __enter__(self) -> "Session": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    crash_prone: bool  # run it in a child process when validating
+
+    def available(self) -> bool: ...
+
+    def version(self) -> str: ...
+
+    def compile(self, model, precision: str, out_dir: Path) -> Artifact: ...
+
+    def open(self, artifact: Artifact, bundle_dir: Path) -> Session: ...

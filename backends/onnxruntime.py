@@ -1,0 +1,55 @@
+"""ONNX Runtime (CPU EP): the artifact is the legalized ONNX file itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vdeploy.backends.base import Artifact
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    crash_prone = False
+
+    def available(self) -> bool:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+        import onnx
+
+        onnx.save(model, str(out_dir / "model.onnx"))
+        return Artifact(self.name, precision, "model.onnx", ("model.onnx",))
+
+    def open(self, artifact: Artifact, bundle_dir: Path) -> "OnnxRuntimeSession":
+        return OnnxRuntimeSession(bundle_dir / artifact.entry)
+
+
+class OnnxRuntimeSession:
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, feeds)
+
+    def sync(self) -> None:
+        """CPU execution is synchronous: run() returns when the outputs are ready."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._session = None

@@ -1,0 +1,83 @@
+"""OpenVINO (CPU): the artifact is OpenVINO IR (model.xml + model.bin) converted from the legalized ONNX.
+
+Inference precision is set explicitly: the CPU plugin's default may pick bf16 on AMX hosts, where this
+runtime has been seen to die with SIGILL (ENVIRONMENT.md). Validation runs it in a child process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vdeploy.backends.base import Artifact
+from vdeploy.errors import BackendError
+
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    crash_prone = True
+
+    def available(self) -> bool:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        import openvino
+
+        return openvino.__version__.split("-")[0]
+
+    def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+        import onnx
+        import openvino as ov
+
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "model.onnx"
+            onnx.save(model, str(source))
+            try:
+                ov_model = ov.convert_model(str(source))
+            except Exception as exc:  # OpenVINO raises its own exception types from C++
+                raise BackendError(f"OpenVINO could not convert the model: {_first_line(exc)}",
+                                   "run `vdeploy coverage` to see which ops the target lacks") from None
+        ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        hint = INFERENCE_PRECISION[precision]
+        return Artifact(self.name, precision, "model.xml", ("model.xml", "model.bin"),
+                        (("INFERENCE_PRECISION_HINT", hint),))
+
+    def open(self, artifact: Artifact, bundle_dir: Path) -> "OpenVinoSession":
+        return OpenVinoSession(bundle_dir / artifact.entry, dict(artifact.options))
+
+
+class OpenVinoSession:
+    def __init__(self, path: Path, options: dict[str, str]):
+        import openvino as ov
+
+        core = ov.Core()
+        self._compiled = core.compile_model(str(path), "CPU", options)
+        self._request = self._compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self._compiled.inputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._request.infer(feeds)
+        return [np.array(self._request.get_output_tensor(i).data) for i in range(len(self._compiled.outputs))]
+
+    def sync(self) -> None:
+        """infer() is blocking on the CPU plugin."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._request = None
+        self._compiled = None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__

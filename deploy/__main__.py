@@ -1,0 +1,3 @@
+from vdeploy.cli import main
+
+main()

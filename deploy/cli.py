@@ -1,0 +1,132 @@
+"""The `vdeploy` command line: parsing and printing only; the work lives in pipeline.py.
+
+Exit codes: 0 built and every budget holds (or verdict unverified) · 1 error · 2 usage · 3 a budget or gate failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vdeploy.errors import VdeployError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile vision models for edge targets, validate them against budgets, write release bundles.")
+
+TARGETS_FILE = typer.Option(None, "--targets-file", envvar="VDEPLOY_TARGETS", help="Target catalogue to use.")
+
+
+@app.command()
+def build(
+    model: str = typer.Argument(..., help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle) or timm:NAME."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name or alias (see `vdeploy targets`)."),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
+    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
+    max_latency_ms: Optional[float] = typer.Option(None, help="Override the target's latency budget."),
+    max_power_w: Optional[float] = typer.Option(None, help="Override the target's power budget."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
+    iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
+    targets_file: Optional[Path] = TARGETS_FILE,
+) -> None:
+    """Build, validate and bundle MODEL for a target."""
+    from vdeploy.pipeline import BuildRequest
+    from vdeploy.reference import parse_shape
+
+    def work():
+        from vdeploy.pipeline import build as run_build
+
+        request = BuildRequest(model=model, target=target, out_dir=out, precision=precision,
+                               input_shape=parse_shape(input_shape) if input_shape else None,
+                               max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
+                               catalog=targets_file, iters=iters)
+        result = run_build(request, _progress(as_json))
+        if as_json:
+            typer.echo(json.dumps(result.manifest, indent=2))
+        else:
+            from vdeploy.report import print_build
+
+            print_build(result.manifest, result.bundle)
+        return result.exit_code
+
+    raise typer.Exit(_guarded(work, as_json))
+
+
+@app.command()
+def targets(
+    as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON."),
+    targets_file: Optional[Path] = TARGETS_FILE,
+) -> None:
+    """List the target catalogue."""
+
+    def work():
+        from vdeploy.targets import load_catalog
+
+        catalog = load_catalog(targets_file)
+        rows = [{"name": t.name, "aliases": t.spec.aliases, "backend": t.backend.value,
+                 "op_profile": t.spec.op_profile, "ops": len(t.op_set),
+                 "precisions": [p.value for p in t.spec.precisions],
+                 "budgets": t.spec.budgets.model_dump(mode="json"), "description": t.spec.description}
+                for t in catalog]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"targets ({catalog.path})", title_justify="left")
+        for column in ("target", "aliases", "backend", "op profile (ops)", "precisions", "latency budget"):
+            table.add_column(column)
+        for row in rows:
+            budget = row["budgets"]["latency_ms"]
+            table.add_row(row["name"], ", ".join(row["aliases"]), row["backend"],
+                          f"{row['op_profile']} ({row['ops']})", ", ".join(row["precisions"]),
+                          f"{row['budgets']['latency_stat']} <= {budget:g} ms" if budget else "-")
+        Console().print(table)
+        return 0
+
+    raise typer.Exit(_guarded(work, as_json))
+
+
+def _guarded(work, as_json: bool) -> int:
+    """Run a command body; a VdeployError or an unexpected exception becomes one line and exit 1."""
+    try:
+        return work()
+    except VdeployError as exc:
+        _fail(exc.one_line(), exc.as_dict(), as_json)
+    except KeyboardInterrupt:
+        _fail("interrupted: nothing was written", {"error": "interrupted"}, as_json)
+    except Exception as exc:  # the last line of defence: never a traceback unless asked for
+        if os.environ.get("VDEPLOY_DEBUG"):
+            raise
+        message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        _fail(f"{message} — rerun with VDEPLOY_DEBUG=1 for the traceback and report it",
+              {"error": "internal", "message": message}, as_json)
+    return 1
+
+
+def _fail(line: str, payload: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(payload))
+    typer.echo(line, err=True)
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return lambda _msg: None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        return lambda msg: console.print(f"[dim]•[/] {msg}")
+    return lambda msg: print(f"vdeploy: {msg}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,41 @@
+"""Errors a user can act on. Each carries one line saying what went wrong and one saying what to do."""
+
+from __future__ import annotations
+
+
+class VdeployError(Exception):
+    """A failure with a user-facing message and a hint; the CLI prints both on one line and exits 1."""
+
+    kind = "error"
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = f"{self.kind}: {self.message}" + (f" — {self.hint}" if self.hint else "")
+        return " ".join(text.split())  # one line, whatever the runtime put in the message
+
+    def as_dict(self) -> dict:
+        return {"error": self.kind, "message": self.message, "hint": self.hint}
+
+
+class ModelLoadError(VdeployError):
+    kind = "model"
+
+
+class TargetError(VdeployError):
+    kind = "target"
+
+
+class ExportError(VdeployError):
+    kind = "export"
+
+
+class UnsupportedOpsError(VdeployError):
+    kind = "coverage"
+
+
+class BackendError(VdeployError):
+    kind = "backend"

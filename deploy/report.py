@@ -1,0 +1,67 @@
+"""Console report of a build (rich tables; plain text when stdout is not a terminal).
+
+manifest dict -> coverage table, numerics, latency, budgets, verdict
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
+
+
+def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(f"[bold]vdeploy build[/] {manifest['model']['path']} -> target [bold]{manifest['target']}[/] "
+                  f"({manifest['backend']}, {manifest['precision']})")
+    export = manifest["export"]
+    console.print(f"export: {export['exporter']} exporter, opset {export['opset']}"
+                  + ("" if export["simplified"] else f" ({export['simplify_note']})"))
+    for note in export["notes"]:
+        console.print(f"  note: {note}")
+    console.print(coverage_table(manifest["coverage"]))
+    console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
+    console.print(latency_line(manifest["latency_ms"], manifest["budgets"]))
+    console.print(f"size: {manifest['size_mb']:.2f} MB"
+                  + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else ""))
+    power = manifest["power_w"]
+    console.print(f"power: {power['mean']:.2f} W ({power['source']})" if power
+                  else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})")
+    for violation in manifest["violations"]:
+        console.print(f"[red]violation[/] {violation['message']}")
+    for item in manifest["reason"].get("unverified", []):
+        console.print(f"[yellow]unverified[/] {item}")
+    verdict = manifest["verdict"]
+    console.print(f"verdict: [{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]   bundle: {bundle}")
+
+
+def coverage_table(coverage: dict) -> Table:
+    table = Table(title="operator coverage", title_justify="left")
+    for column in ("op", "before", "after", "status"):
+        table.add_column(column, justify="right" if column in ("before", "after") else "left")
+    before, after = coverage["ops_before"], coverage["ops_after"]
+    unsupported = set(coverage["unsupported"])
+    for op in sorted(set(before) | set(after), key=lambda o: (-after.get(o, 0), o)):
+        status = "unsupported" if op in unsupported else ("native" if op in after else "removed")
+        table.add_row(op, str(before.get(op, 0)), str(after.get(op, 0)), status)
+    table.caption = (f"{sum(before.values())} nodes exported, {sum(after.values())} after passes; "
+                     f"rules fired: {sum(coverage['rules'].values())}")
+    return table
+
+
+def numerics_line(numerics: dict, tolerance: dict) -> str:
+    top1 = numerics["top1_agreement"]
+    top1_text = "n/a" if top1 is None else f"{top1:.3f}"
+    return (f"numerics vs reference ({numerics['samples']} samples): max_abs {numerics['max_abs']:.3g}, "
+            f"rel_err {numerics['rel_err']:.3g} (budget {tolerance['max_rel_err']:g}), "
+            f"cosine {numerics['cosine']:.6f} (budget {tolerance['min_cosine']:g}), top-1 agreement {top1_text}")
+
+
+def latency_line(latency: dict | None, budgets: dict) -> str:
+    if latency is None:
+        return "latency: not measured"
+    budget = budgets["latency_ms"]
+    limit = f" (budget {budgets['latency_stat']} <= {budget:g} ms)" if budget else ""
+    return (f"latency: p50 {latency['p50']:.2f} ms, p90 {latency['p90']:.2f} ms, p99 {latency['p99']:.2f} ms "
+            f"over {latency['runs']} runs{limit}")

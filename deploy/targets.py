@@ -1,0 +1,198 @@
+"""The target catalogue: targets.yaml parsed and validated, op profiles resolved into op sets.
+
+targets.yaml -> Catalog(profiles, targets) -> Target(op_set, backend, budgets, tolerances)
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vdeploy.errors import TargetError
+
+DEFAULT_CATALOG = Path(__file__).with_name("targets.yaml")
+
+
+class OpId(NamedTuple):
+    domain: str
+    op_type: str
+
+    @classmethod
+    def parse(cls, text: str) -> "OpId":
+        """'LayerNormalization' -> ('', ...); 'com.microsoft::Gelu' -> ('com.microsoft', 'Gelu')."""
+        domain, _, op_type = text.rpartition("::")
+        domain = "" if domain in ("", "ai.onnx") else domain
+        return cls(domain, op_type)
+
+    def __str__(self) -> str:
+        return f"{self.domain}::{self.op_type}" if self.domain else self.op_type
+
+
+OpSet = frozenset  # frozenset[OpId]
+
+
+class Backend(str, enum.Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+    tvm = "tvm"
+    npu = "npu"
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+
+
+class LatencyStat(str, enum.Enum):
+    p50 = "p50"
+    p90 = "p90"
+    p99 = "p99"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpProfile(_Strict):
+    source: str = Field(min_length=1, description="vendor document the list comes from")
+    base: str | None = None
+    ops: list[str] = []
+    add: list[str] = []
+    remove: list[str] = []
+
+
+class Tolerance(_Strict):
+    """Numerics gate against the PyTorch reference, per output."""
+
+    max_rel_err: float = Field(gt=0, lt=1)  # max |out - ref| / max |ref|
+    min_cosine: float = Field(gt=0, le=1)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class Budgets(_Strict):
+    latency_ms: float | None = Field(default=None, gt=0)
+    latency_stat: LatencyStat = LatencyStat.p50
+    power_w: float | None = Field(default=None, gt=0)
+    size_mb: float | None = Field(default=None, gt=0)
+
+
+class TargetSpec(_Strict):
+    description: str
+    aliases: list[str] = []
+    backend: Backend
+    op_profile: str
+    fallback: bool = False  # may ops outside the profile run on a fallback device (e.g. CPU)?
+    opset: int = Field(default=18, ge=13, le=23)
+    precisions: list[Precision]
+    default_precision: Precision = Precision.fp32
+    budgets: Budgets = Budgets()
+    tolerances: dict[Precision, Tolerance]
+    sources: list[str] = []
+
+    @model_validator(mode="after")
+    def _precisions_consistent(self) -> "TargetSpec":
+        if self.default_precision not in self.precisions:
+            raise ValueError(f"default_precision {self.default_precision.value} is not in precisions")
+        missing = [p.value for p in self.precisions if p not in self.tolerances]
+        if missing:
+            raise ValueError(f"no tolerances for precision(s) {', '.join(missing)}")
+        return self
+
+
+class CatalogFile(_Strict):
+    op_profiles: dict[str, OpProfile]
+    targets: dict[str, TargetSpec]
+
+
+class Target(NamedTuple):
+    name: str
+    spec: TargetSpec
+    op_set: frozenset  # frozenset[OpId]
+
+    @property
+    def backend(self) -> Backend:
+        return self.spec.backend
+
+
+class Catalog:
+    def __init__(self, data: CatalogFile, path: Path):
+        self.data = data
+        self.path = path
+        self._check_references()
+
+    def _check_references(self) -> None:
+        for name, profile in self.data.op_profiles.items():
+            self._resolve(name, ())
+        seen: dict[str, str] = {}
+        for name, spec in self.data.targets.items():
+            if spec.op_profile not in self.data.op_profiles:
+                raise TargetError(f"{self.path}: target {name!r} names unknown op_profile {spec.op_profile!r}",
+                                  f"known profiles: {', '.join(sorted(self.data.op_profiles))}")
+            for key in (name, *spec.aliases):
+                if key in seen:
+                    raise TargetError(f"{self.path}: name {key!r} is used by targets {seen[key]!r} and {name!r}",
+                                      "give each target and alias a unique name")
+                seen[key] = name
+
+    def _resolve(self, name: str, chain: tuple[str, ...]) -> frozenset:
+        if name in chain:
+            raise TargetError(f"{self.path}: op profile cycle {' -> '.join((*chain, name))}", "remove the cycle")
+        profile = self.data.op_profiles.get(name)
+        if profile is None:
+            raise TargetError(f"{self.path}: op profile {chain[-1]!r} has unknown base {name!r}",
+                              f"known profiles: {', '.join(sorted(self.data.op_profiles))}")
+        ops = set(self._resolve(profile.base, (*chain, name))) if profile.base else set()
+        ops |= {OpId.parse(o) for o in (*profile.ops, *profile.add)}
+        ops -= {OpId.parse(o) for o in profile.remove}
+        return frozenset(ops)
+
+    @cached_property
+    def names(self) -> list[str]:
+        return list(self.data.targets)
+
+    def aliases(self) -> dict[str, str]:
+        return {alias: name for name, spec in self.data.targets.items() for alias in spec.aliases}
+
+    def op_set(self, profile: str) -> frozenset:
+        return self._resolve(profile, ())
+
+    def get(self, name: str) -> Target:
+        canonical = self.aliases().get(name, name)
+        spec = self.data.targets.get(canonical)
+        if spec is None:
+            known = ", ".join(self.names)
+            raise TargetError(f"unknown target {name!r}", f"known targets: {known} (see `vdeploy targets`)")
+        return Target(canonical, spec, self._resolve(spec.op_profile, ()))
+
+    def __iter__(self):
+        return (self.get(name) for name in self.names)
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
+    """Read and validate a targets.yaml (default: $VDEPLOY_TARGETS, else the shipped catalogue)."""
+    path = Path(path or os.environ.get("VDEPLOY_TARGETS") or DEFAULT_CATALOG)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise TargetError(f"cannot read target catalogue {path}: {exc.strerror}", "check the path") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise TargetError(f"{path} is not valid YAML{at}", "fix the syntax") from None
+    try:
+        data = CatalogFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise TargetError(f"{path}: {loc}: {first['msg']}",
+                          f"{exc.error_count()} problem(s); see the schema in deploy/targets.py") from None
+    return Catalog(data, path)

@@ -1,0 +1,76 @@
+"""Judge measurements against budgets: violations and the verdict a release gate reads.
+
+(Budgets, Tolerance, measurements) -> Judgement(budgets applied, violations, unverified, verdict)
+A budget that is set but could not be measured makes the verdict "unverified", never "pass".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from vdeploy.targets import Budgets, Tolerance
+from vdeploy.validate.compare import NumericsReport
+from vdeploy.validate.measure import Latency
+
+
+class Verdict(str, enum.Enum):
+    passed = "pass"
+    failed = "fail"
+    unverified = "unverified"
+
+
+@dataclass(frozen=True)
+class Violation:
+    budget: str
+    limit: float
+    measured: float
+    unit: str
+
+    def to_manifest(self) -> dict:
+        return {"budget": self.budget, "limit": self.limit, "measured": self.measured, "unit": self.unit,
+                "message": str(self)}
+
+    def __str__(self) -> str:
+        op = ">=" if self.budget.startswith("min_") else "<="
+        return f"{self.budget}: measured {self.measured:.6g} {self.unit}, budget {op} {self.limit:g} {self.unit}"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    budgets: dict
+    violations: tuple[Violation, ...]
+    unverified: tuple[str, ...]  # budgets set but not measured, with the reason
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.violations:
+            return Verdict.failed
+        return Verdict.unverified if self.unverified else Verdict.passed
+
+
+def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | None, latency: Latency | None,
+          size_mb: float, power_w: float | None, missing: dict[str, str]) -> Judgement:
+    """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent."""
+    stat = budgets.latency_stat.value
+    top1 = numerics.top1_agreement if numerics else None
+    checks = [  # (budget, limit, measured, unit, measurement it comes from)
+        ("latency_ms", budgets.latency_ms, getattr(latency, stat) if latency else None, "ms", "latency_ms"),
+        ("power_w", budgets.power_w, power_w, "W", "power_w"),
+        ("size_mb", budgets.size_mb, size_mb, "MB", "size_mb"),
+        ("max_rel_err", tolerance.max_rel_err, numerics.rel_err if numerics else None, "", "numerics"),
+        ("min_cosine", tolerance.min_cosine, numerics.cosine if numerics else None, "", "numerics"),
+    ]
+    if top1 is not None or numerics is None:  # top-1 only exists for class-score outputs
+        checks.append(("min_top1_agreement", tolerance.min_top1_agreement, top1, "", "numerics"))
+    violations, unverified = [], []
+    for name, limit, measured, unit, source in checks:
+        if limit is None:
+            continue
+        if measured is None:
+            unverified.append(f"{name}: {missing.get(source, 'not measured')}")
+        elif (measured < limit) if name.startswith("min_") else (measured > limit):
+            violations.append(Violation(name, limit, measured, unit))
+    applied = {"latency_ms": budgets.latency_ms, "latency_stat": stat, "power_w": budgets.power_w,
+               "size_mb": budgets.size_mb, "numerics": tolerance.model_dump()}
+    return Judgement(applied, tuple(violations), tuple(unverified))

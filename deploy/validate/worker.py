@@ -1,0 +1,45 @@
+"""Child-process side of isolate.run_artifact: open the artifact, run the samples, time it, write results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(job: Path) -> int:
+    from vdeploy.backends import get_backend
+    from vdeploy.backends.base import Artifact
+    from vdeploy.errors import VdeployError
+    from vdeploy.validate.measure import measure
+
+    spec = json.loads((job / "job.json").read_text())
+    artifact = Artifact.from_dict(spec["artifact"])
+    try:
+        with np.load(job / "inputs.npz") as data:
+            inputs = {name: data[name] for name in data.files}
+        backend = get_backend(artifact.backend)
+        with backend.open(artifact, Path(spec["bundle_dir"])) as session:
+            samples = next(iter(inputs.values())).shape[0]
+            per_sample = [session.run({n: a[i] for n, a in inputs.items()}) for i in range(samples)]
+            latency = None
+            if spec["iters"] > 0:
+                first = {n: a[0] for n, a in inputs.items()}
+                latency = measure(session, first, warmup=spec["warmup"], iters=spec["iters"])
+    except VdeployError as exc:
+        (job / "error.json").write_text(json.dumps(exc.as_dict()))
+        return 1
+    except Exception as exc:  # a runtime's own exception: report it as the backend's failure
+        message = f"{artifact.backend} failed to run the artifact: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        (job / "error.json").write_text(json.dumps({"message": message, "hint": "rerun with VDEPLOY_DEBUG=1"}))
+        return 1
+    stacked = {f"out{i}": np.stack([np.asarray(s[i]) for s in per_sample]) for i in range(len(per_sample[0]))}
+    np.savez(job / "outputs.npz", **stacked)
+    (job / "result.json").write_text(json.dumps({"latency_ms": list(latency.samples_ms) if latency else None}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

@@ -1,0 +1,1 @@
+"""Graph passes over ONNX models: canonicalize, legalize for a target's op set, count coverage."""
