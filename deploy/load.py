@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,9 @@ def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
 
     if not trust_pickle:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about protocol versions; the error says enough
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise ModelLoadError(
                 f"{path} holds pickled Python objects; loading it would run code from the file",

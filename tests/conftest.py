@@ -1,0 +1,56 @@
+"""Shared fixtures: golden models saved in every format vdeploy loads, and a CLI runner that returns the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.models import GOLDEN
+from vdeploy.cli import app
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def saved_pt2(model_dir):
+    """name -> path of the golden model saved with torch.export.save (built once per session)."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            build_fn, shape = GOLDEN[name]
+            program = torch.export.export(build_fn(seed=0), (torch.randn(shape),))
+            cache[name] = model_dir / f"{name}.pt2"
+            torch.export.save(program, str(cache[name]))
+        return cache[name]
+
+    return get
+
+
+class CliResult(NamedTuple):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli():
+    """Run `vdeploy ARGS...` in-process; stdout and stderr kept apart."""
+
+    def run(*args: str, env: dict | None = None) -> CliResult:
+        result = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return run
