@@ -9,6 +9,7 @@ from vdeploy.errors import BackendError
 _TABLE = {
     "onnxruntime": ("vdeploy.backends.onnxruntime", "OnnxRuntimeBackend"),
     "openvino": ("vdeploy.backends.openvino", "OpenVinoBackend"),
+    "npu": ("vdeploy.backends.npu", "NpuBackend"),
 }
 
 

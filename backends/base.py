@@ -44,7 +44,7 @@ class Session(Protocol):
 
 class Backend(Protocol):
     name: str
-    crash_prone: bool  # run it in a child process when validating
+    no_host_latency: str | None  # why timings on this host do not represent the device; None when they do
 
     def available(self) -> bool: ...
 

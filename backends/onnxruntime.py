@@ -11,7 +11,7 @@ from vdeploy.backends.base import Artifact
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    crash_prone = False
+    no_host_latency = None
 
     def available(self) -> bool:
         try:

@@ -19,7 +19,7 @@ INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f3
 
 class OpenVinoBackend:
     name = "openvino"
-    crash_prone = True
+    no_host_latency = None
 
     def available(self) -> bool:
         try:

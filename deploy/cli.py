@@ -77,8 +77,9 @@ def targets(
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return 0
-        from rich.console import Console
         from rich.table import Table
+
+        from vdeploy.report import make_console
 
         table = Table(title=f"targets ({catalog.path})", title_justify="left")
         for column in ("target", "aliases", "backend", "op profile (ops)", "precisions", "latency budget"):
@@ -88,7 +89,7 @@ def targets(
             table.add_row(row["name"], ", ".join(row["aliases"]), row["backend"],
                           f"{row['op_profile']} ({row['ops']})", ", ".join(row["precisions"]),
                           f"{row['budgets']['latency_stat']} <= {budget:g} ms" if budget else "-")
-        Console().print(table)
+        make_console().print(table)
         return 0
 
     raise typer.Exit(_guarded(work, as_json))

@@ -85,7 +85,8 @@ def build(request: BuildRequest, progress: Progress = lambda _: None) -> BuildRe
         from vdeploy.validate.isolate import run_artifact
 
         feeds = dict(zip(_graph_inputs(model), samples.values()))
-        run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=request.iters)
+        iters = 0 if backend.no_host_latency else request.iters
+        run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters)
         output_names = [o.name for o in model.graph.output]
         expected = dict(zip(output_names, reference))
         numerics = compare(expected, dict(zip(output_names, run.outputs)))
@@ -131,6 +132,8 @@ def _manifest(request, target, backend, precision, loaded, exported, canonical, 
     size_mb = sum(f["bytes"] for f in files if f["path"] in artifact.files) / 1e6
     tolerance = target.spec.tolerances[Precision(precision)]
     missing = {"power_w": POWER_REASON}
+    if latency is None:
+        missing["latency_ms"] = backend.no_host_latency or "not measured"
     judgement = judge(_budgets(target, request), tolerance, numerics=numerics, latency=latency,
                       size_mb=size_mb, power_w=None, missing=missing)
     return {

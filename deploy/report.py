@@ -9,10 +9,17 @@ from rich.console import Console
 from rich.table import Table
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
+PLAIN_WIDTH = 120  # rich would wrap at 80 columns when stdout is a pipe or a CI log
+
+
+def make_console() -> Console:
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=PLAIN_WIDTH)
 
 
 def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(f"[bold]vdeploy build[/] {manifest['model']['path']} -> target [bold]{manifest['target']}[/] "
                   f"({manifest['backend']}, {manifest['precision']})")
     export = manifest["export"]
