@@ -85,6 +85,17 @@ class Budgets(_Strict):
     size_mb: float | None = Field(default=None, gt=0)
 
 
+class Hardware(_Strict):
+    """Device figures for the analytic latency/power estimate; each target cites where they come from."""
+
+    peak_gops: dict[Precision, float]  # dense peak, giga-ops per second (a MAC counts as 2 ops)
+    mem_bw_gbs: float = Field(gt=0)  # DRAM bandwidth, GB/s
+    idle_w: float = Field(ge=0)
+    active_w: float = Field(gt=0)  # board/package power at full load
+    efficiency: float = Field(default=0.3, gt=0, le=1)  # achieved fraction of peak; calibrated where measured
+    source: str = Field(min_length=1)
+
+
 class TargetSpec(_Strict):
     description: str
     aliases: list[str] = []
@@ -96,6 +107,8 @@ class TargetSpec(_Strict):
     default_precision: Precision = Precision.fp32
     budgets: Budgets = Budgets()
     tolerances: dict[Precision, Tolerance]
+    hardware: Hardware | None = None
+    handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)
     sources: list[str] = []
 
     @model_validator(mode="after")
