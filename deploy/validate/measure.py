@@ -22,7 +22,7 @@ class Latency:
 
     def to_manifest(self) -> dict:
         return {"p50": round(self.p50, 4), "p90": round(self.p90, 4), "p99": round(self.p99, 4),
-                "mean": round(self.mean, 4), "runs": self.runs}
+                "mean": round(self.mean, 4), "runs": self.runs, "samples_ms": [round(s, 4) for s in self.samples_ms]}
 
     @classmethod
     def from_samples(cls, samples_ms) -> "Latency":
