@@ -59,6 +59,29 @@ def build(
 
 
 @app.command()
+def validate(
+    bundle: Path = typer.Argument(..., help="A bundle directory written by `vdeploy build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the validation report as JSON on stdout."),
+    iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
+) -> None:
+    """Re-run a bundle's reference I/O, latency and budgets on this machine (e.g. on the device)."""
+
+    def work():
+        from vdeploy.validate.rerun import validate_bundle
+
+        report = validate_bundle(bundle, iters=iters)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            from vdeploy.report import print_validation
+
+            print_validation(report)
+        return 3 if report["verdict"] == "fail" else 0
+
+    raise typer.Exit(_guarded(work, as_json))
+
+
+@app.command()
 def targets(
     as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON."),
     targets_file: Optional[Path] = TARGETS_FILE,

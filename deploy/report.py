@@ -35,12 +35,26 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     power = manifest["power_w"]
     console.print(f"power: {power['mean']:.2f} W ({power['source']})" if power
                   else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})")
-    for violation in manifest["violations"]:
+    _print_verdict(manifest, console)
+    console.print(f"bundle: {bundle}")
+
+
+def print_validation(report: dict, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(f"[bold]vdeploy validate[/] {report['bundle']} (target {report['target']}, {report['backend']}) "
+                  f"on {report['host']['node']} ({report['host']['machine']})")
+    console.print(numerics_line(report["numerics"], report["budgets"]["numerics"]))
+    console.print(latency_line(report["latency_ms"], report["budgets"]))
+    _print_verdict(report, console)
+
+
+def _print_verdict(report: dict, console: Console) -> None:
+    for violation in report["violations"]:
         console.print(f"[red]violation[/] {violation['message']}")
-    for item in manifest["reason"].get("unverified", []):
+    for item in report["reason"].get("unverified", []):
         console.print(f"[yellow]unverified[/] {item}")
-    verdict = manifest["verdict"]
-    console.print(f"verdict: [{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]   bundle: {bundle}")
+    verdict = report["verdict"]
+    console.print(f"verdict: [{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]")
 
 
 def coverage_table(coverage: dict) -> Table:

@@ -1,0 +1,75 @@
+"""`vdeploy validate BUNDLE`: re-run a bundle's reference I/O on this machine, using only the bundle.
+
+bundle dir -> verify file hashes -> run artifact on reference_io inputs (child process) -> compare, time -> judge
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from vdeploy.bundle import MANIFEST, read_manifest
+from vdeploy.errors import VdeployError
+from vdeploy.load import sha256_file
+
+
+class BundleError(VdeployError):
+    kind = "bundle"
+
+
+def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> dict:
+    from vdeploy.backends import get_backend
+    from vdeploy.backends.base import Artifact
+    from vdeploy.targets import Budgets, Tolerance
+    from vdeploy.validate.budgets import judge
+    from vdeploy.validate.compare import compare
+    from vdeploy.validate.isolate import run_artifact
+
+    bundle_dir = Path(bundle_dir)
+    manifest = _read(bundle_dir)
+    _verify_files(bundle_dir, manifest)
+    artifact = Artifact.from_dict(manifest["artifact"])
+    backend = get_backend(artifact.backend)
+    with np.load(bundle_dir / "reference_io.npz") as data:
+        feeds = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")}
+        expected = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("output:")}
+    run = run_artifact(artifact, bundle_dir, feeds, warmup=warmup, iters=0 if backend.no_host_latency else iters)
+    numerics = compare(expected, dict(zip(expected, run.outputs)))
+    budgets = manifest["budgets"]
+    missing = {"power_w": manifest["reason"].get("power_w", "no power meter")}
+    if run.latency is None:
+        missing["latency_ms"] = backend.no_host_latency or "not measured"
+    judgement = judge(
+        Budgets(latency_ms=budgets["latency_ms"], latency_stat=budgets["latency_stat"], power_w=budgets["power_w"],
+                size_mb=budgets["size_mb"]),
+        Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
+        power_w=None, missing=missing)
+    return {
+        "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
+        "host": {"machine": platform.machine(), "node": platform.node(), "processor": platform.processor()},
+        "numerics": numerics.to_manifest(), "latency_ms": run.latency.to_manifest() if run.latency else None,
+        "power_w": None, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
+        "verdict": judgement.verdict.value,
+        "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
+    }
+
+
+def _read(bundle_dir: Path) -> dict:
+    if not (bundle_dir / MANIFEST).is_file():
+        raise BundleError(f"{bundle_dir} is not a vdeploy bundle (no {MANIFEST})", "pass the directory `build` wrote")
+    try:
+        return read_manifest(bundle_dir)
+    except ValueError as exc:
+        raise BundleError(f"{bundle_dir / MANIFEST} is not valid JSON ({exc})", "rebuild the bundle") from None
+
+
+def _verify_files(bundle_dir: Path, manifest: dict) -> None:
+    for entry in manifest["files"]:
+        path = bundle_dir / entry["path"]
+        if not path.is_file():
+            raise BundleError(f"bundle file {entry['path']} is missing", "copy the whole bundle directory")
+        if sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"bundle file {entry['path']} does not match its sha256 in the manifest",
+                              "the bundle was modified or damaged in transit; copy it again")
