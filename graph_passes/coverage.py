@@ -1,6 +1,6 @@
-"""Operator coverage: op counts before/after the graph passes and each op's status for a target.
+"""Operator coverage: op counts before/after legalization and how the target runs each op.
 
-(exported model, legalized model, op set, legalization counts) -> Coverage -> manifest `coverage` / CLI table
+(graph legalization received, legal graph, LegalizeResult, op set) -> Coverage -> manifest `coverage` / CLI table
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from vdeploy.targets import OpId
 
 
 class OpStatus(str, enum.Enum):
-    native = "native"  # in the exported graph and in the target's op set
-    fused = "fused"  # created by a fuse rule
-    decomposed = "decomposed"  # created by a decompose rule, or removed because the target lacks it
+    native = "native"  # in the graph as exported and in the target's op set
+    fused = "fused"  # made by a fuse rule, or absorbed into a fused op
+    decomposed = "decomposed"  # made by a decompose rule, or taken apart because the target lacks it
     fallback = "fallback"  # outside the op set, but the target may run it on a fallback device
     unsupported = "unsupported"  # outside the op set and nowhere to run
 
@@ -29,36 +29,51 @@ def op_counts(model) -> dict[str, int]:
 class Coverage:
     ops_before: dict[str, int]
     ops_after: dict[str, int]
-    fused: dict[str, int] = field(default_factory=dict)
+    status: dict[str, OpStatus]
+    fused: dict[str, int] = field(default_factory=dict)  # family -> rewrites
     decomposed: dict[str, int] = field(default_factory=dict)
-    rules: dict[str, int] = field(default_factory=dict)
-    unsupported: tuple[str, ...] = ()
-    fallback: tuple[str, ...] = ()
-    rule_ops: dict[str, str] = field(default_factory=dict)  # op id -> "fused" | "decomposed" for rule-made ops
+    rules: dict[str, int] = field(default_factory=dict)  # rule name -> rewrites
+    approximations: dict[str, float] = field(default_factory=dict)  # approximating rule -> documented max error
 
-    def status(self, op: str) -> OpStatus:
-        if op in self.unsupported:
-            return OpStatus.unsupported
-        if op in self.fallback:
-            return OpStatus.fallback
-        if op not in self.ops_after:
-            return OpStatus.decomposed
-        made_by = self.rule_ops.get(op)
-        if made_by and op not in self.ops_before:
-            return OpStatus(made_by)
-        return OpStatus.native
+    @property
+    def unsupported(self) -> tuple[str, ...]:
+        return tuple(op for op, s in self.status.items() if s is OpStatus.unsupported)
+
+    @property
+    def fallback(self) -> tuple[str, ...]:
+        return tuple(op for op, s in self.status.items() if s is OpStatus.fallback)
 
     def table(self) -> list[dict]:
-        ops = sorted(set(self.ops_before) | set(self.ops_after))
         return [{"op": op, "before": self.ops_before.get(op, 0), "after": self.ops_after.get(op, 0),
-                 "status": self.status(op).value} for op in ops]
+                 "status": status.value} for op, status in self.status.items()]
 
     def to_manifest(self) -> dict:
         return {"ops_before": self.ops_before, "ops_after": self.ops_after, "fused": self.fused,
-                "decomposed": self.decomposed, "unsupported": list(self.unsupported), "rules": self.rules}
+                "decomposed": self.decomposed, "unsupported": list(self.unsupported), "rules": self.rules,
+                "fallback": list(self.fallback), "approximations": self.approximations,
+                "status": {op: s.value for op, s in self.status.items()}}
 
 
-def check_op_set(model, op_set: frozenset, *, fallback: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(unsupported, fallback) op ids of a model for an op set."""
-    outside = tuple(sorted(op for op in op_counts(model) if OpId.parse(op) not in op_set))
-    return ((), outside) if fallback else (outside, ())
+def coverage_of(before, after, result, op_set: frozenset) -> Coverage:
+    """Coverage from the graph legalization received, the legal graph (both onnx.ModelProto), its LegalizeResult
+    and the target's op set."""
+    from vdeploy.graph_passes.rules.base import RULE_KEY
+
+    made_by: dict[str, str] = {}
+    for node in after.graph.node:
+        rule = next((p.value for p in node.metadata_props if p.key == RULE_KEY), None)
+        if rule in result.rule_directions:
+            made_by[str(OpId.parse(f"{node.domain}::{node.op_type}"))] = result.rule_directions[rule].value
+    ops_before, ops_after = op_counts(before), op_counts(after)
+    status = {}
+    for op in sorted(set(ops_before) | set(ops_after)):
+        if op in result.unsupported:
+            status[op] = OpStatus.fallback if op in result.fallback_ops else OpStatus.unsupported
+        elif op not in ops_after:
+            status[op] = OpStatus.fused if OpId.parse(op) in op_set else OpStatus.decomposed
+        elif op not in ops_before and op in made_by:
+            status[op] = OpStatus(made_by[op])
+        else:
+            status[op] = OpStatus.native
+    return Coverage(ops_before, ops_after, status, dict(result.fused), dict(result.decomposed), dict(result.rules),
+                    dict(result.approximations))
