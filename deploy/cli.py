@@ -24,7 +24,7 @@ TARGETS_FILE = typer.Option(None, "--targets-file", envvar="VDEPLOY_TARGETS", he
 @app.command()
 def build(
     model: str = typer.Argument(..., help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle) or timm:NAME."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name or alias (see `vdeploy targets`)."),
+    target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
     input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
@@ -35,25 +35,70 @@ def build(
     iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
-    """Build, validate and bundle MODEL for a target."""
-    from vdeploy.pipeline import BuildRequest
-    from vdeploy.reference import parse_shape
+    """Build, validate and bundle MODEL for one or more targets."""
 
     def work():
-        from vdeploy.pipeline import build as run_build
+        from vdeploy.pipeline import BuildRequest, build as run_build, overall_exit_code
+        from vdeploy.reference import parse_shape
 
-        request = BuildRequest(model=model, target=target, out_dir=out, precision=precision,
+        request = BuildRequest(model=model, targets=tuple(target), out_dir=out, precision=precision,
                                input_shape=parse_shape(input_shape) if input_shape else None,
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                                catalog=targets_file, iters=iters)
-        result = run_build(request, _progress(as_json))
+        outcomes = run_build(request, _progress(as_json))
         if as_json:
-            typer.echo(json.dumps(result.manifest, indent=2))
+            payload = [o.result.manifest if o.result else {"target": o.target, **o.error.as_dict()} for o in outcomes]
+            typer.echo(json.dumps(payload[0] if len(outcomes) == 1 else payload, indent=2))
         else:
-            from vdeploy.report import print_build
+            from vdeploy.report import print_build, print_summary
 
-            print_build(result.manifest, result.bundle)
-        return result.exit_code
+            for outcome in outcomes:
+                if outcome.result:
+                    print_build(outcome.result.manifest, outcome.result.bundle)
+            if len(outcomes) > 1:
+                print_summary(outcomes)
+        for outcome in outcomes:
+            if outcome.error and len(outcomes) > 1:
+                typer.echo(f"{outcome.target}: {outcome.error.one_line()}", err=True)
+        return overall_exit_code(outcomes)
+
+    raise typer.Exit(_guarded(work, as_json))
+
+
+@app.command()
+def coverage(
+    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat, or 'all'."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the coverage as JSON on stdout."),
+    targets_file: Optional[Path] = TARGETS_FILE,
+) -> None:
+    """Operator table before/after legalization per target; exit 1 if any target is left with unsupported ops."""
+
+    def work():
+        from vdeploy.pipeline import coverage_for_targets
+        from vdeploy.reference import parse_shape
+
+        results = coverage_for_targets(model, tuple(target), input_shape=parse_shape(input_shape) if input_shape
+                                       else None, trust_pickle=trust_pickle, catalog=targets_file,
+                                       progress=_progress(as_json))
+        if as_json:
+            typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
+        else:
+            from vdeploy.report import coverage_matrix, coverage_table, make_console
+
+            console = make_console()
+            if len(results) == 1:
+                name, cov = next(iter(results.items()))
+                console.print(f"[bold]{name}[/]")
+                console.print(coverage_table(cov.to_manifest()))
+            else:
+                console.print(coverage_matrix({name: cov.to_manifest() for name, cov in results.items()}))
+        blocked = [name for name, cov in results.items() if cov.unsupported]
+        for name in blocked:
+            typer.echo(f"coverage: {name} cannot run {', '.join(results[name].unsupported)}", err=True)
+        return 1 if blocked else 0
 
     raise typer.Exit(_guarded(work, as_json))
 

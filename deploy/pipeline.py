@@ -1,33 +1,29 @@
-"""The build pipeline: load -> export -> canonicalize -> legalize -> compile -> validate -> judge -> bundle.
+"""The build pipeline: load -> reference -> export -> canonicalize -> legalize -> compile -> validate -> bundle.
 
-BuildRequest -> BuildResult(manifest, bundle path, exit code). Every failure before the bundle is finished raises a
-VdeployError and leaves no bundle directory behind.
+BuildRequest -> prepare() once (load, seeded samples, eager reference) -> per target: export (cached per opset),
+legalize for its op set, compile, run, judge, write the bundle -> BuildResult. A failure before a bundle is
+finished raises a VdeployError and leaves no bundle directory behind.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from vdeploy import __version__
-from vdeploy.bundle import SCHEMA, BundleWriter
-from vdeploy.errors import TargetError, UnsupportedOpsError
-from vdeploy.targets import Budgets, Precision, Target, load_catalog
+from vdeploy.bundle import BundleWriter
+from vdeploy.errors import TargetError, UnsupportedOpsError, VdeployError
+from vdeploy.targets import Target, load_catalog
 
 Progress = Callable[[str], None]
-POWER_REASON = "no power meter in this vdeploy build: RAPL, NVML, tegrastats and estimate meters are not implemented yet"
-TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino")
 
 
 @dataclass(frozen=True)
 class BuildRequest:
     model: str
-    target: str
+    targets: tuple[str, ...]
     out_dir: Path = Path("out")
     precision: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -42,60 +38,152 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class BuildResult:
+    target: str
     manifest: dict
     bundle: Path
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def exit_code(self) -> int:
         return 3 if self.manifest["verdict"] == "fail" else 0
 
 
-def build(request: BuildRequest, progress: Progress = lambda _: None) -> BuildResult:
-    from vdeploy.backends import get_backend
-    from vdeploy.export import export_onnx
-    from vdeploy.graph_passes.canonicalize import canonicalize
+@dataclass(frozen=True)
+class Prepared:
+    """What every target shares: the loaded model, the seeded samples and the reference outputs."""
+
+    loaded: object  # vdeploy.load.LoadedModel
+    samples: dict[str, np.ndarray]
+    reference: list[np.ndarray]
+    exports: dict = field(default_factory=dict)  # opset -> (ExportResult, CanonicalizeResult)
+
+
+def resolve_targets(names, catalog_path) -> list[Target]:
+    catalog = load_catalog(catalog_path)
+    if list(names) == ["all"]:
+        return list(catalog)
+    return [catalog.get(name) for name in names]
+
+
+def prepare(model: str, *, input_shape=None, trust_pickle=False, samples=8, progress: Progress) -> Prepared:
     from vdeploy.load import load_model
     from vdeploy.reference import make_samples, reference_outputs, resolve_inputs
 
-    target = load_catalog(request.catalog).get(request.target)
+    progress(f"loading {model}")
+    loaded = load_model(model, trust_pickle=trust_pickle)
+    inputs = resolve_inputs(loaded, input_shape)
+    sample_arrays = make_samples(inputs, samples)
+    progress("running the reference (PyTorch eager)" if loaded.is_torch else "running the reference (ONNX Runtime)")
+    return Prepared(loaded, sample_arrays, reference_outputs(loaded, sample_arrays))
+
+
+def exported_for(prepared: Prepared, opset: int, progress: Progress):
+    """(ExportResult, CanonicalizeResult) at this opset, exported once per opset."""
+    from vdeploy.export import export_onnx
+    from vdeploy.graph_passes.canonicalize import canonicalize
+
+    if opset not in prepared.exports:
+        progress(f"exporting to ONNX (opset {opset})")
+        example = tuple(_torch_tensors(prepared.samples)) if prepared.loaded.is_torch else ()
+        exported = export_onnx(prepared.loaded, example, opset)
+        progress("canonicalizing the graph")
+        prepared.exports[opset] = (exported, canonicalize(exported.model))
+    return prepared.exports[opset]
+
+
+def legalize_for(canonical_model, target: Target):
+    """(legalized onnx.ModelProto, Coverage) for a target's op set; the model is not yet checked for leftovers."""
+    import onnx_ir as ir
+
+    from vdeploy.graph_passes.coverage import coverage_of
+    from vdeploy.graph_passes.legalize import legalize
+
+    import onnx_ir.passes.common as common_passes
+
+    model = ir.serde.deserialize_model(canonical_model)
+    result = legalize(model, target.op_set, fallback=target.spec.fallback)
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(result.model)
+    common_passes.RemoveUnusedOpsetsPass()(result.model)  # e.g. the vdeploy.internal import once its ops are gone
+    legal = ir.serde.serialize_model(result.model)
+    return legal, coverage_of(canonical_model, legal, result, target.op_set)
+
+
+def require_legal(coverage, target: Target) -> None:
+    if coverage.unsupported:
+        raise UnsupportedOpsError(f"target {target.name} cannot run op(s) {', '.join(coverage.unsupported)}",
+                                  f"run `vdeploy coverage MODEL --target {target.name}` for the table")
+
+
+def build_target(prepared: Prepared, target: Target, request: BuildRequest, progress: Progress) -> BuildResult:
+    from vdeploy.backends import get_backend
+    from vdeploy.manifest import build_manifest
+    from vdeploy.validate.compare import compare
+    from vdeploy.validate.isolate import run_artifact
+
     precision = _precision(target, request.precision)
     backend = get_backend(target.backend.value)
-
-    progress(f"loading {request.model}")
-    loaded = load_model(request.model, trust_pickle=request.trust_pickle)
-    inputs = resolve_inputs(loaded, request.input_shape)
-    samples = make_samples(inputs, request.samples)
-    progress("running the reference (PyTorch eager)" if loaded.is_torch else "running the reference (ONNX Runtime)")
-    reference = reference_outputs(loaded, samples)
-
-    progress(f"exporting to ONNX (opset {target.spec.opset})")
-    exported = export_onnx(loaded, tuple(_torch_tensors(samples)) if loaded.is_torch else (), target.spec.opset)
-    progress("canonicalizing the graph")
-    canonical = canonicalize(exported.model)
+    exported, canonical = exported_for(prepared, target.spec.opset, progress)
     progress(f"legalizing for {target.name}")
-    model, coverage = _legalize(exported.model, canonical.model, target)
+    model, coverage = legalize_for(canonical.model, target)
+    require_legal(coverage, target)
 
-    name = f"{loaded.stem}-{target.name}"
-    with BundleWriter(request.out_dir, name) as writer:
+    with BundleWriter(request.out_dir, f"{prepared.loaded.stem}-{target.name}") as writer:
         progress(f"compiling with {backend.name} {backend.version()}")
         artifact = backend.compile(model, precision, writer.tmp)
-        progress(f"validating on this host ({request.samples} samples, {request.iters} timed runs)")
-        from vdeploy.validate.compare import compare
-        from vdeploy.validate.isolate import run_artifact
-
-        feeds = dict(zip(_graph_inputs(model), samples.values()))
+        if target.spec.handoff:
+            (writer.tmp / "HANDOFF.txt").write_text(target.spec.handoff.strip() + "\n")
         iters = 0 if backend.no_host_latency else request.iters
+        progress(f"validating on this host ({request.samples} samples, {iters} timed runs)")
+        feeds = dict(zip(_graph_inputs(model), prepared.samples.values()))
         run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters)
-        output_names = [o.name for o in model.graph.output]
-        expected = dict(zip(output_names, reference))
-        numerics = compare(expected, dict(zip(output_names, run.outputs)))
+        expected = dict(zip([o.name for o in model.graph.output], prepared.reference))
+        numerics = compare(expected, dict(zip(expected, run.outputs)))
         np.savez(writer.tmp / "reference_io.npz", **{f"input:{k}": v for k, v in feeds.items()},
                  **{f"output:{k}": v for k, v in expected.items()})
-        manifest = _manifest(request, target, backend, precision, loaded, exported, canonical, coverage,
-                             artifact, writer, feeds, expected, numerics, run.latency)
+        manifest = build_manifest(request=request, target=target, backend=backend, precision=precision,
+                                  loaded=prepared.loaded, exported=exported, canonical=canonical, model=model,
+                                  coverage=coverage, artifact=artifact, files=writer.file_entries(), feeds=feeds,
+                                  expected=expected, numerics=numerics, run=run)
+        from vdeploy.report_html import render_html
+
+        (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
         bundle = writer.finish(manifest)
-    return BuildResult(manifest, bundle, exported.notes)
+    return BuildResult(target.name, manifest, bundle)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One target of a build: its result, or the error that stopped it (other targets still build)."""
+
+    target: str
+    result: BuildResult | None = None
+    error: VdeployError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.error else self.result.exit_code
+
+
+def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Outcome]:
+    """Build every requested target from one load and one reference run. With one target its error is raised."""
+    targets = resolve_targets(request.targets, request.catalog)
+    prepared = prepare(request.model, input_shape=request.input_shape, trust_pickle=request.trust_pickle,
+                       samples=request.samples, progress=progress)
+    outcomes = []
+    for target in targets:
+        try:
+            outcomes.append(Outcome(target.name, build_target(prepared, target, request, progress)))
+        except VdeployError as exc:
+            if len(targets) == 1:
+                raise
+            progress(f"{target.name}: {exc.one_line()}")
+            outcomes.append(Outcome(target.name, error=exc))
+    return outcomes
+
+
+def overall_exit_code(outcomes: list[Outcome]) -> int:
+    """1 if any target errored, else 3 if any failed a gate, else 0."""
+    codes = {o.exit_code for o in outcomes}
+    return 1 if 1 in codes else 3 if 3 in codes else 0
 
 
 def _precision(target: Target, requested: str | None) -> str:
@@ -107,70 +195,6 @@ def _precision(target: Target, requested: str | None) -> str:
     return precision
 
 
-def _legalize(exported, canonical, target: Target):
-    from vdeploy.graph_passes.coverage import Coverage, check_op_set, op_counts
-
-    unsupported, fallback = check_op_set(canonical, target.op_set, fallback=target.spec.fallback)
-    coverage = Coverage(op_counts(exported), op_counts(canonical), unsupported=unsupported, fallback=fallback)
-    if unsupported:
-        raise UnsupportedOpsError(f"target {target.name} cannot run op(s) {', '.join(unsupported)}",
-                                  f"run `vdeploy coverage MODEL --target {target.name}` for the table")
-    return canonical, coverage
-
-
-def _budgets(target: Target, request: BuildRequest) -> Budgets:
-    overrides = {k: v for k, v in (("latency_ms", request.max_latency_ms), ("power_w", request.max_power_w))
-                 if v is not None}
-    return target.spec.budgets.model_copy(update=overrides)
-
-
-def _manifest(request, target, backend, precision, loaded, exported, canonical, coverage, artifact, writer,
-              feeds, expected, numerics, latency) -> dict:
-    from vdeploy.validate.budgets import judge
-
-    files = writer.file_entries()
-    size_mb = sum(f["bytes"] for f in files if f["path"] in artifact.files) / 1e6
-    tolerance = target.spec.tolerances[Precision(precision)]
-    missing = {"power_w": POWER_REASON}
-    if latency is None:
-        missing["latency_ms"] = backend.no_host_latency or "not measured"
-    judgement = judge(_budgets(target, request), tolerance, numerics=numerics, latency=latency,
-                      size_mb=size_mb, power_w=None, missing=missing)
-    return {
-        "schema": SCHEMA,
-        "target": target.name,
-        "backend": backend.name,
-        "precision": precision,
-        "model": {"path": loaded.source, "sha256": loaded.sha256, "format": loaded.format.value},
-        "files": files,
-        "inputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in feeds.items()],
-        "outputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in expected.items()],
-        "coverage": coverage.to_manifest(),
-        "numerics": numerics.to_manifest(),
-        "latency_ms": latency.to_manifest() if latency else None,
-        "power_w": None,
-        "size_mb": round(size_mb, 4),
-        "budgets": judgement.budgets,
-        "violations": [v.to_manifest() for v in judgement.violations],
-        "verdict": judgement.verdict.value,
-        "toolchain": _toolchain(),
-        "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
-        "artifact": artifact.to_dict(),
-        "export": {"exporter": exported.exporter, "opset": exported.opset, "notes": list(exported.notes),
-                   "simplified": canonical.simplified, "simplify_note": canonical.note},
-    }
-
-
-def _toolchain() -> dict:
-    versions = {"vdeploy": __version__, "python": platform.python_version()}
-    for package in TOOLCHAIN_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def _graph_inputs(model) -> list[str]:
     initializers = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in initializers]
@@ -180,3 +204,16 @@ def _torch_tensors(samples: dict[str, np.ndarray]):
     import torch
 
     return [torch.from_numpy(a[0]) for a in samples.values()]
+
+
+def coverage_for_targets(model: str, names: tuple[str, ...], *, input_shape=None, trust_pickle=False, catalog=None,
+                         progress: Progress = lambda _: None) -> dict:
+    """target name -> Coverage, without compiling anything (export once per opset, legalize per target)."""
+    targets = resolve_targets(names, catalog)
+    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=1, progress=progress)
+    results = {}
+    for target in targets:
+        _, canonical = exported_for(prepared, target.spec.opset, progress)
+        progress(f"legalizing for {target.name}")
+        results[target.name] = legalize_for(canonical.model, target)[1]
+    return results

@@ -33,7 +33,7 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     console.print(f"size: {manifest['size_mb']:.2f} MB"
                   + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else ""))
     power = manifest["power_w"]
-    console.print(f"power: {power['mean']:.2f} W ({power['source']})" if power
+    console.print(f"power: {power['mean']:.2f} W, {power['energy_mj']:.2f} mJ/inference ({power['source']})" if power
                   else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})")
     _print_verdict(manifest, console)
     console.print(f"bundle: {bundle}")
@@ -62,12 +62,12 @@ def coverage_table(coverage: dict) -> Table:
     for column in ("op", "before", "after", "status"):
         table.add_column(column, justify="right" if column in ("before", "after") else "left")
     before, after = coverage["ops_before"], coverage["ops_after"]
-    unsupported = set(coverage["unsupported"])
-    for op in sorted(set(before) | set(after), key=lambda o: (-after.get(o, 0), o)):
-        status = "unsupported" if op in unsupported else ("native" if op in after else "removed")
-        table.add_row(op, str(before.get(op, 0)), str(after.get(op, 0)), status)
-    table.caption = (f"{sum(before.values())} nodes exported, {sum(after.values())} after passes; "
-                     f"rules fired: {sum(coverage['rules'].values())}")
+    for op in sorted(coverage["status"], key=lambda o: (-after.get(o, 0), o)):
+        status = coverage["status"][op]
+        style = {"unsupported": "red", "fallback": "yellow"}.get(status)
+        table.add_row(op, str(before.get(op, 0)), str(after.get(op, 0)), f"[{style}]{status}[/]" if style else status)
+    fired = ", ".join(f"{rule} ×{n}" for rule, n in sorted(coverage["rules"].items())) or "none"
+    table.caption = f"{sum(before.values())} nodes before legalization, {sum(after.values())} after; rules: {fired}"
     return table
 
 
@@ -82,7 +82,48 @@ def numerics_line(numerics: dict, tolerance: dict) -> str:
 def latency_line(latency: dict | None, budgets: dict) -> str:
     if latency is None:
         return "latency: not measured"
+    if latency.get("source") == "estimate":
+        return f"latency: {latency['p50']:.2f} ms ESTIMATED by the roofline model (not measured on the device)"
     budget = budgets["latency_ms"]
     limit = f" (budget {budgets['latency_stat']} <= {budget:g} ms)" if budget else ""
     return (f"latency: p50 {latency['p50']:.2f} ms, p90 {latency['p90']:.2f} ms, p99 {latency['p99']:.2f} ms "
             f"over {latency['runs']} runs{limit}")
+
+
+def coverage_matrix(coverages: dict[str, dict]) -> Table:
+    """Ops down, targets across; each cell 'after-count status' (how that target runs the op)."""
+    table = Table(title="operator coverage by target (count after legalization, status)", title_justify="left")
+    table.add_column("op")
+    table.add_column("before", justify="right")
+    for name in coverages:
+        table.add_column(name)
+    ops = sorted({op for cov in coverages.values() for op in cov["status"]})
+    for op in ops:
+        before = max(cov["ops_before"].get(op, 0) for cov in coverages.values())
+        cells = []
+        for cov in coverages.values():
+            status = cov["status"].get(op)
+            style = {"unsupported": "red", "fallback": "yellow", "decomposed": "cyan", "fused": "green"}.get(status)
+            text = "" if status is None else f"{cov['ops_after'].get(op, 0)} {status}"
+            cells.append(f"[{style}]{text}[/]" if style and text else text)
+        table.add_row(op, str(before) if before else "", *cells)
+    table.caption = "; ".join(f"{name}: {'LEGAL' if not cov['unsupported'] else 'unsupported ' + ', '.join(cov['unsupported'])}"
+                              for name, cov in coverages.items())
+    return table
+
+
+def print_summary(outcomes, console: Console | None = None) -> None:
+    console = console or make_console()
+    table = Table(title="build summary", title_justify="left")
+    for column in ("target", "verdict", "latency p50 ms", "rel_err", "size MB", "bundle or error"):
+        table.add_column(column)
+    for outcome in outcomes:
+        if outcome.error:
+            table.add_row(outcome.target, "[red]ERROR[/]", "", "", "", outcome.error.one_line())
+            continue
+        m = outcome.result.manifest
+        latency = f"{m['latency_ms']['p50']:.2f}" if m["latency_ms"] else "-"
+        verdict = m["verdict"]
+        table.add_row(outcome.target, f"[{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]", latency,
+                      f"{m['numerics']['rel_err']:.2g}", f"{m['size_mb']:.2f}", str(outcome.result.bundle))
+    console.print(table)

@@ -27,7 +27,8 @@ def test_build_passes(cli, saved_pt2, tmp_path, model, target):
     bundle = tmp_path / f"{model}-{target}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [bundle.name]  # no temp dirs left over
     listed = {f["path"] for f in manifest["files"]}
-    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    on_disk -= {"manifest.json", "report.html"}  # both describe the files; neither is hashed
     assert listed == on_disk
     for entry in manifest["files"]:
         data = (bundle / entry["path"]).read_bytes()
@@ -94,3 +95,4 @@ def test_human_report_shows_coverage_numerics_latency(cli, saved_pt2, tmp_path):
     for text in ("operator coverage", "LayerNormalization", "numerics vs reference", "latency: p50",
                  "verdict: PASS"):
         assert text in result.stdout
+    assert "PASS" in (tmp_path / "vit-x86-cpu" / "report.html").read_text()

@@ -1,0 +1,101 @@
+"""The manifest (schema vdeploy.manifest/1): every number a release gate reads, with the reason when one is null.
+
+(build inputs, coverage, measurements) -> power from a meter or the analytic estimate -> judge -> manifest dict
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+from vdeploy import __version__
+from vdeploy.bundle import SCHEMA
+from vdeploy.targets import Budgets, Precision
+from vdeploy.validate.measure import Latency
+
+TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino")
+
+
+def build_manifest(*, request, target, backend, precision, loaded, exported, canonical, model, coverage, artifact,
+                   files, feeds, expected, numerics, run) -> dict:
+    from vdeploy.validate.budgets import judge
+
+    size_mb = sum(f["bytes"] for f in files if f["path"] in artifact.files) / 1e6
+    timed = run.latency
+    latency = timed.to_manifest() if timed else None
+    power = power_figure(run)
+    missing, estimated = {}, set()
+    estimate = _estimate(model, target, precision)
+    if estimate is not None and timed is None:
+        timed = Latency.from_samples([estimate["latency_ms"]])
+        latency = {"p50": estimate["latency_ms"], "p90": estimate["latency_ms"], "p99": estimate["latency_ms"],
+                   "runs": 0, "source": "estimate"}
+        estimated.add("latency_ms")
+    if estimate is not None and power is None:
+        power = {"mean": estimate["mean"], "source": "estimate", "energy_mj": estimate["energy_mj"]}
+        estimated.add("power_w")
+    if latency is None:
+        missing["latency_ms"] = backend.no_host_latency or "not measured"
+    if power is None:
+        missing["power_w"] = run.power_reason or "no power meter and no hardware figures for an estimate"
+    judgement = judge(budgets_for(target, request), target.spec.tolerances[Precision(precision)],
+                      numerics=numerics, latency=timed, size_mb=size_mb,
+                      power_w=power["mean"] if power else None, missing=missing, estimated=frozenset(estimated),
+                      allow_estimates=target.spec.allow_estimates)
+    return {
+        "schema": SCHEMA,
+        "target": target.name,
+        "backend": backend.name,
+        "precision": precision,
+        "model": {"path": loaded.source, "sha256": loaded.sha256, "format": loaded.format.value},
+        "files": files,
+        "inputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in feeds.items()],
+        "outputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in expected.items()],
+        "coverage": coverage.to_manifest(),
+        "numerics": numerics.to_manifest(),
+        "latency_ms": latency,
+        "power_w": power,
+        "size_mb": round(size_mb, 4),
+        "budgets": judgement.budgets,
+        "violations": [v.to_manifest() for v in judgement.violations],
+        "verdict": judgement.verdict.value,
+        "toolchain": toolchain(),
+        "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
+        "artifact": artifact.to_dict(),
+        "export": {"exporter": exported.exporter, "opset": exported.opset, "notes": list(exported.notes),
+                   "simplified": canonical.simplified, "simplify_note": canonical.note},
+        "estimate": estimate,
+    }
+
+
+def power_figure(run) -> dict | None:
+    """The metered power of the timed runs, with energy per inference; None without a meter."""
+    if not run.energy or not run.latency:
+        return None
+    return {**run.energy, "energy_mj": round(run.energy["joules"] / run.latency.runs * 1000.0, 4)}
+
+
+def _estimate(model, target, precision) -> dict | None:
+    """Roofline latency/power from the legal graph and the target's hardware figures (None without figures)."""
+    hardware = target.spec.hardware
+    if hardware is None or Precision(precision) not in hardware.peak_gops:
+        return None
+    from vdeploy.validate.estimate import count_cost, estimate
+
+    return estimate(count_cost(model), hardware, precision).to_manifest()
+
+
+def budgets_for(target, request) -> Budgets:
+    overrides = {k: v for k, v in (("latency_ms", request.max_latency_ms), ("power_w", request.max_power_w))
+                 if v is not None}
+    return target.spec.budgets.model_copy(update=overrides)
+
+
+def toolchain() -> dict:
+    versions = {"vdeploy": __version__, "python": platform.python_version()}
+    for package in TOOLCHAIN_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
