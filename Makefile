@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv system-deps demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+system-deps:  # Debian chromium for the report.html screenshot test (root only; otherwise prints what to install)
+	sh scripts/install_system_deps.sh
+
 demo: venv
 	$(BIN)/python examples/make_demo_model.py $(DEMO)/deit_tiny.pt2
 	$(BIN)/vdeploy build $(DEMO)/deit_tiny.pt2 --target x86-cpu --out $(DEMO)
 
-test: venv
+test: venv system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

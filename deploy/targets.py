@@ -108,6 +108,7 @@ class TargetSpec(_Strict):
     budgets: Budgets = Budgets()
     tolerances: dict[Precision, Tolerance]
     hardware: Hardware | None = None
+    allow_estimates: bool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
     handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)
     sources: list[str] = []
 

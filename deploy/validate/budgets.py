@@ -50,8 +50,10 @@ class Judgement:
 
 
 def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | None, latency: Latency | None,
-          size_mb: float, power_w: float | None, missing: dict[str, str]) -> Judgement:
-    """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent."""
+          size_mb: float, power_w: float | None, missing: dict[str, str], estimated: frozenset = frozenset(),
+          allow_estimates: bool = False) -> Judgement:
+    """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent; `estimated` names the
+    measurements that come from the analytic model: they are judged only when the target allows estimates."""
     stat = budgets.latency_stat.value
     top1 = numerics.top1_agreement if numerics else None
     checks = [  # (budget, limit, measured, unit, measurement it comes from)
@@ -69,6 +71,9 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
             continue
         if measured is None:
             unverified.append(f"{name}: {missing.get(source, 'not measured')}")
+        elif source in estimated and not allow_estimates:
+            unverified.append(f"{name}: only estimated ({measured:.4g} {unit} by the analytic model, budget "
+                              f"{limit:g} {unit}); measure on the device with `vdeploy validate`")
         elif (measured < limit) if name.startswith("min_") else (measured > limit):
             violations.append(Violation(name, limit, measured, unit))
     applied = {"latency_ms": budgets.latency_ms, "latency_stat": stat, "power_w": budgets.power_w,

@@ -33,6 +33,8 @@ SIGNAL_HINTS = {
 class RunResult:
     outputs: list[np.ndarray]  # one array per model output, stacked over samples
     latency: Latency | None
+    energy: dict | None = None  # Energy.to_manifest() of the timed runs, when a power meter saw them
+    power_reason: str = ""  # why there is no energy reading
 
 
 def run_artifact(artifact: Artifact, bundle_dir: Path, inputs: dict[str, np.ndarray], *, warmup: int, iters: int,
@@ -65,4 +67,5 @@ def run_artifact(artifact: Artifact, bundle_dir: Path, inputs: dict[str, np.ndar
             outputs = [data[f"out{i}"] for i in range(len(data.files))]
         result = json.loads((job / "result.json").read_text())
         samples = result.get("latency_ms")
-        return RunResult(outputs, Latency.from_samples(samples) if samples else None)
+        return RunResult(outputs, Latency.from_samples(samples) if samples else None, result.get("energy"),
+                         result.get("power_reason", ""))

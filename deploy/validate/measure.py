@@ -31,16 +31,23 @@ class Latency:
         return cls(float(p50), float(p90), float(p99), float(arr.mean()), int(arr.size), tuple(arr.tolist()))
 
 
-def measure(session, feeds: dict, *, warmup: int = 5, iters: int = 50, min_seconds: float = 0.0) -> Latency:
-    """Time `iters` runs (more if `min_seconds` has not passed) after `warmup` untimed runs."""
+def measure(session, feeds: dict, *, warmup: int = 5, iters: int = 50, min_seconds: float = 0.0,
+            power_meter=None):
+    """Time `iters` runs (more if `min_seconds` has not passed) after `warmup` untimed runs.
+
+    Returns (Latency, Energy | None); the power meter, when given, covers exactly the timed runs.
+    """
     for _ in range(warmup):
         session.run(feeds)
     session.sync()
     samples = []
+    if power_meter is not None:
+        power_meter.start()
     started = time.perf_counter()
     while len(samples) < iters or time.perf_counter() - started < min_seconds:
         t0 = time.perf_counter()
         session.run(feeds)
         session.sync()
         samples.append((time.perf_counter() - t0) * 1000.0)
-    return Latency.from_samples(samples)
+    energy = power_meter.stop() if power_meter is not None else None
+    return Latency.from_samples(samples), energy

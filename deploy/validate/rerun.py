@@ -37,20 +37,23 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
         expected = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("output:")}
     run = run_artifact(artifact, bundle_dir, feeds, warmup=warmup, iters=0 if backend.no_host_latency else iters)
     numerics = compare(expected, dict(zip(expected, run.outputs)))
+    from vdeploy.manifest import power_figure
+
     budgets = manifest["budgets"]
-    missing = {"power_w": manifest["reason"].get("power_w", "no power meter")}
+    power = power_figure(run)
+    missing = {} if power else {"power_w": run.power_reason or "no power meter on this host"}
     if run.latency is None:
         missing["latency_ms"] = backend.no_host_latency or "not measured"
     judgement = judge(
         Budgets(latency_ms=budgets["latency_ms"], latency_stat=budgets["latency_stat"], power_w=budgets["power_w"],
                 size_mb=budgets["size_mb"]),
         Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
-        power_w=None, missing=missing)
+        power_w=power["mean"] if power else None, missing=missing)
     return {
         "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
         "host": {"machine": platform.machine(), "node": platform.node(), "processor": platform.processor()},
         "numerics": numerics.to_manifest(), "latency_ms": run.latency.to_manifest() if run.latency else None,
-        "power_w": None, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
+        "power_w": power, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
         "verdict": judgement.verdict.value,
         "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
     }

@@ -14,6 +14,7 @@ def main(job: Path) -> int:
     from vdeploy.backends.base import Artifact
     from vdeploy.errors import VdeployError
     from vdeploy.validate.measure import measure
+    from vdeploy.validate.power import find_meter
 
     spec = json.loads((job / "job.json").read_text())
     artifact = Artifact.from_dict(spec["artifact"])
@@ -24,10 +25,12 @@ def main(job: Path) -> int:
         with backend.open(artifact, Path(spec["bundle_dir"])) as session:
             samples = next(iter(inputs.values())).shape[0]
             per_sample = [session.run({n: a[i] for n, a in inputs.items()}) for i in range(samples)]
-            latency = None
+            latency = energy = None
+            meter, power_reason = find_meter(artifact.backend)
             if spec["iters"] > 0:
                 first = {n: a[0] for n, a in inputs.items()}
-                latency = measure(session, first, warmup=spec["warmup"], iters=spec["iters"])
+                latency, energy = measure(session, first, warmup=spec["warmup"], iters=spec["iters"],
+                                          power_meter=meter)
     except VdeployError as exc:
         (job / "error.json").write_text(json.dumps(exc.as_dict()))
         return 1
@@ -37,7 +40,9 @@ def main(job: Path) -> int:
         return 1
     stacked = {f"out{i}": np.stack([np.asarray(s[i]) for s in per_sample]) for i in range(len(per_sample[0]))}
     np.savez(job / "outputs.npz", **stacked)
-    (job / "result.json").write_text(json.dumps({"latency_ms": list(latency.samples_ms) if latency else None}))
+    (job / "result.json").write_text(json.dumps({
+        "latency_ms": list(latency.samples_ms) if latency else None,
+        "energy": energy.to_manifest() if energy else None, "power_reason": power_reason}))
     return 0
 
 

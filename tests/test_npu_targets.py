@@ -1,0 +1,72 @@
+"""NPU hand-off targets and analytic estimates: legal ONNX proven in ORT, device numbers never faked."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from vdeploy.targets import OpId, load_catalog
+
+
+def test_vit_for_ethos_u55_is_legal_with_fallback_and_unverified(cli, saved_pt2, tmp_path):
+    result = cli("build", saved_pt2("vit"), "--target", "ethos-u55", "--out", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    manifest = result.json
+    assert manifest["verdict"] == "unverified"  # the 50 ms budget can only be checked on the device
+    assert manifest["latency_ms"] is None and "device" in manifest["reason"]["latency_ms"]
+    coverage = manifest["coverage"]
+    assert coverage["approximations"] == {"gelu_erf_to_tanh_approx": pytest.approx(4.73e-4)}
+    assert "LayerNormalization" in coverage["decomposed"] or coverage["status"]["LayerNormalization"] == "decomposed"
+    bundle = tmp_path / "vit-ethos-u55"
+    assert "vela" in (bundle / "HANDOFF.txt").read_text()
+    op_set = load_catalog().get("ethos-u55").op_set
+    model = onnx.load(str(bundle / "model.onnx"))
+    outside = {n.op_type for n in model.graph.node if OpId(n.domain, n.op_type) not in op_set}
+    assert outside == set(coverage["fallback"]) and outside  # Div/Sqrt of the LayerNorm run on the Cortex-M
+    assert manifest["numerics"]["rel_err"] <= manifest["budgets"]["numerics"]["max_rel_err"]
+
+
+def test_hailo_without_fallback_refuses_a_vit(cli, saved_pt2, tmp_path):
+    out = tmp_path / "out"
+    result = cli("build", saved_pt2("vit"), "--target", "hailo-8", "--out", out, "--json")
+    assert result.exit_code == 1
+    assert "target hailo-8 cannot run op(s)" in result.stderr and "vdeploy coverage" in result.stderr
+    assert not out.exists()
+
+
+CATALOG = """
+op_profiles:
+  cpu: {source: "onnxruntime 1.31.1 kernel registry (subset for this test)", ops: [Conv, Relu, Add, Gemm, MatMul,
+        ReduceMean, GlobalAveragePool, Flatten, Reshape, Constant, BatchNormalization]}
+targets:
+  dev-board:
+    description: "a board known only by its data sheet"
+    backend: npu
+    op_profile: cpu
+    allow_estimates: ALLOW
+    precisions: [fp32]
+    budgets: {latency_ms: 50, power_w: POWER}
+    tolerances: {fp32: {max_rel_err: 1.0e-4, min_cosine: 0.9999}}
+    hardware: {peak_gops: {fp32: 100}, mem_bw_gbs: 10, idle_w: 1.0, active_w: 4.0, source: "test figures"}
+"""
+
+
+@pytest.mark.parametrize("allow, power_budget, verdict, code", [
+    ("false", 5, "unverified", 0),  # an estimate never passes a budget silently
+    ("true", 5, "pass", 0),
+    ("true", 0.5, "fail", 3),  # below the board's idle power: the estimate must violate it
+])
+def test_power_budget_from_an_estimate(cli, saved_pt2, tmp_path, allow, power_budget, verdict, code):
+    catalog = tmp_path / "targets.yaml"
+    catalog.write_text(CATALOG.replace("ALLOW", allow).replace("POWER", str(power_budget)))
+    result = cli("build", saved_pt2("cnn"), "--target", "dev-board", "--out", tmp_path / "out", "--json",
+                 "--targets-file", catalog)
+    assert result.exit_code == code, result.stderr
+    manifest = result.json
+    assert manifest["verdict"] == verdict
+    power, latency = manifest["power_w"], manifest["latency_ms"]
+    assert power["source"] == "estimate" and 1.0 <= power["mean"] <= 4.0
+    assert latency["source"] == "estimate" and latency["runs"] == 0 and latency["p50"] > 0
+    assert manifest["estimate"]["model"] == "roofline"
+    if allow == "false":
+        assert any(u.startswith("power_w: only estimated") for u in manifest["reason"]["unverified"])
