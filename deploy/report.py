@@ -107,9 +107,14 @@ def coverage_matrix(coverages: dict[str, dict]) -> Table:
             text = "" if status is None else f"{cov['ops_after'].get(op, 0)} {status}"
             cells.append(f"[{style}]{text}[/]" if style and text else text)
         table.add_row(op, str(before) if before else "", *cells)
-    table.caption = "; ".join(f"{name}: {'LEGAL' if not cov['unsupported'] else 'unsupported ' + ', '.join(cov['unsupported'])}"
-                              for name, cov in coverages.items())
+    table.caption = "; ".join(f"{name}: {_verdict_of(cov)}" for name, cov in coverages.items())
     return table
+
+
+def _verdict_of(coverage: dict) -> str:
+    if coverage["unsupported"]:
+        return "unsupported " + ", ".join(coverage["unsupported"])
+    return "LEGAL" + (f" (on fallback: {', '.join(coverage['fallback'])})" if coverage["fallback"] else "")
 
 
 def print_summary(outcomes, console: Console | None = None) -> None:
