@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +46,8 @@ def build(
                                input_shape=parse_shape(input_shape) if input_shape else None,
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                                catalog=targets_file, iters=iters)
-        outcomes = run_build(request, _progress(as_json))
+        with _Progress(as_json) as progress:
+            outcomes = run_build(request, progress)
         if as_json:
             payload = [o.result.manifest if o.result else {"target": o.target, **o.error.as_dict()} for o in outcomes]
             typer.echo(json.dumps(payload[0] if len(outcomes) == 1 else payload, indent=2))
@@ -80,9 +82,10 @@ def coverage(
         from vdeploy.pipeline import coverage_for_targets
         from vdeploy.reference import parse_shape
 
-        results = coverage_for_targets(model, tuple(target), input_shape=parse_shape(input_shape) if input_shape
-                                       else None, trust_pickle=trust_pickle, catalog=targets_file,
-                                       progress=_progress(as_json))
+        with _Progress(as_json) as progress:
+            results = coverage_for_targets(model, tuple(target), trust_pickle=trust_pickle, catalog=targets_file,
+                                           input_shape=parse_shape(input_shape) if input_shape else None,
+                                           progress=progress)
         if as_json:
             typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
         else:
@@ -186,15 +189,42 @@ def _fail(line: str, payload: dict, as_json: bool) -> None:
     typer.echo(line, err=True)
 
 
-def _progress(quiet: bool):
-    if quiet:
-        return lambda _msg: None
-    if sys.stderr.isatty():
-        from rich.console import Console
+class _Progress:
+    """Stage lines on stderr: a spinner and ticked stages with timings on a terminal, plain lines otherwise."""
 
-        console = Console(stderr=True)
-        return lambda msg: console.print(f"[dim]•[/] {msg}")
-    return lambda msg: print(f"vdeploy: {msg}", file=sys.stderr, flush=True)
+    def __init__(self, quiet: bool):
+        self.quiet, self.status, self.current = quiet, None, None
+        if not quiet and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+            self.status = self.console.status("starting")
+
+    def __enter__(self):
+        if self.status:
+            self.status.start()
+        return self
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.status is None:
+            print(f"vdeploy: {message}", file=sys.stderr, flush=True)
+            return
+        self._tick()
+        self.current = (message, time.perf_counter())
+        self.status.update(message)
+
+    def _tick(self) -> None:
+        if self.current:
+            message, started = self.current
+            self.console.print(f"[green]✓[/] {message} [dim]({time.perf_counter() - started:.1f} s)[/]")
+
+    def __exit__(self, *exc) -> None:
+        if self.status:
+            self.status.stop()
+            if exc[0] is None:
+                self._tick()
 
 
 def main() -> None:

@@ -93,11 +93,10 @@ def exported_for(prepared: Prepared, opset: int, progress: Progress):
 def legalize_for(canonical_model, target: Target):
     """(legalized onnx.ModelProto, Coverage) for a target's op set; the model is not yet checked for leftovers."""
     import onnx_ir as ir
+    import onnx_ir.passes.common as common_passes
 
     from vdeploy.graph_passes.coverage import coverage_of
     from vdeploy.graph_passes.legalize import legalize
-
-    import onnx_ir.passes.common as common_passes
 
     model = ir.serde.deserialize_model(canonical_model)
     result = legalize(model, target.op_set, fallback=target.spec.fallback)
