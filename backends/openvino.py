@@ -34,9 +34,12 @@ class OpenVinoBackend:
         return openvino.__version__.split("-")[0]
 
     def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+        """`model` is the legal onnx.ModelProto, or an openvino.Model already quantized (INT8 via NNCF)."""
         import onnx
         import openvino as ov
 
+        if isinstance(model, ov.Model):
+            return self._save(model, precision, out_dir)
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "model.onnx"
             onnx.save(model, str(source))
@@ -45,6 +48,11 @@ class OpenVinoBackend:
             except Exception as exc:  # OpenVINO raises its own exception types from C++
                 raise BackendError(f"OpenVINO could not convert the model: {_first_line(exc)}",
                                    "run `vdeploy coverage` to see which ops the target lacks") from None
+        return self._save(ov_model, precision, out_dir)
+
+    def _save(self, ov_model, precision: str, out_dir: Path) -> Artifact:
+        import openvino as ov
+
         ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         hint = INFERENCE_PRECISION[precision]
         return Artifact(self.name, precision, "model.xml", ("model.xml", "model.bin"),

@@ -34,6 +34,12 @@ def build(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
     iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
+    calib: Optional[Path] = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz."),
+    mean: Optional[str] = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, help="Image std per channel for --calib folders."),
+    int8_sensitive: int = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured)."),
+    min_cosine: Optional[float] = typer.Option(None, help="Override the numerics gate: minimum output cosine."),
+    min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
@@ -45,7 +51,9 @@ def build(
         request = BuildRequest(model=model, targets=tuple(target), out_dir=out, precision=precision,
                                input_shape=parse_shape(input_shape) if input_shape else None,
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
-                               catalog=targets_file, iters=iters)
+                               catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
+                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
+                               min_top1_agreement=min_top1_agreement)
         with _Progress(as_json) as progress:
             outcomes = run_build(request, progress)
         if as_json:
@@ -164,6 +172,15 @@ def targets(
         return 0
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
 
 
 def _guarded(work, as_json: bool) -> int:

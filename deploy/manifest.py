@@ -10,14 +10,14 @@ import platform
 
 from vdeploy import __version__
 from vdeploy.bundle import SCHEMA
-from vdeploy.targets import Budgets, Precision
+from vdeploy.targets import Budgets, Precision, Tolerance
 from vdeploy.validate.measure import Latency
 
-TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino")
+TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino", "nncf")
 
 
 def build_manifest(*, request, target, backend, precision, loaded, exported, canonical, model, coverage, artifact,
-                   files, feeds, expected, numerics, run) -> dict:
+                   files, feeds, expected, numerics, run, lowered) -> dict:
     from vdeploy.validate.budgets import judge
 
     size_mb = sum(f["bytes"] for f in files if f["path"] in artifact.files) / 1e6
@@ -38,7 +38,9 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         missing["latency_ms"] = backend.no_host_latency or "not measured"
     if power is None:
         missing["power_w"] = run.power_reason or "no power meter and no hardware figures for an estimate"
-    judgement = judge(budgets_for(target, request), target.spec.tolerances[Precision(precision)],
+    if lowered.warning:
+        missing["calibration"] = lowered.warning
+    judgement = judge(budgets_for(target, request), tolerance_for(target, precision, request),
                       numerics=numerics, latency=timed, size_mb=size_mb,
                       power_w=power["mean"] if power else None, missing=missing, estimated=frozenset(estimated),
                       allow_estimates=target.spec.allow_estimates)
@@ -65,6 +67,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         "export": {"exporter": exported.exporter, "opset": exported.opset, "notes": list(exported.notes),
                    "simplified": canonical.simplified, "simplify_note": canonical.note},
         "estimate": estimate,
+        "precision_info": lowered.info,
     }
 
 
@@ -89,6 +92,12 @@ def budgets_for(target, request) -> Budgets:
     overrides = {k: v for k, v in (("latency_ms", request.max_latency_ms), ("power_w", request.max_power_w))
                  if v is not None}
     return target.spec.budgets.model_copy(update=overrides)
+
+
+def tolerance_for(target, precision: str, request) -> Tolerance:
+    overrides = {k: v for k, v in (("min_cosine", request.min_cosine), ("min_top1_agreement",
+                                                                        request.min_top1_agreement)) if v is not None}
+    return target.spec.tolerances[Precision(precision)].model_copy(update=overrides)
 
 
 def toolchain() -> dict:

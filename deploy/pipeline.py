@@ -31,6 +31,12 @@ class BuildRequest:
     max_power_w: float | None = None
     trust_pickle: bool = False
     catalog: Path | None = None
+    calib: Path | None = None  # INT8 calibration: a folder of images, a .npy or .npz (None: seeded random + warning)
+    mean: tuple[float, ...] | None = None  # image preprocessing for --calib folders
+    std: tuple[float, ...] | None = None
+    int8_sensitive: int = 0  # keep the N most sensitive layers float (measured)
+    min_cosine: float | None = None  # numerics gate overrides
+    min_top1_agreement: float | None = None
     samples: int = 8
     warmup: int = 10
     iters: int = 50
@@ -114,6 +120,7 @@ def require_legal(coverage, target: Target) -> None:
 
 def build_target(prepared: Prepared, target: Target, request: BuildRequest, progress: Progress) -> BuildResult:
     from vdeploy.backends import get_backend
+    from vdeploy.lower_precision import lower_precision
     from vdeploy.manifest import build_manifest
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
@@ -124,16 +131,17 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
     progress(f"legalizing for {target.name}")
     model, coverage = legalize_for(canonical.model, target)
     require_legal(coverage, target)
+    lowered = lower_precision(model, target, precision, request, progress, prepared.loaded.mean_std)
 
     with BundleWriter(request.out_dir, f"{prepared.loaded.stem}-{target.name}") as writer:
         progress(f"compiling with {backend.name} {backend.version()}")
-        artifact = backend.compile(model, precision, writer.tmp)
+        artifact = backend.compile(lowered.model, precision, writer.tmp)
         if target.spec.handoff:
             (writer.tmp / "HANDOFF.txt").write_text(target.spec.handoff.strip() + "\n")
         iters = 0 if backend.no_host_latency else request.iters
         progress(f"validating on this host ({request.samples} samples, {iters} timed runs)")
         feeds = dict(zip(_graph_inputs(model), prepared.samples.values()))
-        run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters)
+        run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters, env=lowered.run_env)
         expected = dict(zip([o.name for o in model.graph.output], prepared.reference))
         numerics = compare(expected, dict(zip(expected, run.outputs)))
         np.savez(writer.tmp / "reference_io.npz", **{f"input:{k}": v for k, v in feeds.items()},
@@ -141,7 +149,7 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
         manifest = build_manifest(request=request, target=target, backend=backend, precision=precision,
                                   loaded=prepared.loaded, exported=exported, canonical=canonical, model=model,
                                   coverage=coverage, artifact=artifact, files=writer.file_entries(), feeds=feeds,
-                                  expected=expected, numerics=numerics, run=run)
+                                  expected=expected, numerics=numerics, run=run, lowered=lowered)
         from vdeploy.report_html import render_html
 
         (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed

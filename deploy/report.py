@@ -28,6 +28,8 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     for note in export["notes"]:
         console.print(f"  note: {note}")
     console.print(coverage_table(manifest["coverage"]))
+    if manifest.get("reason", {}).get("calibration"):
+        console.print(f"[bold yellow]warning[/] {manifest['reason']['calibration']}")
     console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
     console.print(latency_line(manifest["latency_ms"], manifest["budgets"]))
     console.print(f"size: {manifest['size_mb']:.2f} MB"

@@ -96,6 +96,12 @@ class Hardware(_Strict):
     source: str = Field(min_length=1)
 
 
+class PrecisionOptions(_Strict):
+    keep_fp32: list[str] = []  # FP16 builds: op types, node names or rule families kept FP32 (default: see precision.py)
+    int8_everywhere: bool = False  # INT8 builds quantize every layer (NPU profiles); else transformer-aware placement
+    int8_keep_float: list[str] = []  # ONNX node names never quantized
+
+
 class TargetSpec(_Strict):
     description: str
     aliases: list[str] = []
@@ -107,6 +113,7 @@ class TargetSpec(_Strict):
     default_precision: Precision = Precision.fp32
     budgets: Budgets = Budgets()
     tolerances: dict[Precision, Tolerance]
+    precision_options: PrecisionOptions = PrecisionOptions()
     hardware: Hardware | None = None
     allow_estimates: bool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
     handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)

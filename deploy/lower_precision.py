@@ -1,0 +1,83 @@
+"""The precision stage of a build: the legal FP32 graph -> the graph the backend compiles at the asked precision.
+
+fp32 -> unchanged · fp16 -> FP16 with FP32 islands (strongly typed, Casts at the borders) · bf16 -> FP32 graph, bf16
+inference after a child-process probe of this CPU · int8 -> calibrated PTQ (OpenVINO: NNCF; others: Q/DQ ONNX)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vdeploy.errors import BackendError
+
+
+@dataclass(frozen=True)
+class Lowered:
+    model: object  # onnx.ModelProto, or an openvino.Model for OpenVINO INT8
+    run_env: dict = field(default_factory=dict)  # environment the artifact must run under (an ISA cap)
+    info: dict = field(default_factory=dict)  # manifest "precision_info"
+    warning: str | None = None  # e.g. calibration on random data
+
+
+def lower_precision(model, target, precision: str, request, progress, recorded_mean_std=None) -> Lowered:
+    """`recorded_mean_std`: the model's own image preprocessing (timm records it), used for --calib folders unless
+    --mean/--std are given."""
+    if precision == "fp32":
+        return Lowered(model)
+    if precision == "fp16":
+        return _fp16(model, target)
+    if precision == "bf16":
+        return _probed(model, "bf16", progress)
+    return _int8(model, target, request, progress, recorded_mean_std)
+
+
+def _fp16(model, target) -> Lowered:
+    import onnx_ir as ir
+
+    from vdeploy.graph_passes.precision import DEFAULT_KEEP_FP32, to_fp16
+
+    keep = frozenset(target.spec.precision_options.keep_fp32) or DEFAULT_KEEP_FP32
+    result = to_fp16(ir.serde.deserialize_model(model), keep)
+    info = {"keep_fp32": sorted(keep), "fp32_nodes": len(result.fp32_nodes), "casts": result.casts_inserted}
+    return Lowered(ir.serde.serialize_model(result.model), info=info)
+
+
+def _probed(model, precision: str, progress) -> Lowered:
+    """Probe the CPU in a child process (the AMX SIGILL trap) and run under the ISA cap that worked."""
+    from vdeploy.cpu_features import probe
+
+    progress(f"probing {precision} support on this CPU (child process)")
+    support = probe(precision)
+    if not support.ok:
+        raise BackendError(f"this CPU cannot run {precision} inference here: {support.reason}",
+                           "build with --precision fp32 (or int8/fp16 where the target offers it)")
+    return Lowered(model, support.env(), {f"{precision}_probe": support.to_dict()})
+
+
+def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
+    from vdeploy.calibration import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, input_shapes, load_calibration
+    from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino, sensitivity
+
+    options = target.spec.precision_options
+    if request.mean or request.std:
+        preprocessing = Preprocessing(request.mean or IMAGENET_MEAN, request.std or IMAGENET_STD, source="--mean/--std")
+    elif recorded_mean_std:
+        preprocessing = Preprocessing(*recorded_mean_std, source="recorded with the model")
+    else:
+        preprocessing = None  # ImageNet defaults, named as such in the manifest
+    calib = load_calibration(request.calib, input_shapes(model), preprocessing=preprocessing)
+    placement = Placement.for_target(options.int8_everywhere).keep_float(options.int8_keep_float)
+    info = {"calibration": calib.to_dict()}
+    if request.int8_sensitive:
+        progress(f"measuring per-layer INT8 sensitivity (keeping the {request.int8_sensitive} worst float)")
+        report = sensitivity(model, calib, n=request.int8_sensitive, placement=placement)
+        placement = placement.keep_float(report.most_sensitive)
+        info["sensitivity"] = report.to_dict()
+    info["placement"] = placement.to_dict()
+    progress(f"quantizing to INT8 ({placement.kind.value}, {len(calib)} calibration samples: {calib.source})")
+    if target.backend.value == "openvino":
+        lowered = _probed(model, "int8", progress)
+        return Lowered(quantize_openvino(model, calib, placement), lowered.run_env, {**info, **lowered.info},
+                       calib.warning)
+    symmetric = target.backend.value in ("tensorrt", "npu")  # the Q/DQ form TensorRT and NPU compilers read
+    return Lowered(quantize_onnx_qdq(model, calib, placement, symmetric=symmetric), info=info, warning=calib.warning)
