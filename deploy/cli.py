@@ -115,6 +115,56 @@ def coverage(
 
 
 @app.command()
+def debug(
+    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name or alias (one)."),
+    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
+    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the bisect report as JSON on stdout."),
+    targets_file: Optional[Path] = TARGETS_FILE,
+) -> None:
+    """Find the first pass, then the first node, where numerics leave the target's tolerance; exit 3 if one does."""
+
+    def work():
+        from vdeploy.bisect import bisect
+        from vdeploy.reference import parse_shape
+
+        with _Progress(as_json) as progress:
+            report = bisect(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
+                            input_shape=parse_shape(input_shape) if input_shape else None, progress=progress)
+        if as_json:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+            return report.exit_code
+        from rich.table import Table
+
+        from vdeploy.report import make_console
+
+        table = Table(title=f"numerics by stage: {report.target} ({report.precision}) vs the reference",
+                      title_justify="left")
+        for column in ("stage", "rel_err", "cosine", "ok", "rules / note"):
+            table.add_column(column, justify="right" if column in ("rel_err", "cosine") else "left")
+        for stage in report.stages:
+            table.add_row(stage.name, f"{stage.rel_err:.2e}", f"{stage.cosine:.6f}",
+                          "ok" if stage.ok else "[red]OUT[/]", stage.detail)
+        console = make_console()
+        console.print(table)
+        console.print(f"first bad stage: {report.first_bad_stage or 'none (every stage within tolerance)'}")
+        blame = report.first_bad_node
+        if blame:
+            made_by = f", made by rule {blame.node.rule}" if blame.node.rule else ""
+            console.print(f"first bad node: {blame.node.name} ({blame.node.op_type}{made_by}): value {blame.value} "
+                          f"rel_err {blame.rel_err:.2e}, cosine {blame.cosine:.6f}"
+                          + ("" if blame.beyond_tolerance else " (worst value; none alone leaves tolerance)"))
+            near = blame.nearest_rule_node
+            if near and near.name != blame.node.name:
+                console.print(f"nearest rewritten node feeding it: {near.name} ({near.op_type}, rule {near.rule})")
+        return report.exit_code
+
+    raise typer.Exit(_guarded(work, as_json))
+
+
+@app.command()
 def validate(
     bundle: Path = typer.Argument(..., help="A bundle directory written by `vdeploy build`."),
     as_json: bool = typer.Option(False, "--json", help="Print the validation report as JSON on stdout."),

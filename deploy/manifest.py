@@ -43,7 +43,8 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
     judgement = judge(budgets_for(target, request), tolerance_for(target, precision, request),
                       numerics=numerics, latency=timed, size_mb=size_mb,
                       power_w=power["mean"] if power else None, missing=missing, estimated=frozenset(estimated),
-                      allow_estimates=target.spec.allow_estimates)
+                      allow_estimates=target.spec.allow_estimates, energy_mj=power["energy_mj"] if power else None,
+                      peak_mem_mb=run.peak_rss_mb)
     return {
         "schema": SCHEMA,
         "target": target.name,
@@ -58,6 +59,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         "latency_ms": latency,
         "power_w": power,
         "size_mb": round(size_mb, 4),
+        "peak_mem_mb": round(run.peak_rss_mb, 1) if run.peak_rss_mb else None,
         "budgets": judgement.budgets,
         "violations": [v.to_manifest() for v in judgement.violations],
         "verdict": judgement.verdict.value,

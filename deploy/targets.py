@@ -82,7 +82,9 @@ class Budgets(_Strict):
     latency_ms: float | None = Field(default=None, gt=0)
     latency_stat: LatencyStat = LatencyStat.p50
     power_w: float | None = Field(default=None, gt=0)
+    energy_mj: float | None = Field(default=None, gt=0)  # energy per inference
     size_mb: float | None = Field(default=None, gt=0)
+    peak_mem_mb: float | None = Field(default=None, gt=0)  # peak resident memory of the process running the artifact
 
 
 class Hardware(_Strict):

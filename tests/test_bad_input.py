@@ -150,8 +150,8 @@ def test_bad_targets_yaml(cli, saved_pt2, tmp_path, text, needle):
 
 def test_precision_the_target_lacks(cli, saved_pt2, tmp_path):
     out = tmp_path / "out"
-    result = build(cli, saved_pt2("cnn"), out, "--precision", "int8")
-    assert_clean_failure(result, out, "does not offer precision int8")
+    result = build(cli, saved_pt2("cnn"), out, "--precision", "bf16")
+    assert_clean_failure(result, out, "does not offer precision bf16")
 
 
 def test_usage_error_exits_2(cli, saved_pt2):

@@ -96,3 +96,25 @@ def test_human_report_shows_coverage_numerics_latency(cli, saved_pt2, tmp_path):
                  "verdict: PASS"):
         assert text in result.stdout
     assert "PASS" in (tmp_path / "vit-x86-cpu" / "report.html").read_text()
+
+
+def test_peak_memory_is_measured_and_gated(cli, saved_pt2, tmp_path):
+    catalog = tmp_path / "targets.yaml"
+    catalog.write_text("""
+op_profiles:
+  ort: {source: "onnxruntime 1.31.1 kernel registry (subset)", ops: [Conv, Relu, Add, Gemm, ReduceMean, Constant]}
+targets:
+  tight:
+    description: "a host with almost no memory"
+    backend: onnxruntime
+    op_profile: ort
+    precisions: [fp32]
+    budgets: {peak_mem_mb: 1}
+    tolerances: {fp32: {max_rel_err: 1.0e-4, min_cosine: 0.9999}}
+""")
+    result = cli("build", saved_pt2("cnn"), "--target", "tight", "--out", tmp_path / "out", "--iters", 3, "--json",
+                 "--targets-file", catalog)
+    assert result.exit_code == 3, result.stderr
+    manifest = result.json
+    assert manifest["peak_mem_mb"] > 10  # a Python process with ONNX Runtime loaded
+    assert [v["budget"] for v in manifest["violations"]] == ["peak_mem_mb"]

@@ -51,7 +51,8 @@ class Judgement:
 
 def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | None, latency: Latency | None,
           size_mb: float, power_w: float | None, missing: dict[str, str], estimated: frozenset = frozenset(),
-          allow_estimates: bool = False) -> Judgement:
+          allow_estimates: bool = False, energy_mj: float | None = None, peak_mem_mb: float | None = None
+          ) -> Judgement:
     """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent; `estimated` names the
     measurements that come from the analytic model: they are judged only when the target allows estimates."""
     stat = budgets.latency_stat.value
@@ -59,7 +60,9 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
     checks = [  # (budget, limit, measured, unit, measurement it comes from)
         ("latency_ms", budgets.latency_ms, getattr(latency, stat) if latency else None, "ms", "latency_ms"),
         ("power_w", budgets.power_w, power_w, "W", "power_w"),
+        ("energy_mj", budgets.energy_mj, energy_mj, "mJ", "power_w"),
         ("size_mb", budgets.size_mb, size_mb, "MB", "size_mb"),
+        ("peak_mem_mb", budgets.peak_mem_mb, peak_mem_mb, "MB", "peak_mem_mb"),
         ("max_rel_err", tolerance.max_rel_err, numerics.rel_err if numerics else None, "", "numerics"),
         ("min_cosine", tolerance.min_cosine, numerics.cosine if numerics else None, "", "numerics"),
     ]
@@ -77,5 +80,6 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
         elif (measured < limit) if name.startswith("min_") else (measured > limit):
             violations.append(Violation(name, limit, measured, unit))
     applied = {"latency_ms": budgets.latency_ms, "latency_stat": stat, "power_w": budgets.power_w,
-               "size_mb": budgets.size_mb, "numerics": tolerance.model_dump()}
+               "energy_mj": budgets.energy_mj, "size_mb": budgets.size_mb, "peak_mem_mb": budgets.peak_mem_mb,
+               "numerics": tolerance.model_dump()}
     return Judgement(applied, tuple(violations), tuple(unverified))

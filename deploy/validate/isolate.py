@@ -35,6 +35,7 @@ class RunResult:
     latency: Latency | None
     energy: dict | None = None  # Energy.to_manifest() of the timed runs, when a power meter saw them
     power_reason: str = ""  # why there is no energy reading
+    peak_rss_mb: float | None = None  # peak resident memory of the child that loaded and ran the artifact
 
 
 def run_artifact(artifact: Artifact, bundle_dir: Path, inputs: dict[str, np.ndarray], *, warmup: int, iters: int,
@@ -68,4 +69,4 @@ def run_artifact(artifact: Artifact, bundle_dir: Path, inputs: dict[str, np.ndar
         result = json.loads((job / "result.json").read_text())
         samples = result.get("latency_ms")
         return RunResult(outputs, Latency.from_samples(samples) if samples else None, result.get("energy"),
-                         result.get("power_reason", ""))
+                         result.get("power_reason", ""), result.get("peak_rss_mb"))

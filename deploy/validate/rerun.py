@@ -45,15 +45,15 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     if run.latency is None:
         missing["latency_ms"] = backend.no_host_latency or "not measured"
     judgement = judge(
-        Budgets(latency_ms=budgets["latency_ms"], latency_stat=budgets["latency_stat"], power_w=budgets["power_w"],
-                size_mb=budgets["size_mb"]),
+        Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
         Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
-        power_w=power["mean"] if power else None, missing=missing)
+        power_w=power["mean"] if power else None, missing=missing,
+        energy_mj=power["energy_mj"] if power else None, peak_mem_mb=run.peak_rss_mb)
     return {
         "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
         "host": {"machine": platform.machine(), "node": platform.node(), "processor": platform.processor()},
         "numerics": numerics.to_manifest(), "latency_ms": run.latency.to_manifest() if run.latency else None,
-        "power_w": power, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
+        "power_w": power, "peak_mem_mb": run.peak_rss_mb, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
         "verdict": judgement.verdict.value,
         "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
     }

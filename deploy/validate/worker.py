@@ -40,7 +40,10 @@ def main(job: Path) -> int:
         return 1
     stacked = {f"out{i}": np.stack([np.asarray(s[i]) for s in per_sample]) for i in range(len(per_sample[0]))}
     np.savez(job / "outputs.npz", **stacked)
+    import resource
+
     (job / "result.json").write_text(json.dumps({
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # Linux reports KiB
         "latency_ms": list(latency.samples_ms) if latency else None,
         "energy": energy.to_manifest() if energy else None, "power_reason": power_reason}))
     return 0
