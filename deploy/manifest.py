@@ -25,7 +25,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
     latency = timed.to_manifest() if timed else None
     power = power_figure(run)
     missing, estimated = {}, set()
-    estimate = _estimate(model, target, precision)
+    estimate = _estimate(model, target, precision, run.latency)
     if estimate is not None and timed is None:
         timed = Latency.from_samples([estimate["latency_ms"]])
         latency = {"p50": estimate["latency_ms"], "p90": estimate["latency_ms"], "p99": estimate["latency_ms"],
@@ -80,14 +80,21 @@ def power_figure(run) -> dict | None:
     return {**run.energy, "energy_mj": round(run.energy["joules"] / run.latency.runs * 1000.0, 4)}
 
 
-def _estimate(model, target, precision) -> dict | None:
-    """Roofline latency/power from the legal graph and the target's hardware figures (None without figures)."""
+def _estimate(model, target, precision, measured) -> dict | None:
+    """Roofline latency/power from the legal graph and the target's hardware figures (None without figures).
+    Where latency was really measured, the estimate is calibrated against it and its error reported."""
     hardware = target.spec.hardware
     if hardware is None or Precision(precision) not in hardware.peak_gops:
         return None
-    from vdeploy.validate.estimate import count_cost, estimate
+    from vdeploy.validate.estimate import calibrate, count_cost, estimate
 
-    return estimate(count_cost(model), hardware, precision).to_manifest()
+    cost = count_cost(model)
+    result = estimate(cost, hardware, precision).to_manifest()
+    if measured is not None:
+        calibration = calibrate(measured.p50, cost, hardware, precision)
+        result["calibration"] = {"measured_p50_ms": round(measured.p50, 4), "efficiency": calibration.efficiency,
+                                 "error_pct": round(calibration.error_pct, 1)}
+    return result
 
 
 def budgets_for(target, request) -> Budgets:

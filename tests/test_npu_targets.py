@@ -70,3 +70,18 @@ def test_power_budget_from_an_estimate(cli, saved_pt2, tmp_path, allow, power_bu
     assert manifest["estimate"]["model"] == "roofline"
     if allow == "false":
         assert any(u.startswith("power_w: only estimated") for u in manifest["reason"]["unverified"])
+
+
+def test_estimate_is_calibrated_where_latency_is_measured(cli, saved_pt2, tmp_path):
+    catalog = tmp_path / "targets.yaml"
+    catalog.write_text(CATALOG.replace("ALLOW", "false").replace("POWER", "5").replace("backend: npu",
+                                                                                          "backend: onnxruntime"))
+    result = cli("build", saved_pt2("cnn"), "--target", "dev-board", "--out", tmp_path / "out", "--json",
+                 "--iters", 5, "--targets-file", catalog)
+    manifest = result.json
+    calibration = manifest["estimate"]["calibration"]
+    assert calibration["measured_p50_ms"] == manifest["latency_ms"]["p50"]  # the real measurement, not the estimate
+    assert 0 < calibration["efficiency"] <= 1
+    estimated = manifest["estimate"]["latency_ms"]
+    assert calibration["error_pct"] == pytest.approx(100 * (estimated - calibration["measured_p50_ms"])
+                                                     / calibration["measured_p50_ms"], rel=5e-3, abs=0.1)
