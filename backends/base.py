@@ -19,15 +19,16 @@ class Artifact:
     entry: str  # the file a runtime opens, relative to the bundle directory
     files: tuple[str, ...]  # every artifact file, relative to the bundle directory
     options: tuple[tuple[str, str], ...] = ()  # runtime settings the session must use (e.g. inference precision)
+    deferred: str = ""  # why the final artifact is not built here (e.g. no TensorRT): the verdict stays unverified
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "entry": self.entry,
-                "files": list(self.files), "options": dict(self.options)}
+                "files": list(self.files), "options": dict(self.options), "deferred": self.deferred}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Artifact":
         return cls(data["backend"], data["precision"], data["entry"], tuple(data["files"]),
-                   tuple(sorted(data.get("options", {}).items())))
+                   tuple(sorted(data.get("options", {}).items())), data.get("deferred", ""))
 
 
 class Session(Protocol):

@@ -44,7 +44,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
                       numerics=numerics, latency=timed, size_mb=size_mb,
                       power_w=power["mean"] if power else None, missing=missing, estimated=frozenset(estimated),
                       allow_estimates=target.spec.allow_estimates, energy_mj=power["energy_mj"] if power else None,
-                      peak_mem_mb=run.peak_rss_mb)
+                      peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred)
     return {
         "schema": SCHEMA,
         "target": target.name,
