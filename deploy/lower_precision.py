@@ -56,7 +56,8 @@ def _probed(model, precision: str, progress) -> Lowered:
 
 def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
     from vdeploy.calibration import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, input_shapes, load_calibration
-    from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino, sensitivity
+    from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino
+    from vdeploy.sensitivity import sensitivity
 
     options = target.spec.precision_options
     if request.mean or request.std:

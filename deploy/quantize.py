@@ -4,8 +4,7 @@ ONNX model + CalibrationData + Placement
   -> quantize_onnx_qdq : onnxruntime.quantization.quantize_static, QDQ format, per-channel weights (ORT CPU; with
                          symmetric=True the Q/DQ ONNX that TensorRT --stronglyTyped and NPU compilers take)
   -> quantize_openvino : nncf.quantize(model_type=TRANSFORMER, ignored_scope from the placement) -> ov.Model
-  -> sensitivity       : quantize with one layer kept float at a time, measure output cosine against FP32,
-                         rank the layers; Placement.keep_float(report.most_sensitive) keeps them float.
+  (sensitivity.py ranks the layers whose quantization costs most; Placement.keep_float() keeps them float)
 
 Placement.transformer_aware() leaves LayerNorm (fused or decomposed), Softmax, GELU/Erf and residual Adds in float,
 and with them the non-layer ops that feed them (so they read float tensors, not fake-quantized ones). Residual Adds
@@ -21,11 +20,10 @@ import enum
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 
 from vdeploy.calibration import CalibrationData
 from vdeploy.errors import VdeployError
@@ -38,7 +36,6 @@ GELU_RULE_PREFIXES = ("gelu", "erf")
 # OpenVINO op types (after conversion from ONNX) of the float-sensitive ops, for NNCF's ignored scope.
 OV_FLOAT_TYPES = ("MVN", "NormalizeL2", "SoftMax", "Softmax", "LogSoftmax", "Gelu", "Erf")
 TRANSFORMER_OV_TYPES = frozenset({"MVN", "SoftMax", "Softmax", "ScaledDotProductAttention", "Gelu"})
-EVAL_SAMPLES = 64  # inputs sensitivity() compares outputs on when no eval_fn is given
 
 
 class QuantizeError(VdeployError):
@@ -183,7 +180,7 @@ def quantize_onnx_qdq(model, calib: CalibrationData, placement: Placement = Plac
     with tempfile.TemporaryDirectory(prefix="vdeploy-qdq-") as tmp, _quiet_ort_quantization():
         out = Path(tmp) / "model.int8.onnx"
         try:
-            quantize_static(model, out, _Reader(calib, _batch_size(model)), quant_format=QuantFormat.QDQ,
+            quantize_static(model, out, _Reader(calib, model_batch_size(model)), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=False,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
@@ -261,7 +258,7 @@ class _Reader:
         return next(self._batches, None)
 
 
-def _batch_size(model, dynamic_default: int = 16) -> int:
+def model_batch_size(model, dynamic_default: int = 16) -> int:
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
     return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else dynamic_default
 
@@ -352,62 +349,3 @@ def _ov_float_names(ov_model, placement: Placement, onnx_names: Iterable[str], r
 
 def _ov_residual_add(op) -> bool:
     return all(i.get_source_output().get_node().get_type_name() != "Constant" for i in op.inputs())
-
-
-# ---- sensitivity ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LayerSensitivity:
-    node: str
-    cosine: float  # output cosine vs FP32 with this layer kept float and the rest quantized
-    gain: float  # cosine - baseline cosine (everything quantized per the placement): how much the layer costs
-
-
-@dataclass(frozen=True)
-class SensitivityReport:
-    baseline_cosine: float
-    layers: tuple[LayerSensitivity, ...]  # most sensitive first
-    most_sensitive: tuple[str, ...]  # the n names asked for
-
-    def to_dict(self) -> dict:
-        return {"baseline_cosine": self.baseline_cosine, "most_sensitive": list(self.most_sensitive),
-                "layers": [{"node": s.node, "cosine": s.cosine, "gain": s.gain} for s in self.layers]}
-
-
-def sensitivity(model, calib: CalibrationData, eval_fn: Callable | None = None, n: int = 1,
-                placement: Placement = Placement()) -> SensitivityReport:
-    """Measure, layer by layer (Conv/ConvTranspose/MatMul/Gemm the placement quantizes), how much output cosine
-    against FP32 comes back when that one layer stays float; return the n with the largest gain. Calibration runs
-    once (its ranges are cached and reused); eval_fn(model_proto) -> outputs array defaults to ONNX Runtime CPU on
-    the first EVAL_SAMPLES calibration samples."""
-    model = name_nodes(model)
-    eval_fn = eval_fn or _ort_eval(calib.head(EVAL_SAMPLES))
-    reference = np.asarray(eval_fn(model), dtype=np.float64)
-    excluded = set(placement.float_nodes(model))
-    candidates = [node.name for node in model.graph.node if node.op_type in COMPUTE_OPS and node.name not in excluded]
-    with tempfile.TemporaryDirectory(prefix="vdeploy-sens-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        quantize = lambda p: quantize_onnx_qdq(model, calib, p, calibration_cache=cache)  # noqa: E731
-        baseline = _cosine(reference, eval_fn(quantize(placement)))
-        scores = []
-        for name in candidates:
-            cos = _cosine(reference, eval_fn(quantize(placement.keep_float([name]))))
-            scores.append(LayerSensitivity(name, cos, cos - baseline))
-    ranked = tuple(sorted(scores, key=lambda s: s.gain, reverse=True))
-    return SensitivityReport(baseline, ranked, tuple(s.node for s in ranked[:n]))
-
-
-def _ort_eval(calib: CalibrationData) -> Callable:
-    def run(model) -> np.ndarray:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        batch = _batch_size(model, dynamic_default=len(calib))
-        return np.concatenate([session.run(None, feed)[0] for feed in calib.batches(batch)])
-
-    return run
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))

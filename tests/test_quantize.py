@@ -20,8 +20,8 @@ from tests.models.digits import trained_digits
 from tests.test_precision import digits_onnx, ort_run, top1
 from vdeploy.calibration import (IMAGENET_MEAN, IMAGENET_STD, RANDOM_WARNING, CalibrationData, CalibrationError,
                                  Preprocessing, input_shapes, load_calibration)
-from vdeploy.quantize import (Placement, PlacementKind, QuantizeError, quantize_onnx_qdq, quantize_openvino,
-                              sensitivity)
+from vdeploy.quantize import Placement, PlacementKind, QuantizeError, quantize_onnx_qdq, quantize_openvino
+from vdeploy.sensitivity import sensitivity
 
 INT8_MAX_TOP1_DROP = 0.010  # issue 5: transformer-aware INT8 top-1 drop <= 1.0 pt
 
