@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from vdeploy.errors import VdeployError
 from vdeploy.load import sha256_file
 
 MANIFEST = "manifest.json"
@@ -26,10 +27,15 @@ class BundleWriter:
         self._created_root = False
 
     def __enter__(self) -> "BundleWriter":
-        if not self.out_root.exists():
-            self.out_root.mkdir(parents=True)
-            self._created_root = True
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.out_root))
+        check_out_dir(self.out_root)
+        try:
+            if not self.out_root.exists():
+                self.out_root.mkdir(parents=True)
+                self._created_root = True
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.out_root))
+        except OSError as exc:
+            raise OutDirError(f"cannot write a bundle in {self.out_root}: {exc.strerror}",
+                              "pass --out a writable directory") from None
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -57,6 +63,20 @@ class BundleWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.final
+
+
+class OutDirError(VdeployError):
+    kind = "output"
+
+
+def check_out_dir(out_root: Path) -> None:
+    """Fail before any work when --out cannot hold bundles (a file, or under a file)."""
+    for path in (Path(out_root), *Path(out_root).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise OutDirError(f"--out {out_root} is not a directory ({path} is a file)",
+                                  "pass --out a directory (it is created when missing)")
+            return
 
 
 def read_manifest(bundle_dir: Path) -> dict:

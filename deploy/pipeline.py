@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from vdeploy.bundle import BundleWriter
+from vdeploy.bundle import BundleWriter, check_out_dir
 from vdeploy.errors import TargetError, UnsupportedOpsError, VdeployError
 from vdeploy.targets import Target, load_catalog
 
@@ -173,6 +173,7 @@ class Outcome:
 def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Outcome]:
     """Build every requested target from one load and one reference run. With one target its error is raised."""
     targets = resolve_targets(request.targets, request.catalog)
+    check_out_dir(request.out_dir)
     prepared = prepare(request.model, input_shape=request.input_shape, trust_pickle=request.trust_pickle,
                        samples=request.samples, progress=progress)
     outcomes = []

@@ -157,3 +157,11 @@ def test_precision_the_target_lacks(cli, saved_pt2, tmp_path):
 def test_usage_error_exits_2(cli, saved_pt2):
     result = cli("build", saved_pt2("cnn"))  # no --target
     assert result.exit_code == 2
+
+
+def test_out_that_is_a_file(cli, saved_pt2, tmp_path):
+    blocker = tmp_path / "bundles"
+    blocker.write_text("not a directory")
+    result = cli("build", saved_pt2("cnn"), "--target", "onnxruntime-cpu", "--out", blocker, "--json")
+    assert result.exit_code == 1 and "is not a directory" in result.stderr
+    assert blocker.read_text() == "not a directory"
