@@ -10,6 +10,7 @@ _TABLE = {
     "onnxruntime": ("vdeploy.backends.onnxruntime", "OnnxRuntimeBackend"),
     "openvino": ("vdeploy.backends.openvino", "OpenVinoBackend"),
     "npu": ("vdeploy.backends.npu", "NpuBackend"),
+    "tensorrt": ("vdeploy.backends.tensorrt", "TensorRtBackend"),
 }
 
 

@@ -13,7 +13,8 @@ from vdeploy.bundle import SCHEMA
 from vdeploy.targets import Budgets, Precision, Tolerance
 from vdeploy.validate.measure import Latency
 
-TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino", "nncf")
+TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino", "nncf",
+                      "tensorrt")
 
 
 def build_manifest(*, request, target, backend, precision, loaded, exported, canonical, model, coverage, artifact,

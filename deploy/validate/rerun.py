@@ -32,6 +32,8 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     _verify_files(bundle_dir, manifest)
     artifact = Artifact.from_dict(manifest["artifact"])
     backend = get_backend(artifact.backend)
+    if hasattr(backend, "prepare"):  # finish a deferred build where this host can (TensorRT: build the engine)
+        artifact = backend.prepare(artifact, bundle_dir)
     with np.load(bundle_dir / "reference_io.npz") as data:
         feeds = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")}
         expected = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("output:")}
@@ -48,9 +50,10 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
         Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
         Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
         power_w=power["mean"] if power else None, missing=missing,
-        energy_mj=power["energy_mj"] if power else None, peak_mem_mb=run.peak_rss_mb)
+        energy_mj=power["energy_mj"] if power else None, peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred)
     return {
         "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
+        "artifact": artifact.to_dict(),
         "host": {"machine": platform.machine(), "node": platform.node(), "processor": platform.processor()},
         "numerics": numerics.to_manifest(), "latency_ms": run.latency.to_manifest() if run.latency else None,
         "power_w": power, "peak_mem_mb": run.peak_rss_mb, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
