@@ -33,7 +33,8 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
     console.print(latency_line(manifest["latency_ms"], manifest["budgets"]))
     console.print(f"size: {manifest['size_mb']:.2f} MB"
-                  + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else ""))
+                  + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else "")
+                  + (f"; peak memory {manifest['peak_mem_mb']:.0f} MB" if manifest.get("peak_mem_mb") else ""))
     power = manifest["power_w"]
     console.print(f"power: {power['mean']:.2f} W, {power['energy_mj']:.2f} mJ/inference ({power['source']})" if power
                   else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})")
