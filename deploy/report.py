@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "unverified": "bold yellow"}
-PLAIN_WIDTH = 120  # rich would wrap at 80 columns when stdout is a pipe or a CI log
+PLAIN_WIDTH = 160  # rich would wrap at 80 columns when stdout is a pipe or a CI log
 
 
 def make_console() -> Console:
