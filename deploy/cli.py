@@ -40,6 +40,8 @@ def build(
     int8_sensitive: int = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured)."),
     min_cosine: Optional[float] = typer.Option(None, help="Override the numerics gate: minimum output cosine."),
     min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
+    eval_data: Optional[Path] = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference."),
+    max_top1_drop: Optional[float] = typer.Option(None, help="Gate: maximum top-1 drop in points (needs --eval-data)."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
@@ -53,7 +55,8 @@ def build(
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                                catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
                                std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
-                               min_top1_agreement=min_top1_agreement)
+                               min_top1_agreement=min_top1_agreement, eval_data=eval_data,
+                               max_top1_drop=max_top1_drop)
         with _Progress(as_json) as progress:
             outcomes = run_build(request, progress)
         if as_json:

@@ -55,18 +55,13 @@ def _probed(model, precision: str, progress) -> Lowered:
 
 
 def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
-    from vdeploy.calibration import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, input_shapes, load_calibration
+    from vdeploy.calibration import input_shapes, load_calibration
     from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino
     from vdeploy.sensitivity import sensitivity
 
     options = target.spec.precision_options
-    if request.mean or request.std:
-        preprocessing = Preprocessing(request.mean or IMAGENET_MEAN, request.std or IMAGENET_STD, source="--mean/--std")
-    elif recorded_mean_std:
-        preprocessing = Preprocessing(*recorded_mean_std, source="recorded with the model")
-    else:
-        preprocessing = None  # ImageNet defaults, named as such in the manifest
-    calib = load_calibration(request.calib, input_shapes(model), preprocessing=preprocessing)
+    calib = load_calibration(request.calib, input_shapes(model),
+                             preprocessing=preprocessing_for(request, recorded_mean_std))
     placement = Placement.for_target(options.int8_everywhere).keep_float(options.int8_keep_float)
     info = {"calibration": calib.to_dict()}
     if request.int8_sensitive:
@@ -82,3 +77,14 @@ def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
                        calib.warning)
     symmetric = target.backend.value in ("tensorrt", "npu")  # the Q/DQ form TensorRT and NPU compilers read
     return Lowered(quantize_onnx_qdq(model, calib, placement, symmetric=symmetric), info=info, warning=calib.warning)
+
+
+def preprocessing_for(request, recorded_mean_std):
+    """Image preprocessing for --calib folders: --mean/--std, else what the model records, else ImageNet's."""
+    from vdeploy.calibration import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+    if request.mean or request.std:
+        return Preprocessing(request.mean or IMAGENET_MEAN, request.std or IMAGENET_STD, source="--mean/--std")
+    if recorded_mean_std:
+        return Preprocessing(*recorded_mean_std, source="recorded with the model")
+    return None  # ImageNet defaults, named as such in the manifest

@@ -18,7 +18,8 @@ TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "
 
 
 def build_manifest(*, request, target, backend, precision, loaded, exported, canonical, model, coverage, artifact,
-                   files, feeds, expected, numerics, run, lowered) -> dict:
+                   files, feeds, expected, numerics, run, lowered, accuracy=None,
+                   samples_source: str = "seeded standard normal") -> dict:
     from vdeploy.validate.budgets import judge
 
     size_mb = sum(f["bytes"] for f in files if f["path"] in artifact.files) / 1e6
@@ -41,11 +42,14 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         missing["power_w"] = run.power_reason or "no power meter and no hardware figures for an estimate"
     if lowered.warning:
         missing["calibration"] = lowered.warning
+    if accuracy is None:
+        missing["accuracy"] = "no labelled data: pass --eval-data FILE.npz (inputs and labels)"
     judgement = judge(budgets_for(target, request), tolerance_for(target, precision, request),
                       numerics=numerics, latency=timed, size_mb=size_mb,
                       power_w=power["mean"] if power else None, missing=missing, estimated=frozenset(estimated),
                       allow_estimates=target.spec.allow_estimates, energy_mj=power["energy_mj"] if power else None,
-                      peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred)
+                      peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred,
+                      top1_drop_pt=accuracy.drop_pt if accuracy else None)
     return {
         "schema": SCHEMA,
         "target": target.name,
@@ -56,7 +60,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         "inputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in feeds.items()],
         "outputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in expected.items()],
         "coverage": coverage.to_manifest(),
-        "numerics": numerics.to_manifest(),
+        "numerics": {**numerics.to_manifest(), "inputs": samples_source},
         "latency_ms": latency,
         "power_w": power,
         "size_mb": round(size_mb, 4),
@@ -71,6 +75,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
                    "simplified": canonical.simplified, "simplify_note": canonical.note},
         "estimate": estimate,
         "precision_info": lowered.info,
+        "accuracy": accuracy.to_manifest() if accuracy else None,
     }
 
 
@@ -105,8 +110,8 @@ def budgets_for(target, request) -> Budgets:
 
 
 def tolerance_for(target, precision: str, request) -> Tolerance:
-    overrides = {k: v for k, v in (("min_cosine", request.min_cosine), ("min_top1_agreement",
-                                                                        request.min_top1_agreement)) if v is not None}
+    overrides = {k: v for k, v in (("min_cosine", request.min_cosine), ("max_top1_drop", request.max_top1_drop),
+                                   ("min_top1_agreement", request.min_top1_agreement)) if v is not None}
     return target.spec.tolerances[Precision(precision)].model_copy(update=overrides)
 
 

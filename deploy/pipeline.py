@@ -35,6 +35,8 @@ class BuildRequest:
     mean: tuple[float, ...] | None = None  # image preprocessing for --calib folders
     std: tuple[float, ...] | None = None
     int8_sensitive: int = 0  # keep the N most sensitive layers float (measured)
+    eval_data: Path | None = None  # labelled .npz: top-1 of the artifact beside the reference, gated by max_top1_drop
+    max_top1_drop: float | None = None  # percentage points
     min_cosine: float | None = None  # numerics gate overrides
     min_top1_agreement: float | None = None
     samples: int = 8
@@ -60,6 +62,7 @@ class Prepared:
     loaded: object  # vdeploy.load.LoadedModel
     samples: dict[str, np.ndarray]
     reference: list[np.ndarray]
+    samples_source: str = "seeded standard normal"
     exports: dict = field(default_factory=dict)  # opset -> (ExportResult, CanonicalizeResult)
 
 
@@ -70,16 +73,40 @@ def resolve_targets(names, catalog_path) -> list[Target]:
     return [catalog.get(name) for name in names]
 
 
-def prepare(model: str, *, input_shape=None, trust_pickle=False, samples=8, progress: Progress) -> Prepared:
+def prepare(model: str, *, input_shape=None, trust_pickle=False, samples=8, request=None,
+            progress: Progress) -> Prepared:
+    """Load the model and run the reference. The validation inputs are the first samples of --eval-data or --calib
+    when given (a low-precision artifact calibrated on real data is judged on in-distribution inputs), else seeded
+    standard-normal samples."""
     from vdeploy.load import load_model
     from vdeploy.reference import make_samples, reference_outputs, resolve_inputs
 
     progress(f"loading {model}")
     loaded = load_model(model, trust_pickle=trust_pickle)
     inputs = resolve_inputs(loaded, input_shape)
-    sample_arrays = make_samples(inputs, samples)
+    sample_arrays, source = make_samples(inputs, samples), "seeded standard normal"
+    if request is not None and (request.eval_data or request.calib) and len(inputs) == 1:
+        sample_arrays, source = _data_samples(request, inputs[0], samples, loaded.mean_std)
     progress("running the reference (PyTorch eager)" if loaded.is_torch else "running the reference (ONNX Runtime)")
-    return Prepared(loaded, sample_arrays, reference_outputs(loaded, sample_arrays))
+    return Prepared(loaded, sample_arrays, reference_outputs(loaded, sample_arrays), source)
+
+
+def _data_samples(request, spec, count: int, recorded_mean_std):
+    """{name: [count, *shape]} from --eval-data (preferred) or --calib, and a line saying where they came from."""
+    if request.eval_data:
+        from vdeploy.validate.accuracy import load_eval_data
+
+        data, _ = load_eval_data(request.eval_data, spec.name, spec.shape)
+        where = f"--eval-data {request.eval_data}"
+    else:
+        from vdeploy.calibration import load_calibration
+        from vdeploy.lower_precision import preprocessing_for
+
+        calib = load_calibration(request.calib, {spec.name: spec.shape}, limit=count,
+                                 preprocessing=preprocessing_for(request, recorded_mean_std))
+        data, where = next(iter(calib.inputs.values())), f"--calib {calib.source}"
+    data = np.asarray(data, dtype=spec.dtype)[:count].reshape(-1, *spec.shape)
+    return {spec.name: data}, f"first {len(data)} samples of {where}"
 
 
 def exported_for(prepared: Prepared, opset: int, progress: Progress):
@@ -144,12 +171,14 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
         run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters, env=lowered.run_env)
         expected = dict(zip([o.name for o in model.graph.output], prepared.reference))
         numerics = compare(expected, dict(zip(expected, run.outputs)))
+        accuracy = _accuracy(prepared, artifact, writer.tmp, feeds, request, lowered.run_env, progress)
         np.savez(writer.tmp / "reference_io.npz", **{f"input:{k}": v for k, v in feeds.items()},
                  **{f"output:{k}": v for k, v in expected.items()})
         manifest = build_manifest(request=request, target=target, backend=backend, precision=precision,
                                   loaded=prepared.loaded, exported=exported, canonical=canonical, model=model,
                                   coverage=coverage, artifact=artifact, files=writer.file_entries(), feeds=feeds,
-                                  expected=expected, numerics=numerics, run=run, lowered=lowered)
+                                  expected=expected, numerics=numerics, run=run, lowered=lowered, accuracy=accuracy,
+                                  samples_source=prepared.samples_source)
         from vdeploy.report_html import render_html
 
         (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
@@ -175,7 +204,7 @@ def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Ou
     targets = resolve_targets(request.targets, request.catalog)
     check_out_dir(request.out_dir)
     prepared = prepare(request.model, input_shape=request.input_shape, trust_pickle=request.trust_pickle,
-                       samples=request.samples, progress=progress)
+                       samples=request.samples, request=request, progress=progress)
     outcomes = []
     for target in targets:
         try:
@@ -192,6 +221,22 @@ def overall_exit_code(outcomes: list[Outcome]) -> int:
     """1 if any target errored, else 3 if any failed a gate, else 0."""
     codes = {o.exit_code for o in outcomes}
     return 1 if 1 in codes else 3 if 3 in codes else 0
+
+
+def _accuracy(prepared: Prepared, artifact, bundle_dir, feeds, request, env, progress):
+    """Top-1 of reference and artifact on --eval-data (None without it)."""
+    if request.eval_data is None:
+        return None
+    from vdeploy.reference import reference_outputs
+    from vdeploy.validate.accuracy import Accuracy, load_eval_data, top1
+    from vdeploy.validate.isolate import run_artifact
+
+    (name, sample), = feeds.items()  # single-input image models
+    inputs, labels = load_eval_data(request.eval_data, name, tuple(sample.shape[1:]))
+    progress(f"measuring top-1 on {len(labels)} labelled samples ({request.eval_data})")
+    reference = reference_outputs(prepared.loaded, {name: inputs})[0]
+    artifact_out = run_artifact(artifact, bundle_dir, {name: inputs}, warmup=0, iters=0, env=env).outputs[0]
+    return Accuracy(len(labels), top1(reference, labels), top1(artifact_out, labels))
 
 
 def _precision(target: Target, requested: str | None) -> str:

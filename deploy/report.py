@@ -31,6 +31,10 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     if manifest.get("reason", {}).get("calibration"):
         console.print(f"[bold yellow]warning[/] {manifest['reason']['calibration']}")
     console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
+    if manifest.get("accuracy"):
+        acc = manifest["accuracy"]
+        console.print(f"accuracy on {acc['samples']} labelled samples: top-1 {acc['artifact_top1']:.2f}% vs reference "
+                      f"{acc['reference_top1']:.2f}% (drop {acc['top1_drop_pt']:.2f} pt)")
     console.print(latency_line(manifest["latency_ms"], manifest["budgets"]))
     console.print(f"size: {manifest['size_mb']:.2f} MB"
                   + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else "")
@@ -77,7 +81,8 @@ def coverage_table(coverage: dict) -> Table:
 def numerics_line(numerics: dict, tolerance: dict) -> str:
     top1 = numerics["top1_agreement"]
     top1_text = "n/a" if top1 is None else f"{top1:.3f}"
-    return (f"numerics vs reference ({numerics['samples']} samples): max_abs {numerics['max_abs']:.3g}, "
+    inputs = numerics.get("inputs", "seeded standard normal")
+    return (f"numerics vs reference ({numerics['samples']} samples, {inputs}): max_abs {numerics['max_abs']:.3g}, "
             f"rel_err {numerics['rel_err']:.3g} (budget {tolerance['max_rel_err']:g}), "
             f"cosine {numerics['cosine']:.6f} (budget {tolerance['min_cosine']:g}), top-1 agreement {top1_text}")
 

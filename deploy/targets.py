@@ -76,6 +76,7 @@ class Tolerance(_Strict):
     max_rel_err: float = Field(gt=0, lt=1)  # max |out - ref| / max |ref|
     min_cosine: float = Field(gt=0, le=1)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_top1_drop: float | None = Field(default=None, ge=0)  # points of labelled top-1 (needs --eval-data)
 
 
 class Budgets(_Strict):

@@ -52,7 +52,7 @@ class Judgement:
 def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | None, latency: Latency | None,
           size_mb: float, power_w: float | None, missing: dict[str, str], estimated: frozenset = frozenset(),
           allow_estimates: bool = False, energy_mj: float | None = None, peak_mem_mb: float | None = None,
-          deferred: str = "") -> Judgement:
+          deferred: str = "", top1_drop_pt: float | None = None) -> Judgement:
     """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent; `estimated` names the
     measurements that come from the analytic model: they are judged only when the target allows estimates.
     `deferred` says why the final artifact was not built here; such a build is never better than unverified."""
@@ -69,6 +69,7 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
     ]
     if top1 is not None or numerics is None:  # top-1 only exists for class-score outputs
         checks.append(("min_top1_agreement", tolerance.min_top1_agreement, top1, "", "numerics"))
+    checks.append(("max_top1_drop", tolerance.max_top1_drop, top1_drop_pt, "pt", "accuracy"))
     violations, unverified = [], [f"artifact: {deferred}"] if deferred else []
     for name, limit, measured, unit, source in checks:
         if limit is None:
