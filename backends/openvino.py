@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vdeploy.backends.base import Artifact
-from vdeploy.errors import BackendError
+from vdeploy.errors import BackendError, first_line
 
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
@@ -46,7 +46,7 @@ class OpenVinoBackend:
             try:
                 ov_model = ov.convert_model(str(source))
             except Exception as exc:  # OpenVINO raises its own exception types from C++
-                raise BackendError(f"OpenVINO could not convert the model: {_first_line(exc)}",
+                raise BackendError(f"OpenVINO could not convert the model: {first_line(exc)}",
                                    "run `vdeploy coverage` to see which ops the target lacks") from None
         return self._save(ov_model, precision, out_dir)
 
@@ -84,8 +84,3 @@ class OpenVinoSession:
     def __exit__(self, *exc) -> None:
         self._request = None
         self._compiled = None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

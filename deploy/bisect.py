@@ -83,11 +83,11 @@ def bisect(model: str, target_name: str, *, precision: str | None = None, input_
     import onnx
 
     from vdeploy.graph_passes.rules import ALL_SPECS
-    from vdeploy.pipeline import _precision, exported_for, prepare
+    from vdeploy.pipeline import exported_for, precision_for, prepare
     from vdeploy.targets import Precision, load_catalog
 
     target = load_catalog(catalog).get(target_name)
-    precision = _precision(target, precision)
+    precision = precision_for(target, precision)
     tolerance = target.spec.tolerances[Precision(precision)]
     graph_tolerance = target.spec.tolerances.get(Precision.fp32, tolerance)  # FP32 graphs, before the precision stage
     prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=samples, progress=progress)

@@ -39,3 +39,9 @@ class UnsupportedOpsError(VdeployError):
 
 class BackendError(VdeployError):
     kind = "backend"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (runtimes raise walls of text), or its type name."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip()[:limit] if lines else type(exc).__name__

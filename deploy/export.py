@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from vdeploy.errors import ExportError
+from vdeploy.errors import ExportError, first_line
 from vdeploy.load import LoadedModel, ModelFormat
 
 LEGACY_MAX_OPSET = 17  # what the legacy exporter reliably reaches (ENVIRONMENT.md)
@@ -42,12 +42,12 @@ def export_onnx(loaded: LoadedModel, example_inputs: tuple, opset: int) -> Expor
                 notes.append(f"dynamo exporter asked for opset {opset}, produced {got}")
             return ExportResult(model, "dynamo", got, tuple(notes))
         except Exception as exc:  # the exporter raises many types; the legacy path gets its chance
-            notes.append(f"dynamo exporter failed ({_first_line(exc)}); fell back to the legacy exporter")
+            notes.append(f"dynamo exporter failed ({first_line(exc)}); fell back to the legacy exporter")
     legacy_opset = min(opset, LEGACY_MAX_OPSET)
     try:
         model = _legacy(loaded, example_inputs, legacy_opset)
     except Exception as exc:
-        raise ExportError(f"ONNX export failed with both exporters: {_first_line(exc)}",
+        raise ExportError(f"ONNX export failed with both exporters: {first_line(exc)}",
                           "export the model to ONNX yourself and pass the .onnx file") from None
     got = default_opset(model)
     if got != opset:
@@ -83,8 +83,3 @@ def _quiet():
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         yield
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

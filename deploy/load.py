@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vdeploy.errors import ModelLoadError
+from vdeploy.errors import ModelLoadError, first_line
 
 TIMM_PREFIX = "timm:"
 
@@ -106,7 +106,7 @@ def _load_exported(path: Path) -> LoadedModel:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for damaged archives
-        raise ModelLoadError(f"{path} could not be loaded as a torch.export program: {_first_line(exc)}",
+        raise ModelLoadError(f"{path} could not be loaded as a torch.export program: {first_line(exc)}",
                              "re-export it with torch.export.save") from None
     user_inputs = set(program.graph_signature.user_inputs)
     inputs = [InputSpec(node.name, tuple(int(d) for d in node.meta["val"].shape), _dtype_name(node.meta["val"].dtype))
@@ -121,7 +121,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
-        raise ModelLoadError(f"{path} could not be loaded as TorchScript: {_first_line(exc)}",
+        raise ModelLoadError(f"{path} could not be loaded as TorchScript: {first_line(exc)}",
                              "re-save it with torch.jit.save") from None
     return _loaded(path, ModelFormat.torchscript, module=module)
 
@@ -139,13 +139,13 @@ def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
                 f"{path} holds pickled Python objects; loading it would run code from the file",
                 "pass --trust-pickle only if you trust its source, or save the model with torch.export.save") from None
         except Exception as exc:
-            raise ModelLoadError(f"{path} is truncated or corrupt: {_first_line(exc)}", "re-save the model") from None
+            raise ModelLoadError(f"{path} is truncated or corrupt: {first_line(exc)}", "re-save the model") from None
         raise ModelLoadError(f"{path} holds only tensors ({type(obj).__name__}), not a model architecture",
                              "save the model itself with torch.export.save or torch.jit.save")
     try:
         module = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ModelLoadError(f"{path} could not be unpickled: {_first_line(exc)}", "re-save the model") from None
+        raise ModelLoadError(f"{path} could not be unpickled: {first_line(exc)}", "re-save the model") from None
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"{path} unpickles to {type(module).__name__}, not an nn.Module",
                              "save the module (torch.save(model)) or use torch.export.save")
@@ -160,14 +160,14 @@ def _load_onnx(path: Path) -> LoadedModel:
         model = onnx.load(str(path))
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path} is not a recognised model file (not .pt2, TorchScript, pickle or ONNX: "
-                             f"{_first_line(exc)})", "check that the file is complete and in a supported format") from None
+                             f"{first_line(exc)})", "check that the file is complete and in a supported format") from None
     if not model.graph.node or not model.graph.output or not model.opset_import:
         raise ModelLoadError(f"{path} is not a recognised model file (no ONNX graph in it)",
                              "check that the file is complete and in a supported format")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(f"{path} is not a valid ONNX model: {_first_line(exc)}", "re-export the model") from None
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(exc)}", "re-export the model") from None
     initializers = {t.name for t in model.graph.initializer}
     inputs = []
     for value in model.graph.input:
@@ -203,8 +203,3 @@ def _is_static(val) -> bool:
 
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

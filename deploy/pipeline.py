@@ -152,7 +152,7 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
 
-    precision = _precision(target, request.precision)
+    precision = precision_for(target, request.precision)
     backend = get_backend(target.backend.value)
     exported, canonical = exported_for(prepared, target.spec.opset, progress)
     progress(f"legalizing for {target.name}")
@@ -239,7 +239,7 @@ def _accuracy(prepared: Prepared, artifact, bundle_dir, feeds, request, env, pro
     return Accuracy(len(labels), top1(reference, labels), top1(artifact_out, labels))
 
 
-def _precision(target: Target, requested: str | None) -> str:
+def precision_for(target: Target, requested: str | None) -> str:
     allowed = [p.value for p in target.spec.precisions]
     precision = requested or target.spec.default_precision.value
     if precision not in allowed:
