@@ -45,7 +45,8 @@ class Session(Protocol):
 
 class Backend(Protocol):
     name: str
-    no_host_latency: str | None  # why timings on this host do not represent the device; None when they do
+    def host_latency_reason(self, artifact: Artifact) -> str | None:
+        """Why timing `artifact` on this host would not represent the device (then it is not timed); None if it would."""
 
     def available(self) -> bool: ...
 

@@ -16,7 +16,6 @@ LATENCY_REASON = "an NPU hand-off is timed on the device after the vendor compil
 
 class NpuBackend:
     name = "npu"
-    no_host_latency = LATENCY_REASON
 
     def available(self) -> bool:
         return OnnxRuntimeBackend().available()
@@ -29,6 +28,9 @@ class NpuBackend:
 
         onnx.save(model, str(out_dir / "model.onnx"))
         return Artifact(self.name, precision, "model.onnx", ("model.onnx",))
+
+    def host_latency_reason(self, artifact: Artifact) -> str:
+        return LATENCY_REASON
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> OnnxRuntimeSession:
         return OnnxRuntimeSession(bundle_dir / artifact.entry)

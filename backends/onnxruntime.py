@@ -11,7 +11,6 @@ from vdeploy.backends.base import Artifact
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    no_host_latency = None
 
     def available(self) -> bool:
         try:
@@ -30,6 +29,9 @@ class OnnxRuntimeBackend:
 
         onnx.save(model, str(out_dir / "model.onnx"))
         return Artifact(self.name, precision, "model.onnx", ("model.onnx",))
+
+    def host_latency_reason(self, artifact: Artifact) -> None:
+        return None  # the host CPU is the target
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> "OnnxRuntimeSession":
         return OnnxRuntimeSession(bundle_dir / artifact.entry)

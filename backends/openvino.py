@@ -19,7 +19,6 @@ INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f3
 
 class OpenVinoBackend:
     name = "openvino"
-    no_host_latency = None
 
     def available(self) -> bool:
         try:
@@ -57,6 +56,9 @@ class OpenVinoBackend:
         hint = INFERENCE_PRECISION[precision]
         return Artifact(self.name, precision, "model.xml", ("model.xml", "model.bin"),
                         (("INFERENCE_PRECISION_HINT", hint),))
+
+    def host_latency_reason(self, artifact: Artifact) -> None:
+        return None  # the host CPU is the target
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> "OpenVinoSession":
         return OpenVinoSession(bundle_dir / artifact.entry, dict(artifact.options))

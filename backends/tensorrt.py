@@ -172,12 +172,11 @@ def build_engine(trt, onnx_path: Path, precision: str) -> Artifact:
 class TensorRtBackend:
     name = "tensorrt"
 
-    def __init__(self):
-        self._engine_ready = False  # set once this host built or can run the artifact's engine
-
-    @property
-    def no_host_latency(self) -> str | None:
-        return None if self._engine_ready else NO_ENGINE_LATENCY
+    def host_latency_reason(self, artifact: Artifact) -> str | None:
+        """Timed only when the artifact is an engine this host runs (what open() returns a TensorRT session for)."""
+        if artifact.entry == ENGINE and not artifact.deferred and tensorrt_module() is not None:
+            return None
+        return NO_ENGINE_LATENCY
 
     def available(self) -> bool:
         """The ONNX hand-off needs only onnx; building and running the engine is decided per host."""
@@ -196,9 +195,7 @@ class TensorRtBackend:
         trt, why = engine_host()
         if trt is None:
             return Artifact(self.name, precision, ONNX, (ONNX,), deferred=why)
-        artifact = build_engine(trt, out_dir / ONNX, precision)
-        self._engine_ready = True
-        return artifact
+        return build_engine(trt, out_dir / ONNX, precision)
 
     def prepare(self, artifact: Artifact, bundle_dir: Path) -> Artifact:
         """`vdeploy validate` on a host with TensorRT and a GPU: use the bundle's engine if this TensorRT loads it,
@@ -209,7 +206,6 @@ class TensorRtBackend:
         bundle_dir = Path(bundle_dir)
         engine = bundle_dir / ENGINE
         if engine.exists() and _loads(trt, engine):
-            self._engine_ready = True
             return artifact if not artifact.deferred else Artifact(
                 self.name, artifact.precision, ENGINE, (ENGINE,), (("build", "found in the bundle"),
                                                                    ("tensorrt", trt.__version__)))
@@ -217,9 +213,7 @@ class TensorRtBackend:
             raise BackendError(f"TensorRT {trt.__version__} cannot load the bundle's {ENGINE} (built by another "
                                "TensorRT version or for another GPU)", f"rebuild the bundle on this machine with "
                                f"`vdeploy build`, or run {SCRIPT} here and use model.engine outside vdeploy")
-        built = build_engine(trt, bundle_dir / ONNX, artifact.precision)
-        self._engine_ready = True
-        return built
+        return build_engine(trt, bundle_dir / ONNX, artifact.precision)
 
     def open(self, artifact: Artifact, bundle_dir: Path):
         bundle_dir = Path(bundle_dir)

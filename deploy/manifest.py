@@ -37,7 +37,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         power = {"mean": estimate["mean"], "source": "estimate", "energy_mj": estimate["energy_mj"]}
         estimated.add("power_w")
     if latency is None:
-        missing["latency_ms"] = backend.no_host_latency or "not measured"
+        missing["latency_ms"] = backend.host_latency_reason(artifact) or "not measured"
     if power is None:
         missing["power_w"] = run.power_reason or "no power meter and no hardware figures for an estimate"
     if lowered.warning:

@@ -165,7 +165,8 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
         artifact = backend.compile(lowered.model, precision, writer.tmp)
         if target.spec.handoff:
             (writer.tmp / "HANDOFF.txt").write_text(target.spec.handoff.strip() + "\n")
-        iters = 0 if backend.no_host_latency else request.iters
+        latency_reason = backend.host_latency_reason(artifact)
+        iters = 0 if latency_reason else request.iters
         progress(f"validating on this host ({request.samples} samples, {iters} timed runs)")
         feeds = dict(zip(_graph_inputs(model), prepared.samples.values()))
         run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters, env=lowered.run_env)

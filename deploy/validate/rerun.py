@@ -37,7 +37,8 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     with np.load(bundle_dir / "reference_io.npz") as data:
         feeds = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")}
         expected = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("output:")}
-    run = run_artifact(artifact, bundle_dir, feeds, warmup=warmup, iters=0 if backend.no_host_latency else iters)
+    latency_reason = backend.host_latency_reason(artifact)
+    run = run_artifact(artifact, bundle_dir, feeds, warmup=warmup, iters=0 if latency_reason else iters)
     numerics = compare(expected, dict(zip(expected, run.outputs)))
     from vdeploy.manifest import power_figure
 
@@ -45,7 +46,7 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     power = power_figure(run)
     missing = {} if power else {"power_w": run.power_reason or "no power meter on this host"}
     if run.latency is None:
-        missing["latency_ms"] = backend.no_host_latency or "not measured"
+        missing["latency_ms"] = latency_reason or "not measured"
     judgement = judge(
         Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
         Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
