@@ -26,8 +26,8 @@ def test_coverage_all_targets_matrix(cli, saved_pt2):
 
     for name in load_catalog().names:
         assert name in result.stdout
-    blocked = "cannot run" in result.stderr
-    assert result.exit_code == (1 if blocked else 0)
+    assert result.exit_code == 1  # hailo-8's profile (7 ops) cannot run a ViT
+    assert "coverage: hailo-8 cannot run" in result.stderr and "coverage: x86-cpu" not in result.stderr
 
 
 def test_multi_target_build_writes_one_bundle_each(cli, saved_pt2, tmp_path):
