@@ -11,13 +11,14 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: pip takes the local CPU wheel (ENVIRONMENT.md)
-	$(BIN)/python -m pip install --quiet -e '.[openvino,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[openvino,tvm,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-system-deps:  # Debian chromium for the report.html screenshot test (root only; otherwise prints what to install)
+system-deps: venv  # Debian chromium, aarch64 cross compilers, qemu-user (root only; otherwise prints what to install)
 	sh scripts/install_system_deps.sh
+	sh scripts/install_tvm_aarch64_runtime.sh $(BIN)/python  # aarch64 TVM runtime + runner for qemu validation
 
 demo: venv
 	$(BIN)/python examples/make_demo_model.py $(DEMO)/deit_tiny.pt2

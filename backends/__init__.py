@@ -11,6 +11,7 @@ _TABLE = {
     "openvino": ("vdeploy.backends.openvino", "OpenVinoBackend"),
     "npu": ("vdeploy.backends.npu", "NpuBackend"),
     "tensorrt": ("vdeploy.backends.tensorrt", "TensorRtBackend"),
+    "tvm": ("vdeploy.backends.tvm", "TvmBackend"),
 }
 
 

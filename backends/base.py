@@ -20,15 +20,21 @@ class Artifact:
     files: tuple[str, ...]  # every artifact file, relative to the bundle directory
     options: tuple[tuple[str, str], ...] = ()  # runtime settings the session must use (e.g. inference precision)
     deferred: str = ""  # why the final artifact is not built here (e.g. no TensorRT): the verdict stays unverified
+    details: tuple[tuple[str, object], ...] = ()  # how it was built, for the manifest (e.g. TVM tuning)
+
+    def option(self, key: str) -> str | None:
+        return dict(self.options).get(key)
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "entry": self.entry,
-                "files": list(self.files), "options": dict(self.options), "deferred": self.deferred}
+                "files": list(self.files), "options": dict(self.options), "deferred": self.deferred,
+                "details": dict(self.details)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Artifact":
         return cls(data["backend"], data["precision"], data["entry"], tuple(data["files"]),
-                   tuple(sorted(data.get("options", {}).items())), data.get("deferred", ""))
+                   tuple(sorted(data.get("options", {}).items())), data.get("deferred", ""),
+                   tuple(data.get("details", {}).items()))
 
 
 class Session(Protocol):
@@ -52,6 +58,7 @@ class Backend(Protocol):
 
     def version(self) -> str: ...
 
-    def compile(self, model, precision: str, out_dir: Path) -> Artifact: ...
+    def compile(self, model, precision: str, out_dir: Path, *, target=None, request=None, progress=None) -> Artifact:
+        """Write the artifact's files into out_dir. target/request/progress: for backends with build settings."""
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> Session: ...

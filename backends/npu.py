@@ -23,7 +23,7 @@ class NpuBackend:
     def version(self) -> str:
         return f"onnx hand-off (validated with onnxruntime {OnnxRuntimeBackend().version()})"
 
-    def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
         import onnx
 
         onnx.save(model, str(out_dir / "model.onnx"))

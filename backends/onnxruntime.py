@@ -24,7 +24,7 @@ class OnnxRuntimeBackend:
 
         return onnxruntime.__version__
 
-    def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
         import onnx
 
         onnx.save(model, str(out_dir / "model.onnx"))

@@ -32,7 +32,7 @@ class OpenVinoBackend:
 
         return openvino.__version__.split("-")[0]
 
-    def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
         """`model` is the legal onnx.ModelProto, or an openvino.Model already quantized (INT8 via NNCF)."""
         import onnx
         import openvino as ov

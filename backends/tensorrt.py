@@ -186,7 +186,7 @@ class TensorRtBackend:
         trt = tensorrt_module()
         return trt.__version__ if trt is not None else "not installed"
 
-    def compile(self, model, precision: str, out_dir: Path) -> Artifact:
+    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
         import onnx
 
         out_dir = Path(out_dir)

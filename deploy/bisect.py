@@ -205,7 +205,7 @@ def _backend_stage(lowered, target, precision: str, legal, prepared, tolerance, 
     initializers = {t.name for t in legal.graph.initializer}
     inputs = [i.name for i in legal.graph.input if i.name not in initializers]
     with tempfile.TemporaryDirectory(prefix="vdeploy-bisect-") as tmp:
-        artifact = backend.compile(lowered.model, precision, Path(tmp))
+        artifact = backend.compile(lowered.model, precision, Path(tmp), target=target, progress=progress)
         run = run_artifact(artifact, Path(tmp), dict(zip(inputs, prepared.samples.values())), warmup=0, iters=0,
                            env=lowered.run_env)
     numerics = _compare(prepared.reference, run.outputs)

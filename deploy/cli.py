@@ -42,6 +42,8 @@ def build(
     min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
     eval_data: Optional[Path] = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference."),
     max_top1_drop: Optional[float] = typer.Option(None, help="Gate: maximum top-1 drop in points (needs --eval-data)."),
+    tune_trials: Optional[int] = typer.Option(None, min=0, help="TVM: tuning budget for kernels without a cached record."),
+    tuning_db: list[Path] = typer.Option([], help="TVM: reuse the tuning records of a bundle (or its tuning/); repeatable."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
@@ -56,7 +58,7 @@ def build(
                                catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
                                std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
                                min_top1_agreement=min_top1_agreement, eval_data=eval_data,
-                               max_top1_drop=max_top1_drop)
+                               max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
         with _Progress(as_json) as progress:
             outcomes = run_build(request, progress)
         if as_json:

@@ -14,7 +14,7 @@ from vdeploy.targets import Budgets, Precision, Tolerance
 from vdeploy.validate.measure import Latency
 
 TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino", "nncf",
-                      "tensorrt")
+                      "tensorrt", "apache-tvm")
 
 
 def build_manifest(*, request, target, backend, precision, loaded, exported, canonical, model, coverage, artifact,
@@ -36,8 +36,9 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
     if estimate is not None and power is None:
         power = {"mean": estimate["mean"], "source": "estimate", "energy_mj": estimate["energy_mj"]}
         estimated.add("power_w")
-    if latency is None:
-        missing["latency_ms"] = backend.host_latency_reason(artifact) or "not measured"
+    host_reason = backend.host_latency_reason(artifact)  # why this host's timings would not count, if so
+    if latency is None or ("latency_ms" in estimated and host_reason):
+        missing["latency_ms"] = host_reason or "not measured"
     if power is None:
         missing["power_w"] = run.power_reason or "no power meter and no hardware figures for an estimate"
     if lowered.warning:

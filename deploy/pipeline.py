@@ -39,6 +39,8 @@ class BuildRequest:
     max_top1_drop: float | None = None  # percentage points
     min_cosine: float | None = None  # numerics gate overrides
     min_top1_agreement: float | None = None
+    tune_trials: int | None = None  # TVM: MetaSchedule budget for tasks without a cached record (None: target's)
+    tuning_db: tuple[Path, ...] = ()  # TVM: bundles or tuning/ folders whose records seed the cache
     samples: int = 8
     warmup: int = 10
     iters: int = 50
@@ -162,7 +164,8 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
 
     with BundleWriter(request.out_dir, f"{prepared.loaded.stem}-{target.name}") as writer:
         progress(f"compiling with {backend.name} {backend.version()}")
-        artifact = backend.compile(lowered.model, precision, writer.tmp)
+        artifact = backend.compile(lowered.model, precision, writer.tmp, target=target, request=request,
+                                   progress=progress)
         if target.spec.handoff:
             (writer.tmp / "HANDOFF.txt").write_text(target.spec.handoff.strip() + "\n")
         latency_reason = backend.host_latency_reason(artifact)

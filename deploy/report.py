@@ -28,6 +28,9 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     for note in export["notes"]:
         console.print(f"  note: {note}")
     console.print(coverage_table(manifest["coverage"]))
+    tuning = manifest["artifact"].get("details", {}).get("tuning")
+    if tuning:
+        console.print(tuning_line(tuning))
     if manifest.get("reason", {}).get("calibration"):
         console.print(f"[bold yellow]warning[/] {manifest['reason']['calibration']}")
     console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
@@ -44,6 +47,14 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
                   else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})")
     _print_verdict(manifest, console)
     console.print(f"bundle: {bundle}")
+
+
+def tuning_line(tuning: dict) -> str:
+    line = (f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the tuning database, {tuning['tuned']} tuned "
+            f"now ({tuning['trials']} trials, {tuning['seconds']:.0f} s)")
+    if tuning["untuned"]:
+        line += f", [bold yellow]{tuning['untuned']} untuned[/] (slow default code: raise --tune-trials)"
+    return line
 
 
 def print_validation(report: dict, console: Console | None = None) -> None:

@@ -9,7 +9,7 @@ import enum
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -105,6 +105,23 @@ class PrecisionOptions(_Strict):
     int8_keep_float: list[str] = []  # ONNX node names never quantized
 
 
+class TvmOptions(_Strict):
+    """How the TVM backend compiles. Targets are TVM's dict form (TVM 0.27 rejects "llvm -mtriple=..." strings);
+    "host" as mcpu or num-cores means this machine's CPU name or physical core count."""
+
+    target: dict[str, Any]  # the device, e.g. {kind: llvm, mtriple: aarch64-linux-gnu, mcpu: cortex-a76}
+    tune_on: dict[str, Any] | None = None  # where schedules are measured when the device is not this host
+    tune_trials: int = Field(default=400, ge=0)  # MetaSchedule budget for tasks without a cached record
+    cross_cc: str | None = None  # the C compiler that links the .so for another architecture
+
+    @model_validator(mode="after")
+    def _llvm(self) -> "TvmOptions":
+        for target in (self.target, self.tune_on or {}):
+            if target and target.get("kind") != "llvm":
+                raise ValueError("only LLVM CPU targets (kind: llvm) are supported by the tvm backend")
+        return self
+
+
 class TargetSpec(_Strict):
     description: str
     aliases: list[str] = []
@@ -118,6 +135,7 @@ class TargetSpec(_Strict):
     tolerances: dict[Precision, Tolerance]
     precision_options: PrecisionOptions = PrecisionOptions()
     hardware: Hardware | None = None
+    tvm: TvmOptions | None = None  # backend tvm only
     allow_estimates: bool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
     handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)
     sources: list[str] = []
@@ -129,6 +147,8 @@ class TargetSpec(_Strict):
         missing = [p.value for p in self.precisions if p not in self.tolerances]
         if missing:
             raise ValueError(f"no tolerances for precision(s) {', '.join(missing)}")
+        if (self.backend == Backend.tvm) != (self.tvm is not None):
+            raise ValueError("a tvm: section is required with backend tvm, and only there")
         return self
 
 

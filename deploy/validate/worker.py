@@ -23,8 +23,12 @@ def main(job: Path) -> int:
             inputs = {name: data[name] for name in data.files}
         backend = get_backend(artifact.backend)
         with backend.open(artifact, Path(spec["bundle_dir"])) as session:
-            samples = next(iter(inputs.values())).shape[0]
-            per_sample = [session.run({n: a[i] for n, a in inputs.items()}) for i in range(samples)]
+            count = next(iter(inputs.values())).shape[0]
+            samples = [{n: a[i] for n, a in inputs.items()} for i in range(count)]
+            if hasattr(session, "run_many"):  # one process for every sample (qemu-user sessions)
+                per_sample = session.run_many(samples)
+            else:
+                per_sample = [session.run(sample) for sample in samples]
             latency = energy = None
             meter, power_reason = find_meter(artifact.backend)
             if spec["iters"] > 0:

@@ -1,0 +1,177 @@
+"""MetaSchedule tuning with a bounded trial budget and a tuning database that outlives the build.
+
+relax IRModule -> tasks -> records already in the cache database? (reused) -> tune the rest within --tune-trials
+  -> cache database (~/.cache/vdeploy/tvm-tuning/<target>) -> this model's best records -> bundle tuning/
+
+Workers: MetaSchedule's LocalBuilder starts fresh worker processes for every batch, and each start imports
+tvm (and torch through tvm-ffi): most of a small budget went to process starts. PooledBuilder keeps its
+workers (recycled every `RECYCLE_AFTER` builds, the leak LocalBuilder restarts for) and still kills a build
+that runs past its timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+RECORDS = ("database_workload.json", "database_tuning_record.json")
+BUILD_TIMEOUT_S = 20.0  # a kernel normally builds in 1-2 s; a pathological unrolling can take minutes
+RUN_TIMEOUT_S = 60.0
+RECYCLE_AFTER = 64
+MIN_TRIALS_PER_TASK = 2
+TRIALS_PER_ROUND = 8  # candidates a task gets per round: small rounds reach every task within a small budget
+
+
+@dataclass(frozen=True)
+class TuningReport:
+    tasks: int  # tunable tasks (fused TIR functions) in the model
+    reused: int  # tasks whose schedule came from a database (cache or --tuning-db)
+    tuned: int  # tasks tuned in this build
+    trials: int  # measured candidates in this build
+    budget: int  # --tune-trials
+    seconds: float
+    database: str  # the cache database this build read and extended
+    untuned: int = 0  # tasks left without a record (budget 0): they run the unscheduled default
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "seconds": round(self.seconds, 2)}
+
+
+def cache_dir(tune_target) -> Path:
+    """One database per tuning target (and TVM version): records only transfer between identical targets."""
+    import tvm
+
+    root = Path(os.environ.get("VDEPLOY_CACHE") or Path.home() / ".cache" / "vdeploy") / "tvm-tuning"
+    key = json.dumps({"target": str(tune_target), "tvm": tvm.__version__}, sort_keys=True)
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path, ...] = (),
+         progress: Callable[[str], None] = lambda _: None):
+    """Records for every task of `mod` in `database_dir`, tuning only the tasks it lacks. -> (tasks, report)"""
+    from tvm.s_tir import meta_schedule as ms
+
+    started = time.monotonic()
+    database_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(database_dir)
+    for seed in seeds:
+        merge(open_database(seed), database)
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, tune_target) if _tunable(t)]
+    missing = [t for t in tasks if not has_record(database, t)]
+    tuned = trials_run = 0
+    if missing and trials > 0:
+        progress(f"tuning {len(missing)} of {len(tasks)} tasks with MetaSchedule ({trials} trials)")
+        trials_run = _tune_tasks(missing, tune_target, database, trials)
+        tuned = sum(has_record(database, t) for t in missing)
+    untuned = sum(not has_record(database, t) for t in tasks)
+    report = TuningReport(len(tasks), len(tasks) - len(missing), tuned, trials_run, trials,
+                          time.monotonic() - started, str(database_dir), untuned)
+    return tasks, database, report
+
+
+def _tune_tasks(tasks, tune_target, database, trials: int) -> int:
+    from tvm.s_tir import meta_schedule as ms
+
+    per_task = max(MIN_TRIALS_PER_TASK, math.ceil(trials / len(tasks)))
+    # MetaSchedule logs every round and a task table to a console handler bound to sys.stdout when the loggers
+    # are configured: keep warnings only, and on stderr (stdout may be --json).
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    # Candidates are timed with the threads the artifact will use (TVM's own default here was 1 of 2 cores).
+    os.environ["TVM_NUM_THREADS"] = str(tune_target.attrs.get("num-cores", 1))
+    with tempfile.TemporaryDirectory(prefix="vdeploy-tune-") as work_dir, contextlib.redirect_stdout(sys.stderr):
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir, strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=128, init_min_unmeasured=32, genetic_num_iters=2), seed=0)
+        builder = pooled_builder()
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
+            number=3, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False))
+        before = len(database)
+        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
+                           max_trials_per_task=per_task, num_trials_per_iter=TRIALS_PER_ROUND, builder=builder,
+                           runner=runner, database=database, cost_model="xgb")
+        return len(database) - before
+
+
+def pooled_builder():
+    """A MetaSchedule builder whose worker processes live across batches (see the module docstring)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _worker_func
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    class PooledBuilder(PyBuilder):
+        def __init__(self):
+            self.pool = PopenPoolExecutor(max_workers=min(2, os.cpu_count() or 1), timeout=BUILD_TIMEOUT_S,
+                                          maximum_process_uses=RECYCLE_AFTER,
+                                          # untimed: the first build imports tvm.s_tir.tensor_intrin (20+ s
+                                          # on a loaded host), which made every build of a fresh worker time out
+                                          initializer=lambda: __import__("tvm.s_tir.tensor_intrin"))
+
+        def build(self, build_inputs):
+            args = [(None, None, b.mod, b.target, None) for b in build_inputs]
+            results = []
+            for outcome in self.pool.map_with_error_catching(lambda x: _worker_func(*x), args):
+                if outcome.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(outcome.value, None))
+                else:
+                    results.append(BuilderResult(None, f"build {outcome.status.name.lower()}: {outcome.value}"))
+            return results
+
+    return derived_object(PooledBuilder)()
+
+
+def _tunable(task) -> bool:
+    return not task.mod.attrs.get("tirx.is_scheduled", False)
+
+
+def open_database(directory: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    workload, record = (str(Path(directory) / name) for name in RECORDS)
+    return ms.database.JSONDatabase(path_workload=workload, path_tuning_record=record, allow_missing=True)
+
+
+def has_record(database, task) -> bool:
+    return database.query_tuning_record(task.dispatched[0], task.target, task.task_name) is not None
+
+
+def merge(source, destination) -> None:
+    """Copy every record of `source` into `destination` (JSONDatabase appends them to its files)."""
+    for record in source.get_all_tuning_records():
+        workload = destination.commit_workload(record.workload.mod)
+        destination.commit_tuning_record(type(record)(record.trace, workload, record.run_secs, record.target,
+                                                      record.args_info))
+
+
+def export_records(database, tasks, out_dir: Path) -> int:
+    """The best record of each task into a fresh database in out_dir (what the bundle ships). -> records written"""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RECORDS:
+        (out_dir / name).unlink(missing_ok=True)
+    bundle_db = open_database(out_dir)
+    written = 0
+    for task in tasks:
+        best = database.query_tuning_record(task.dispatched[0], task.target, task.task_name)
+        if best is not None:
+            workload = bundle_db.commit_workload(task.dispatched[0])
+            bundle_db.commit_tuning_record(type(best)(best.trace, workload, best.run_secs, best.target,
+                                                      best.args_info))
+            written += 1
+    for name in RECORDS:
+        (out_dir / name).touch()
+    return written
+
+
+def clear_cache(tune_target) -> None:
+    shutil.rmtree(cache_dir(tune_target), ignore_errors=True)
