@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 
-.PHONY: venv system-deps demo test test-fast bench clean
+.PHONY: venv system-deps demo test test-fast bench bench-tvm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python benchmarks/cli_startup.py
+
+bench-tvm: venv  # ~30 min on 2 cores: TVM vs ONNX Runtime before/after tuning, and the cached rebuild
+	$(BIN)/python benchmarks/tvm_vs_ort.py
 
 clean:
 	rm -rf $(DEMO) out .pytest_cache

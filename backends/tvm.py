@@ -75,14 +75,14 @@ class TvmBackend:
         options = target.spec.tvm
         device, tune_on = resolve(options.target), resolve(options.tune_on or options.target)
         trials = options.tune_trials if request is None or request.tune_trials is None else request.tune_trials
-        seeds = tuple(_tuning_dir(Path(p)) for p in (request.tuning_db if request else ()) or ())
+        seeds = tuple(_tuning_dir(Path(p)) for p in getattr(request, "tuning_db", ()))
         progress("importing the legal ONNX into TVM relax")
         mod, params, input_names = import_onnx(model)
-        with tvm.target.Target(tune_on):
+        tune_target = tvm.target.Target(tune_on)
+        with tune_target:
             mod = _prepare(mod)
-        database_dir = tvm_tune.cache_dir(tvm.target.Target(tune_on))
-        tasks, database, report = tvm_tune.tune(mod, tvm.target.Target(tune_on), trials=trials,
-                                                database_dir=database_dir, seeds=seeds, progress=progress)
+        tasks, database, report = tvm_tune.tune(mod, tune_target, trials=trials, seeds=seeds, progress=progress,
+                                                database_dir=tvm_tune.cache_dir(tune_target))
         shipped = tvm_tune.export_records(database, tasks, out_dir / TUNING)
         progress(f"compiling for {device.get('mtriple', 'this host')} ({device.get('mcpu', 'generic')})")
         with tvm.target.Target(device), tvm.transform.PassContext(opt_level=3), database:
@@ -95,11 +95,10 @@ class TvmBackend:
         _export(executable, out_dir / LIB, options.cross_cc if arch != host_arch() else None)
         write_params(out_dir / PARAMS, params)
         shutil.copyfile(Path(__file__).with_name("tvm_files") / RUNNER, out_dir / RUNNER)
-        files = (LIB, PARAMS, RUNNER, *(f"{TUNING}/{name}" for name in tvm_tune.RECORDS))
         details = {**report.to_dict(), "records_shipped": shipped, "target": device, "tuned_on": tune_on}
         if report.untuned:
             progress("warning: " + UNTUNED.format(count=report.untuned, tasks=report.tasks, trials=trials))
-        return Artifact(self.name, precision, LIB, files,
+        return Artifact(self.name, precision, LIB, (LIB, PARAMS),  # what the device loads: the size budget's files
                         options=(("arch", arch), ("inputs", json.dumps(input_names)),
                                  ("num_threads", str(device.get("num-cores", 1)))),
                         details=(("tuning", details),))
