@@ -57,10 +57,11 @@ def cache_dir(tune_target) -> Path:
 
 def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path, ...] = (),
          progress: Callable[[str], None] = lambda _: None):
-    """Tune the tasks of `mod` that `database_dir` has never seen. -> (tasks, database, report)
+    """Tune the tasks of `mod` with no measured candidate in `database_dir`. -> (tasks, database, report)
 
-    A task tuned before whose every candidate failed keeps TVM's default schedule (reported as untuned): retrying
-    it on each rebuild would cost MetaSchedule's start-up every time for the same outcome."""
+    A task measured before whose every candidate failed keeps TVM's default schedule (reported as untuned):
+    retrying it on each rebuild would cost MetaSchedule's start-up every time for the same outcome."""
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
     started = time.monotonic()
@@ -69,14 +70,16 @@ def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path
     for seed in seeds:
         merge(open_database(seed), database)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, tune_target) if _tunable(t)]
-    missing = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    measured = _measured_workloads(database)
+    missing = [t for t in tasks if tvm_ffi.structural_hash(t.dispatched[0]) not in measured]
+    reused = sum(has_record(database, t) for t in tasks) - sum(has_record(database, t) for t in missing)
     tuned = trials_run = 0
     if missing and trials > 0:
         progress(f"tuning {len(missing)} of {len(tasks)} tasks with MetaSchedule ({trials} trials)")
         trials_run = _tune_tasks(missing, tune_target, database, trials)
         tuned = sum(has_record(database, t) for t in missing)
     untuned = sum(not has_record(database, t) for t in tasks)
-    report = TuningReport(len(tasks), len(tasks) - len(missing), tuned, trials_run, trials,
+    report = TuningReport(len(tasks), reused, tuned, trials_run, trials,
                           time.monotonic() - started, str(database_dir), untuned)
     return tasks, database, report
 
@@ -144,6 +147,14 @@ def open_database(directory: Path):
 
     workload, record = (str(Path(directory) / name) for name in RECORDS)
     return ms.database.JSONDatabase(path_workload=workload, path_tuning_record=record, allow_missing=True)
+
+
+def _measured_workloads(database) -> set[int]:
+    """Structural hashes of the workloads with any measured candidate, failed ones included. (MetaSchedule commits
+    every task's workload when tuning starts, so has_workload() also holds for tasks the budget never reached.)"""
+    import tvm_ffi
+
+    return {tvm_ffi.structural_hash(r.workload.mod) for r in database.get_all_tuning_records()}
 
 
 def has_record(database, task) -> bool:

@@ -53,7 +53,7 @@ def tuning_line(tuning: dict) -> str:
     line = (f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the tuning database, {tuning['tuned']} tuned "
             f"now ({tuning['trials']} trials, {tuning['seconds']:.0f} s)")
     if tuning["untuned"]:
-        line += f", [bold yellow]{tuning['untuned']} untuned[/] (slow default code: raise --tune-trials)"
+        line += f", [bold yellow]{tuning['untuned']} untuned[/] (TVM default code: no valid candidate within the budget)"
     return line
 
 

@@ -30,8 +30,10 @@ from vdeploy.validate.isolate import run_artifact  # noqa: E402
 
 ARM, X86 = "arm-cortex-a76", "x86-cpu-tvm"
 EM_X86_64, EM_AARCH64, ET_DYN = 62, 183, 3
+# Left out of the profile: com.microsoft ops the frontend reads without their domain, and AllClassNMS (TVM's own
+# op, in no ONNX schema).
 CONTRIB_OPS = {"Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "SkipLayerNormalization",
-               "MatMulInteger16"}  # com.microsoft ops the frontend reads without their domain: left out of the profile
+               "MatMulInteger16", "AllClassNMS"}
 TUNE_TRIALS = 4  # MetaSchedule's start-up dominates (about 1-2 min here): one tiny budget, one small model
 QEMU = runner_problem()
 needs_qemu = pytest.mark.skipif(QEMU is not None, reason=f"aarch64 TVM runner unavailable: {QEMU}")
@@ -289,3 +291,17 @@ def test_tvm_section_on_another_backend_is_rejected(tmp_path, how):
     assert_clean_failure(result, tmp_path / "no-out", "target:", str(catalog), "targets.onnxruntime-cpu",
                          "a tvm: section is required with backend tvm, and only there")
     assert result.json["error"] == "target"
+
+
+def test_console_report_prints_the_tuning_line(arm_vit):
+    from rich.console import Console
+
+    from vdeploy.report import print_build
+
+    manifest, bundle = arm_vit
+    console = Console(record=True, width=160)
+    print_build(manifest, bundle, console)
+    text = console.export_text()
+    report = tuning(manifest)
+    assert f"tuning: {report['tasks']} kernels, {report['reused']} from the tuning database" in text
+    assert f"{report['untuned']} untuned" in text  # budget 0: every kernel keeps TVM's default code
