@@ -24,7 +24,7 @@ from vdeploy.errors import BackendError
 LIB, PARAMS, RUNNER, TUNING = "model.so", "params.bin", "run_tvm.py", "tuning"
 TRANSFORM = "main_transform_params"
 ARCH = {"aarch64": "aarch64", "arm64": "aarch64", "x86_64": "x86_64", "amd64": "x86_64"}
-UNTUNED = ("{count} of {tasks} kernels have no tuning record (--tune-trials {trials}): they run TVM's "
+UNTUNED = ("{count} of {tasks} kernels have no valid tuning record (--tune-trials {trials}): {names} run TVM's "
            "unscheduled default code, often 50-100x slower than tuned")
 
 
@@ -97,7 +97,9 @@ class TvmBackend:
         shutil.copyfile(Path(__file__).with_name("tvm_files") / RUNNER, out_dir / RUNNER)
         details = {**report.to_dict(), "records_shipped": shipped, "target": device, "tuned_on": tune_on}
         if report.untuned:
-            progress("warning: " + UNTUNED.format(count=report.untuned, tasks=report.tasks, trials=trials))
+            progress("warning: " + UNTUNED.format(count=report.untuned, tasks=report.tasks, trials=trials,
+                                                  names=", ".join(report.untuned_kernels[:3])
+                                                  + (" …" if report.untuned > 3 else "")))
         return Artifact(self.name, precision, LIB, (LIB, PARAMS),  # what the device loads: the size budget's files
                         options=(("arch", arch), ("inputs", json.dumps(input_names)),
                                  ("num_threads", str(device.get("num-cores", 1)))),

@@ -40,10 +40,11 @@ class TuningReport:
     budget: int  # --tune-trials
     seconds: float
     database: str  # the cache database this build read and extended
-    untuned: int = 0  # tasks left without a record (budget 0): they run the unscheduled default
+    untuned: int = 0  # tasks without a valid record: they run TVM's unscheduled default code
+    untuned_kernels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "seconds": round(self.seconds, 2)}
+        return {**asdict(self), "seconds": round(self.seconds, 2), "untuned_kernels": list(self.untuned_kernels)}
 
 
 def cache_dir(tune_target) -> Path:
@@ -78,9 +79,9 @@ def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path
         progress(f"tuning {len(missing)} of {len(tasks)} tasks with MetaSchedule ({trials} trials)")
         trials_run = _tune_tasks(missing, tune_target, database, trials)
         tuned = sum(has_record(database, t) for t in missing)
-    untuned = sum(not has_record(database, t) for t in tasks)
+    untuned = tuple(t.task_name for t in tasks if not has_record(database, t))
     report = TuningReport(len(tasks), reused, tuned, trials_run, trials,
-                          time.monotonic() - started, str(database_dir), untuned)
+                          time.monotonic() - started, str(database_dir), len(untuned), untuned)
     return tasks, database, report
 
 
