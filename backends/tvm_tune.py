@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -187,7 +186,3 @@ def export_records(database, tasks, out_dir: Path) -> int:
     for name in RECORDS:
         (out_dir / name).touch()
     return written
-
-
-def clear_cache(tune_target) -> None:
-    shutil.rmtree(cache_dir(tune_target), ignore_errors=True)
