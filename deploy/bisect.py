@@ -198,6 +198,7 @@ def _lower(legal, target, precision: str, model: str, prepared, progress: Progre
 
 def _backend_stage(lowered, target, precision: str, legal, prepared, tolerance, progress: Progress) -> StageResult:
     from vdeploy.backends import get_backend
+    from vdeploy.pipeline import BuildRequest
     from vdeploy.validate.isolate import run_artifact
 
     backend = get_backend(target.backend.value)
@@ -205,7 +206,10 @@ def _backend_stage(lowered, target, precision: str, legal, prepared, tolerance, 
     initializers = {t.name for t in legal.graph.initializer}
     inputs = [i.name for i in legal.graph.input if i.name not in initializers]
     with tempfile.TemporaryDirectory(prefix="vdeploy-bisect-") as tmp:
-        artifact = backend.compile(lowered.model, precision, Path(tmp), target=target, progress=progress)
+        # numerics only: no tuning (TVM applies cached schedules where it has them; schedules do not change results)
+        no_tuning = BuildRequest(model="", targets=(target.name,), tune_trials=0)
+        artifact = backend.compile(lowered.model, precision, Path(tmp), target=target, request=no_tuning,
+                                   progress=progress)
         run = run_artifact(artifact, Path(tmp), dict(zip(inputs, prepared.samples.values())), warmup=0, iters=0,
                            env=lowered.run_env)
     numerics = _compare(prepared.reference, run.outputs)

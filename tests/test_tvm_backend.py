@@ -305,3 +305,13 @@ def test_console_report_prints_the_tuning_line(arm_vit):
     report = tuning(manifest)
     assert f"tuning: {report['tasks']} kernels, {report['reused']} from the tuning database" in text
     assert f"{report['untuned']} untuned" in text  # budget 0: every kernel keeps TVM's default code
+
+
+def test_debug_on_a_tvm_target_checks_the_backend_without_tuning(saved_pt2, tmp_path):
+    cache = tmp_path / "cache"
+    result = run_cli("debug", saved_pt2("vit"), "--target", X86, "--json", env={"VDEPLOY_CACHE": str(cache)})
+    assert result.exit_code == 0, result.stderr
+    backend = result.json["stages"][-1]
+    assert backend["name"] == "backend" and backend["ok"] and backend["rel_err"] <= 1e-4
+    assert not list(cache.rglob("database_tuning_record.json")) or all(
+        p.stat().st_size == 0 for p in cache.rglob("database_tuning_record.json"))  # nothing was measured
