@@ -5,6 +5,7 @@ onnx.ModelProto --compile--> Artifact (files in the bundle) --open--> Session.ru
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -35,6 +36,14 @@ class Artifact:
         return cls(data["backend"], data["precision"], data["entry"], tuple(data["files"]),
                    tuple(sorted(data.get("options", {}).items())), data.get("deferred", ""),
                    tuple(data.get("details", {}).items()))
+
+
+def runtime_module(name: str):
+    """A runtime's Python module, or None where it is not installed. Imported on first use, never at CLI start."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 class Session(Protocol):

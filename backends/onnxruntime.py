@@ -6,23 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact
+from vdeploy.backends.base import Artifact, runtime_module
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def available(self) -> bool:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return runtime_module("onnxruntime") is not None
 
     def version(self) -> str:
-        import onnxruntime
-
-        return onnxruntime.__version__
+        return runtime_module("onnxruntime").__version__
 
     def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
         import onnx

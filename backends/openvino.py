@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact
+from vdeploy.backends.base import Artifact, runtime_module
 from vdeploy.errors import BackendError, first_line
 
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
@@ -21,16 +21,10 @@ class OpenVinoBackend:
     name = "openvino"
 
     def available(self) -> bool:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return runtime_module("openvino") is not None
 
     def version(self) -> str:
-        import openvino
-
-        return openvino.__version__.split("-")[0]
+        return runtime_module("openvino").__version__.split("-")[0]
 
     def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
         """`model` is the legal onnx.ModelProto, or an openvino.Model already quantized (INT8 via NNCF)."""

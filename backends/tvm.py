@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact
+from vdeploy.backends.base import Artifact, runtime_module
 from vdeploy.errors import BackendError
 
 LIB, PARAMS, RUNNER, TUNING = "model.so", "params.bin", "run_tvm.py", "tuning"
@@ -53,16 +53,10 @@ class TvmBackend:
     name = "tvm"
 
     def available(self) -> bool:
-        try:
-            import tvm  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return runtime_module("tvm") is not None
 
     def version(self) -> str:
-        import tvm
-
-        return tvm.__version__
+        return runtime_module("tvm").__version__
 
     def compile(self, model, precision: str, out_dir: Path, *, target=None, request=None,
                 progress=lambda _: None, **_) -> Artifact:

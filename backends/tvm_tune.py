@@ -72,7 +72,7 @@ def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, tune_target) if _tunable(t)]
     measured = _measured_workloads(database)
     missing = [t for t in tasks if tvm_ffi.structural_hash(t.dispatched[0]) not in measured]
-    reused = sum(has_record(database, t) for t in tasks) - sum(has_record(database, t) for t in missing)
+    reused = sum(has_record(database, t) for t in tasks)  # before tuning: records from the cache or seeds
     tuned = trials_run = 0
     if missing and trials > 0:
         progress(f"tuning {len(missing)} of {len(tasks)} tasks with MetaSchedule ({trials} trials)")
@@ -162,11 +162,21 @@ def has_record(database, task) -> bool:
 
 
 def merge(source, destination) -> None:
-    """Copy every record of `source` into `destination` (JSONDatabase appends them to its files)."""
+    """Copy into `destination` the records of workloads it has never measured (a seed merged on every build
+    must not append its records to the cache again each time)."""
+    import tvm_ffi
+
+    known = _measured_workloads(destination)
     for record in source.get_all_tuning_records():
-        workload = destination.commit_workload(record.workload.mod)
-        destination.commit_tuning_record(type(record)(record.trace, workload, record.run_secs, record.target,
-                                                      record.args_info))
+        if tvm_ffi.structural_hash(record.workload.mod) not in known:
+            _commit(destination, record.workload.mod, record)
+
+
+def _commit(database, mod, record) -> None:
+    """`record` (of another database) committed to `database` under the workload of `mod`."""
+    workload = database.commit_workload(mod)
+    database.commit_tuning_record(type(record)(record.trace, workload, record.run_secs, record.target,
+                                               record.args_info))
 
 
 def export_records(database, tasks, out_dir: Path) -> int:
@@ -179,9 +189,7 @@ def export_records(database, tasks, out_dir: Path) -> int:
     for task in tasks:
         best = database.query_tuning_record(task.dispatched[0], task.target, task.task_name)
         if best is not None:
-            workload = bundle_db.commit_workload(task.dispatched[0])
-            bundle_db.commit_tuning_record(type(best)(best.trace, workload, best.run_secs, best.target,
-                                                      best.args_info))
+            _commit(bundle_db, task.dispatched[0], best)
             written += 1
     for name in RECORDS:
         (out_dir / name).touch()

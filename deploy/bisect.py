@@ -166,18 +166,17 @@ def _legalized_prefixes(canonical, target, specs: tuple, progress: Progress) -> 
     specs[:i+1] on a fresh copy, finished as pipeline.legalize_for finishes it (so the last one is the build's graph).
     A spec that leaves private ops (attention_normalize) shares a stage with the next: "legalize:a+b"."""
     import onnx_ir as ir
-    import onnx_ir.passes.common as common_passes
 
     from vdeploy.graph_passes.legalize import legalize
     from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN
+    from vdeploy.pipeline import finish_legal
 
     stages, done, names, fired = [], Counter(), [], Counter()
     for i, spec in enumerate(specs):
         progress(f"bisect: legalizing with {spec.name} added")
         model = ir.serde.deserialize_model(canonical)
         result = legalize(model, target.op_set, fallback=target.spec.fallback, specs=specs[:i + 1])
-        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-        common_passes.RemoveUnusedOpsetsPass()(model)
+        finish_legal(model)
         names.append(spec.name)
         fired.update({rule: n - done[rule] for rule, n in result.rules.items() if n > done[rule]})
         done = Counter(result.rules)
@@ -198,13 +197,12 @@ def _lower(legal, target, precision: str, model: str, prepared, progress: Progre
 
 def _backend_stage(lowered, target, precision: str, legal, prepared, tolerance, progress: Progress) -> StageResult:
     from vdeploy.backends import get_backend
-    from vdeploy.pipeline import BuildRequest
+    from vdeploy.pipeline import BuildRequest, graph_inputs
     from vdeploy.validate.isolate import run_artifact
 
     backend = get_backend(target.backend.value)
     progress(f"bisect: compiling and running with {backend.name} {backend.version()}")
-    initializers = {t.name for t in legal.graph.initializer}
-    inputs = [i.name for i in legal.graph.input if i.name not in initializers]
+    inputs = graph_inputs(legal)
     with tempfile.TemporaryDirectory(prefix="vdeploy-bisect-") as tmp:
         # numerics only: no tuning (TVM applies cached schedules where it has them; schedules do not change results)
         no_tuning = BuildRequest(model="", targets=(target.name,), tune_trials=0)

@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compile vision models for edge targets, validate them against budgets, write release bundles.")
 
 TARGETS_FILE = typer.Option(None, "--targets-file", envvar="VDEPLOY_TARGETS", help="Target catalogue to use.")
+INPUT_SHAPE = typer.Option(None, help="Input shape, e.g. 1,3,224,224.")
+TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code).")
 
 
 @app.command()
@@ -28,10 +30,10 @@ def build(
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
-    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
+    input_shape: Optional[str] = INPUT_SHAPE,
     max_latency_ms: Optional[float] = typer.Option(None, help="Override the target's latency budget."),
     max_power_w: Optional[float] = typer.Option(None, help="Override the target's power budget."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
+    trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
     iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
     calib: Optional[Path] = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz."),
@@ -50,10 +52,9 @@ def build(
 
     def work():
         from vdeploy.pipeline import BuildRequest, build as run_build, overall_exit_code
-        from vdeploy.reference import parse_shape
 
         request = BuildRequest(model=model, targets=tuple(target), out_dir=out, precision=precision,
-                               input_shape=parse_shape(input_shape) if input_shape else None,
+                               input_shape=_shape(input_shape),
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                                catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
                                std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
@@ -84,8 +85,8 @@ def build(
 def coverage(
     model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat, or 'all'."),
-    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
+    input_shape: Optional[str] = INPUT_SHAPE,
+    trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the coverage as JSON on stdout."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
@@ -93,11 +94,10 @@ def coverage(
 
     def work():
         from vdeploy.pipeline import coverage_for_targets
-        from vdeploy.reference import parse_shape
 
         with _Progress(as_json) as progress:
             results = coverage_for_targets(model, tuple(target), trust_pickle=trust_pickle, catalog=targets_file,
-                                           input_shape=parse_shape(input_shape) if input_shape else None,
+                                           input_shape=_shape(input_shape),
                                            progress=progress)
         if as_json:
             typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
@@ -124,8 +124,8 @@ def debug(
     model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
     target: str = typer.Option(..., "--target", "-t", help="Target name or alias (one)."),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
-    input_shape: Optional[str] = typer.Option(None, help="Input shape, e.g. 1,3,224,224."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code)."),
+    input_shape: Optional[str] = INPUT_SHAPE,
+    trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the bisect report as JSON on stdout."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
@@ -133,11 +133,10 @@ def debug(
 
     def work():
         from vdeploy.bisect import bisect
-        from vdeploy.reference import parse_shape
 
         with _Progress(as_json) as progress:
             report = bisect(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
-                            input_shape=parse_shape(input_shape) if input_shape else None, progress=progress)
+                            input_shape=_shape(input_shape), progress=progress)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
             return report.exit_code
@@ -227,6 +226,12 @@ def targets(
         return 0
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+def _shape(text: str | None):
+    from vdeploy.reference import parse_shape
+
+    return parse_shape(text) if text else None
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:

@@ -2,7 +2,7 @@
 
 probe_bf16() -> CPU flags (no avx512_bf16/amx_bf16: no) -> child: tiny Conv+MatMul model, INFERENCE_PRECISION_HINT
 bf16, one inference checked against numpy -> died with SIGILL (AMX `tilezero` on hosts that do not grant AMX)? ->
-retry with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 (bf16 without AMX) -> Bf16Support(ok, isa_cap, reason, attempts).
+retry with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 (bf16 without AMX) -> PrecisionSupport(ok, isa_cap, reason, attempts).
 The caller runs bf16 work with `support.env()` in the environment of the process that runs it (the variable must
 be set before the runtime loads). probe_int8() does the same for FakeQuantize'd (INT8) models, capped at
 AVX512_CORE_VNNI.
@@ -52,7 +52,6 @@ class PrecisionSupport:
                 "attempts": [a.__dict__ for a in self.attempts]}
 
 
-Bf16Support = PrecisionSupport  # the name issue 5 uses; probe_int8 returns the same shape
 
 
 def cpu_flags() -> frozenset[str]:

@@ -66,6 +66,7 @@ class Prepared:
     reference: list[np.ndarray]
     samples_source: str = "seeded standard normal"
     exports: dict = field(default_factory=dict)  # opset -> (ExportResult, CanonicalizeResult)
+    evaluation: dict = field(default_factory=dict)  # --eval-data path -> (inputs, labels, reference top-1)
 
 
 def resolve_targets(names, catalog_path) -> list[Target]:
@@ -128,17 +129,23 @@ def exported_for(prepared: Prepared, opset: int, progress: Progress):
 def legalize_for(canonical_model, target: Target):
     """(legalized onnx.ModelProto, Coverage) for a target's op set; the model is not yet checked for leftovers."""
     import onnx_ir as ir
-    import onnx_ir.passes.common as common_passes
 
     from vdeploy.graph_passes.coverage import coverage_of
     from vdeploy.graph_passes.legalize import legalize
 
     model = ir.serde.deserialize_model(canonical_model)
     result = legalize(model, target.op_set, fallback=target.spec.fallback)
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(result.model)
-    common_passes.RemoveUnusedOpsetsPass()(result.model)  # e.g. the vdeploy.internal import once its ops are gone
+    finish_legal(result.model)
     legal = ir.serde.serialize_model(result.model)
     return legal, coverage_of(canonical_model, legal, result, target.op_set)
+
+
+def finish_legal(model) -> None:
+    """What every legalized onnx-ir model gets before serialization (bisect's stages too)."""
+    import onnx_ir.passes.common as common_passes
+
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    common_passes.RemoveUnusedOpsetsPass()(model)  # e.g. the vdeploy.internal import once its ops are gone
 
 
 def require_legal(coverage, target: Target) -> None:
@@ -171,7 +178,7 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
         latency_reason = backend.host_latency_reason(artifact)
         iters = 0 if latency_reason else request.iters
         progress(f"validating on this host ({request.samples} samples, {iters} timed runs)")
-        feeds = dict(zip(_graph_inputs(model), prepared.samples.values()))
+        feeds = dict(zip(graph_inputs(model), prepared.samples.values()))
         run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters, env=lowered.run_env)
         expected = dict(zip([o.name for o in model.graph.output], prepared.reference))
         numerics = compare(expected, dict(zip(expected, run.outputs)))
@@ -236,11 +243,15 @@ def _accuracy(prepared: Prepared, artifact, bundle_dir, feeds, request, env, pro
     from vdeploy.validate.isolate import run_artifact
 
     (name, sample), = feeds.items()  # single-input image models
-    inputs, labels = load_eval_data(request.eval_data, name, tuple(sample.shape[1:]))
+    key = str(request.eval_data)
+    if key not in prepared.evaluation:  # the data and the reference's top-1 are the same for every target
+        inputs, labels = load_eval_data(request.eval_data, name, tuple(sample.shape[1:]))
+        reference = reference_outputs(prepared.loaded, {name: inputs})[0]
+        prepared.evaluation[key] = (inputs, labels, top1(reference, labels))
+    inputs, labels, reference_top1 = prepared.evaluation[key]
     progress(f"measuring top-1 on {len(labels)} labelled samples ({request.eval_data})")
-    reference = reference_outputs(prepared.loaded, {name: inputs})[0]
     artifact_out = run_artifact(artifact, bundle_dir, {name: inputs}, warmup=0, iters=0, env=env).outputs[0]
-    return Accuracy(len(labels), top1(reference, labels), top1(artifact_out, labels))
+    return Accuracy(len(labels), reference_top1, top1(artifact_out, labels))
 
 
 def precision_for(target: Target, requested: str | None) -> str:
@@ -252,7 +263,8 @@ def precision_for(target: Target, requested: str | None) -> str:
     return precision
 
 
-def _graph_inputs(model) -> list[str]:
+def graph_inputs(model) -> list[str]:
+    """Names of an onnx.ModelProto's real inputs (graph inputs that are not initializers)."""
     initializers = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in initializers]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vdeploy.errors import ModelLoadError
+from vdeploy.errors import ModelLoadError, first_line
 from vdeploy.load import InputSpec, LoadedModel, ModelFormat
 
 SEED = 20261122
@@ -70,8 +70,7 @@ def _torch_runner(loaded: LoadedModel):
                 result = loaded.module(*tensors)
         except Exception as exc:  # a shape mismatch surfaces as any of several torch errors
             shapes = " and ".join(_fmt(a.shape) for a in arrays)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ModelLoadError(f"input shape {shapes} does not fit the model: {first}",
+            raise ModelLoadError(f"input shape {shapes} does not fit the model: {first_line(exc, 200)}",
                                  "pass the shape the model was built for with --input-shape") from None
         return [t.detach().float().numpy() if t.is_floating_point() else t.numpy() for t in _flatten(result)]
 
@@ -87,7 +86,7 @@ def _onnx_runner(loaded: LoadedModel):
         session = ort.InferenceSession(loaded.onnx_model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelLoadError(f"ONNX Runtime cannot run {loaded.source} as given: {str(exc).splitlines()[0][:200]}",
+        raise ModelLoadError(f"ONNX Runtime cannot run {loaded.source} as given: {first_line(exc, 200)}",
                              "check the model with onnx.checker and onnxruntime first") from None
     names = [i.name for i in session.get_inputs()]
     return lambda arrays: session.run(None, dict(zip(names, arrays)))

@@ -242,25 +242,10 @@ def _budget_marker(budget: float | None, lo: float, hi: float, x, plot_h: int) -
             f'style="fill:#cf222e;font-weight:600">{text}</text>')
 
 
-def _op_statuses(coverage: dict) -> dict[str, str]:
-    """Per-op status from the manifest when it carries one, else derived the way the console table does."""
-    given = coverage.get("status") or coverage.get("statuses")
-    if isinstance(given, dict):
-        return {str(k): str(v) for k, v in given.items()}
-    if isinstance(coverage.get("table"), list):
-        return {str(r.get("op")): str(r.get("status")) for r in coverage["table"] if isinstance(r, dict)}
-    before, after = coverage.get("ops_before") or {}, coverage.get("ops_after") or {}
-    unsupported, fallback = set(coverage.get("unsupported") or []), set(coverage.get("fallback") or [])
-    fused, decomposed = set(coverage.get("fused") or {}), set(coverage.get("decomposed") or {})
-    return {op: "unsupported" if op in unsupported else "fallback" if op in fallback else "removed" if op not in after
-            else "fused" if op in fused and op not in before else "decomposed" if op in decomposed and op not in before
-            else "native" for op in set(before) | set(after)}
-
-
 def _coverage_section(m: dict) -> str:
     coverage = m.get("coverage") or {}
     before, after = coverage.get("ops_before") or {}, coverage.get("ops_after") or {}
-    statuses = _op_statuses(coverage)
+    statuses = coverage.get("status") or {}  # Coverage.to_manifest: op -> status
     ops = sorted(set(before) | set(after) | set(statuses), key=lambda o: (-after.get(o, 0), o))
     rows = [(f"<code>{_e(op)}</code>", _num(before.get(op, 0)), _num(after.get(op, 0)),
              f'<span class="tag {_e(statuses.get(op, "native"))}">{_e(statuses.get(op, "native"))}</span>')

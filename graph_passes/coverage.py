@@ -68,7 +68,7 @@ def coverage_of(before, after, result, op_set: frozenset) -> Coverage:
     status = {}
     for op in sorted(set(ops_before) | set(ops_after)):
         if op in result.unsupported:
-            status[op] = OpStatus.fallback if op in result.fallback_ops else OpStatus.unsupported
+            status[op] = OpStatus.fallback if result.fallback else OpStatus.unsupported
         elif op not in ops_after:
             status[op] = OpStatus.fused if OpId.parse(op) in op_set else OpStatus.decomposed
         elif op not in ops_before and op in made_by:

@@ -41,15 +41,15 @@ class LegalizeResult:
     decomposed: Mapping[str, int]  # family -> nodes rewritten into smaller ops
     rules: Mapping[str, int]  # rule name -> matches rewritten
     unsupported: tuple[str, ...]  # op ids (str(OpId)) left outside the usable op set, sorted
-    fallback_ops: tuple[str, ...]  # the unsupported ops allowed to run on the fallback device (empty without one)
+    fallback: bool  # may the unsupported ops run on the target's fallback device (e.g. its CPU)?
     choices: Mapping[str, Direction]  # family -> the direction chosen for this op set
-    rule_directions: Mapping[str, Direction]  # rule that fired -> its family's direction (for coverage.rule_ops)
+    rule_directions: Mapping[str, Direction]  # rule that fired -> its family's direction (for coverage_of)
     approximations: Mapping[str, float]  # rule that fired -> its documented max abs error
 
     @property
     def legal(self) -> bool:
         """True when nothing is left outside the op set, or everything left may fall back."""
-        return set(self.unsupported) <= set(self.fallback_ops)
+        return self.fallback or not self.unsupported
 
 
 def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
@@ -194,7 +194,7 @@ def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, spec
         decomposed=dict(decomposed),
         rules={name: n for name, n in rules.items() if n},
         unsupported=left,
-        fallback_ops=left if fallback else (),
+        fallback=fallback,
         choices=choices,
         rule_directions=rule_directions,
         approximations=approximations,

@@ -36,12 +36,15 @@ def test_int8_top1_drop_is_measured_and_gated(cli, digits_files, tmp_path, targe
     assert accuracy["top1_drop_pt"] <= 1.0 and accuracy["artifact_top1"] > 90
 
 
-def test_drop_gate_fails_when_set_below_the_measured_drop(cli, digits_files, tmp_path):
+def test_zero_drop_gate_holds_for_fp32_is_kept_by_validate_and_is_unverified_without_data(cli, digits_files, tmp_path):
     files, _ = digits_files
     args = ("build", files / "digits_cnn.pt2", "--target", "onnxruntime-cpu", "--out", tmp_path, "--iters", 3,
             "--json", "--eval-data", files / "eval.npz")
     exact = cli(*args, "--max-top1-drop", "0")
     assert exact.exit_code == 0 and exact.json["accuracy"]["top1_drop_pt"] == 0  # FP32 ORT == PyTorch labels
+    assert exact.json["verdict"] == "pass"
+    validated = cli("validate", tmp_path / "digits_cnn-onnxruntime-cpu", "--json", "--iters", 3)
+    assert validated.exit_code == 0 and validated.json["verdict"] == "pass", validated.json["reason"]
     unverified = cli("build", files / "digits_cnn.pt2", "--target", "onnxruntime-cpu", "--out", tmp_path / "u",
                      "--iters", 3, "--json", "--max-top1-drop", "0.5")
     assert unverified.json["verdict"] == "unverified"

@@ -25,6 +25,7 @@ def manifest(**changes) -> dict:
         "outputs": [{"name": "logits", "shape": [10], "dtype": "float32"}],
         "coverage": {"ops_before": {"Conv": 2, "BatchNormalization": 2, "Erf": 1}, "ops_after": {"Conv": 2, "Gelu": 1},
                      "fused": {"Gelu": 1}, "decomposed": {}, "unsupported": [], "rules": {"gelu.fuse_erf": 1},
+                     "status": {"Conv": "native", "BatchNormalization": "removed", "Erf": "removed", "Gelu": "fused"},
                      "approximations": {"gelu.tanh": 3.1e-4}},
         "numerics": {"max_abs": 1e-6, "cosine": 0.99999999, "top1_agreement": 1.0, "rel_err": 2e-6, "samples": 8},
         "latency_ms": {"p50": 4.45, "p90": 5.1, "p99": 6.2, "mean": 4.65, "runs": 10, "samples_ms": SAMPLES},

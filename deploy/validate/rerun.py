@@ -47,11 +47,13 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     missing = {} if power else {"power_w": run.power_reason or "no power meter on this host"}
     if run.latency is None:
         missing["latency_ms"] = latency_reason or "not measured"
+    top1_drop = _build_top1_drop(manifest, artifact, missing)
     judgement = judge(
         Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
         Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
         power_w=power["mean"] if power else None, missing=missing,
-        energy_mj=power["energy_mj"] if power else None, peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred)
+        energy_mj=power["energy_mj"] if power else None, peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred,
+        top1_drop_pt=top1_drop)
     return {
         "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
         "artifact": artifact.to_dict(),
@@ -61,6 +63,20 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
         "verdict": judgement.verdict.value,
         "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
     }
+
+
+def _build_top1_drop(manifest: dict, artifact, missing: dict) -> float | None:
+    """The labelled top-1 drop measured at build time. It holds here when this is the artifact that was measured
+    (its hashes were just verified); a build finished on this host (a TensorRT engine) was not measured."""
+    accuracy = manifest.get("accuracy")
+    if accuracy is None:
+        missing["accuracy"] = "the bundle was built without --eval-data"
+        return None
+    if manifest["artifact"].get("deferred"):
+        missing["accuracy"] = ("top-1 was measured at build time on the ONNX stand-in, not on the artifact built "
+                               "here: rebuild with --eval-data on this device")
+        return None
+    return accuracy["top1_drop_pt"]
 
 
 def _read(bundle_dir: Path) -> dict:

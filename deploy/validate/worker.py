@@ -30,8 +30,9 @@ def main(job: Path) -> int:
             else:
                 per_sample = [session.run(sample) for sample in samples]
             latency = energy = None
-            meter, power_reason = find_meter(artifact.backend)
-            if spec["iters"] > 0:
+            power_reason = "not timed on this host"
+            if spec["iters"] > 0:  # finding a meter starts tegrastats / NVML: only for timed runs
+                meter, power_reason = find_meter(artifact.backend)
                 first = {n: a[0] for n, a in inputs.items()}
                 latency, energy = measure(session, first, warmup=spec["warmup"], iters=spec["iters"],
                                           power_meter=meter)

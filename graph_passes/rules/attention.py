@@ -62,10 +62,6 @@ class AttentionLowerSpec:
     decompose_rules: tuple[RewriteRule, ...]
     approximations: Mapping[str, float] = field(default_factory=lambda: NO_APPROXIMATIONS)
 
-    @property
-    def big_ops(self) -> tuple[OpId, ...]:
-        return tuple(op for op, _ in self.fused_lowerings)
-
     def choose(self, op_set: frozenset) -> tuple[Direction, tuple[RewriteRule, ...]]:
         """(fused, usable lowerings + decomposition) or (decomposed, decomposition).
 

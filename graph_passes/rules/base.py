@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter.pattern import RewriteRule
+from onnxscript.rewriter.pattern import MatchResult, RewriteRule
 
 from vdeploy.targets import OpId
+
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+NOT_FLOAT = "input is not a float tensor (or its type is unknown)"
 
 RULE_KEY = "vdeploy.rule"
 INTERNAL_DOMAIN = "vdeploy.internal"  # private ops; none may survive legalization
@@ -155,3 +158,13 @@ def scalar(value: ir.Value | None) -> float | None:
     array = value.const_value.numpy()
     return float(array.reshape(-1)[0]) if array.size == 1 else None
 
+
+def rules(name: str, patterns, rewrite, check) -> tuple[RewriteRule, ...]:
+    """One rule per pattern, all named `name` and sharing the rewrite and the check."""
+    return tuple(RewriteRule(p, rewrite, check, name=name) for p in patterns)
+
+
+def check_float(context, x, **_) -> MatchResult:
+    """The check of rules that only need a float input `x`."""
+    result = MatchResult()
+    return result if x.dtype in FLOAT_TYPES else result.fail(NOT_FLOAT, x)

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 
-from onnxscript.rewriter.pattern import MatchResult, RewriteRule
+from onnxscript.rewriter.pattern import RewriteRule
 
-from vdeploy.graph_passes.rules.base import Direction, Tier, TieredSpec, const, ops
-from vdeploy.graph_passes.rules.layer_norm import FLOAT_TYPES
+from vdeploy.graph_passes.rules.base import Direction, Tier, TieredSpec, check_float, const, ops
 
 ERF_POLYNOMIAL_MAX_ABS_ERROR = 1.39e-7
 ERF_TANH_MAX_ABS_ERROR = 3.58e-4
@@ -32,13 +31,6 @@ _SLOPE = 2 / math.sqrt(math.pi)
 
 def _erf(op, x):
     return op.Erf(x)
-
-
-def _check(context, x, **_) -> MatchResult:
-    result = MatchResult()
-    if x.dtype not in FLOAT_TYPES:
-        return result.fail("input is not a float tensor (or its type is unknown)", x)
-    return result
 
 
 def _polynomial(op, x):
@@ -69,11 +61,11 @@ ERF = TieredSpec(
     tiers=(
         Tier(Direction.kept, ops("Erf"), ()),
         Tier(Direction.decomposed, ops("Abs", "Sign", "Exp", "Mul", "Add", "Sub", "Div"),
-             (RewriteRule(_erf, _polynomial, _check, name="erf_polynomial"),)),
+             (RewriteRule(_erf, _polynomial, check_float, name="erf_polynomial"),)),
         Tier(Direction.decomposed, ops("Tanh", "Mul", "Add"),
-             (RewriteRule(_erf, _tanh, _check, name="erf_tanh_approx"),)),
+             (RewriteRule(_erf, _tanh, check_float, name="erf_tanh_approx"),)),
         Tier(Direction.decomposed, ops("Sigmoid", "Mul", "Add"),
-             (RewriteRule(_erf, _sigmoid, _check, name="erf_sigmoid_approx"),)),
+             (RewriteRule(_erf, _sigmoid, check_float, name="erf_sigmoid_approx"),)),
     ),
     approximations={
         "erf_polynomial": ERF_POLYNOMIAL_MAX_ABS_ERROR,

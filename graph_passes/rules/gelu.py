@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 
-from onnxscript.rewriter.pattern import MatchResult, OrValue, RewriteRule
+from onnxscript.rewriter.pattern import MatchResult, OrValue
 
-from vdeploy.graph_passes.rules.base import Direction, Tier, TieredSpec, const, opset_of, ops
-from vdeploy.graph_passes.rules.layer_norm import FLOAT_TYPES
+from vdeploy.graph_passes.rules.base import (Direction, Tier, TieredSpec, check_float, const, opset_of, ops,
+                                             rules)
 
 GELU_TANH_MAX_ABS_ERROR = 4.73e-4
 GELU_SIGMOID_MAX_ABS_ERROR = 2.03e-2
@@ -86,15 +86,8 @@ def _approximate(y) -> str:
     return "none" if attr is None else attr.as_string()
 
 
-def _check_float(context, x, **_) -> MatchResult:
-    result = MatchResult()
-    if x.dtype not in FLOAT_TYPES:
-        return result.fail("input is not a float tensor (or its type is unknown)", x)
-    return result
-
-
 def _check_fusable(context, x, **_) -> MatchResult:
-    result = _check_float(context, x)
+    result = check_float(context, x)
     if result and opset_of(x) < GELU_OPSET:
         return result.fail(f"Gelu needs opset {GELU_OPSET}; the model imports {opset_of(x)}", x)
     return result
@@ -149,24 +142,20 @@ def _tanh_as_sigmoid(op, x, **_):
     return op.Mul(x, op.Sigmoid(_tanh_argument(op, x, factor=2.0)))
 
 
-def _rules(name, patterns, rewrite, check):
-    return tuple(RewriteRule(p, rewrite, check, name=name) for p in patterns)
-
-
 ERF_FORM = _products(_erf_core)
 TANH_FORM = _products(_tanh_core)
 GELU_NODE = (_gelu_node,)
 
-GELU_FUSION = _rules("gelu_fusion", ERF_FORM, _to_gelu, _check_fusable)
-GELU_TANH_FUSION = _rules("gelu_tanh_fusion", TANH_FORM, _to_gelu_tanh, _check_fusable)
-GELU_DECOMPOSITION = _rules("gelu_decomposition", GELU_NODE, _erf_form, _check_exact_gelu)
-GELU_TANH_DECOMPOSITION = _rules("gelu_tanh_decomposition", GELU_NODE, _tanh_form, _check_tanh_gelu)
-GELU_TO_TANH = _rules("gelu_to_tanh_approx", GELU_NODE, _tanh_form, _check_exact_gelu)
-GELU_ERF_TO_TANH = _rules("gelu_erf_to_tanh_approx", ERF_FORM, _tanh_form, _check_float)
-GELU_TO_SIGMOID = _rules("gelu_to_sigmoid_approx", GELU_NODE, _sigmoid_form, _check_exact_gelu)
-GELU_ERF_TO_SIGMOID = _rules("gelu_erf_to_sigmoid_approx", ERF_FORM, _sigmoid_form, _check_float)
-GELU_TANH_TO_SIGMOID = (*_rules("gelu_tanh_to_sigmoid", GELU_NODE, _tanh_as_sigmoid, _check_tanh_gelu),
-                        *_rules("gelu_tanh_to_sigmoid", TANH_FORM, _tanh_as_sigmoid, _check_float))
+GELU_FUSION = rules("gelu_fusion", ERF_FORM, _to_gelu, _check_fusable)
+GELU_TANH_FUSION = rules("gelu_tanh_fusion", TANH_FORM, _to_gelu_tanh, _check_fusable)
+GELU_DECOMPOSITION = rules("gelu_decomposition", GELU_NODE, _erf_form, _check_exact_gelu)
+GELU_TANH_DECOMPOSITION = rules("gelu_tanh_decomposition", GELU_NODE, _tanh_form, _check_tanh_gelu)
+GELU_TO_TANH = rules("gelu_to_tanh_approx", GELU_NODE, _tanh_form, _check_exact_gelu)
+GELU_ERF_TO_TANH = rules("gelu_erf_to_tanh_approx", ERF_FORM, _tanh_form, check_float)
+GELU_TO_SIGMOID = rules("gelu_to_sigmoid_approx", GELU_NODE, _sigmoid_form, _check_exact_gelu)
+GELU_ERF_TO_SIGMOID = rules("gelu_erf_to_sigmoid_approx", ERF_FORM, _sigmoid_form, check_float)
+GELU_TANH_TO_SIGMOID = (*rules("gelu_tanh_to_sigmoid", GELU_NODE, _tanh_as_sigmoid, _check_tanh_gelu),
+                        *rules("gelu_tanh_to_sigmoid", TANH_FORM, _tanh_as_sigmoid, check_float))
 
 GELU = TieredSpec(
     name="gelu",

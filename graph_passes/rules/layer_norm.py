@@ -20,21 +20,22 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter.pattern import MatchResult, OrValue, RewriteRule
+from onnxscript.rewriter.pattern import MatchResult, OrValue
 
 from vdeploy.graph_passes.rules.base import (
+    FLOAT_TYPES,
+    NOT_FLOAT,
     RuleSpec,
     axes_attr,
     const,
     int_attr,
     opset_of,
     reduce,
+    rules,
     scalar,
     trailing_axes,
 )
 from vdeploy.targets import OpId
-
-FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 
 # ---- shared facts, recomputed by check and rewrite (no state passes between them) ----------------------------
@@ -124,7 +125,7 @@ def _chain_recip_swapped(op, x, epsilon):
 def _check_chain(context, x, epsilon, mean, var, **_) -> MatchResult:
     result = MatchResult()
     if x.dtype not in FLOAT_TYPES:
-        return result.fail("input is not a float tensor (or its type is unknown)", x)
+        return result.fail(NOT_FLOAT, x)
     if _chain_axes(x, mean, var) is None:
         return result.fail("mean/variance are not over the same trailing axes of a static-tail input", x)
     if scalar(epsilon) is None:
@@ -234,17 +235,13 @@ def _decompose(op, x, y, **_):
     return out
 
 
-def _rules(name, patterns, rewrite, check):
-    return tuple(RewriteRule(p, rewrite, check, name=name) for p in patterns)
-
-
 LAYER_NORM = RuleSpec(
     name="layer_norm",
     big_op=OpId("", "LayerNormalization"),
     fuse_rules=(
-        *_rules("layer_norm_fusion", (_chain_div, _chain_recip, _chain_recip_swapped), _fuse_chain, _check_chain),
-        *_rules("layer_norm_scale_fusion", (_scale_pattern, _scale_pattern_swapped), _fuse_scale, _check_fold),
-        *_rules("layer_norm_bias_fusion", (_bias_pattern, _bias_pattern_swapped), _fuse_bias, _check_fold),
+        *rules("layer_norm_fusion", (_chain_div, _chain_recip, _chain_recip_swapped), _fuse_chain, _check_chain),
+        *rules("layer_norm_scale_fusion", (_scale_pattern, _scale_pattern_swapped), _fuse_scale, _check_fold),
+        *rules("layer_norm_bias_fusion", (_bias_pattern, _bias_pattern_swapped), _fuse_bias, _check_fold),
     ),
-    decompose_rules=_rules("layer_norm_decomposition", (_ln_node,), _decompose, _check_decompose),
+    decompose_rules=rules("layer_norm_decomposition", (_ln_node,), _decompose, _check_decompose),
 )

@@ -21,8 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter.pattern import MatchResult, RewriteRule
 
-from vdeploy.graph_passes.rules.base import Direction, Tier, TieredSpec, const, int_attr, ops
-from vdeploy.graph_passes.rules.layer_norm import FLOAT_TYPES
+from vdeploy.graph_passes.rules.base import FLOAT_TYPES, Direction, Tier, TieredSpec, const, int_attr, ops
 
 INT64 = ir.DataType.INT64
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from onnxscript.rewriter.pattern import MatchResult, OrValue, RewriteRule
 
-from vdeploy.graph_passes.rules.base import RuleSpec, axes_attr, int_attr, opset_of, reduce
-from vdeploy.graph_passes.rules.layer_norm import FLOAT_TYPES
+from vdeploy.graph_passes.rules.base import FLOAT_TYPES, NOT_FLOAT, RuleSpec, axes_attr, int_attr, opset_of, reduce
 from vdeploy.targets import OpId
 
 SOFTMAX_OPSET = 13  # one-axis semantics; before 13 Softmax flattened the trailing axes
@@ -52,7 +51,7 @@ def _fused_axis(x, total, peak, shifted) -> int | None:
 def _check_fuse(context, x, total, shifted, peak=None, **_) -> MatchResult:
     result = MatchResult()
     if x.dtype not in FLOAT_TYPES:
-        return result.fail("input is not a float tensor (or its type is unknown)", x)
+        return result.fail(NOT_FLOAT, x)
     if opset_of(x) < SOFTMAX_OPSET:
         return result.fail(f"Softmax has one-axis semantics from opset {SOFTMAX_OPSET} only", x)
     if _fused_axis(x, total, peak, shifted) is None:
