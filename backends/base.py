@@ -1,14 +1,20 @@
-"""The backend protocol: compile a legalized ONNX model into an artifact, open it, run it.
+"""The backend contract: compile a legalized ONNX model into an artifact, open it, run it.
 
-onnx.ModelProto --compile--> Artifact (files in the bundle) --open--> Session.run(feeds) -> outputs
+CompileJob(lowered model, precision, target, typed options, samples, calibration, source) --compile--> Artifact
+  --open--> Session.run(feeds) -> outputs
+
+A backend is one file: a `BackendBase` subclass that states its own decisions as class attributes (typed options,
+INT8 form, power meters, toolchain packages) and overrides only what differs from the defaults here.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
-from dataclasses import dataclass
+import importlib.metadata
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -21,10 +27,13 @@ class Artifact:
     files: tuple[str, ...]  # every artifact file, relative to the bundle directory
     options: tuple[tuple[str, str], ...] = ()  # runtime settings the session must use (e.g. inference precision)
     deferred: str = ""  # why the final artifact is not built here (e.g. no TensorRT): the verdict stays unverified
-    details: tuple[tuple[str, object], ...] = ()  # how it was built, for the manifest (e.g. TVM tuning)
+    details: tuple[tuple[str, object], ...] = ()  # how it was built, for the manifest (see DETAIL_KEYS)
 
     def option(self, key: str) -> str | None:
         return dict(self.options).get(key)
+
+    def detail(self, key: str) -> Any:
+        return dict(self.details).get(key)
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "entry": self.entry,
@@ -36,6 +45,38 @@ class Artifact:
         return cls(data["backend"], data["precision"], data["entry"], tuple(data["files"]),
                    tuple(sorted(data.get("options", {}).items())), data.get("deferred", ""),
                    tuple(data.get("details", {}).items()))
+
+
+# Artifact.details keys the plan reads (all optional; anything else is shown as-is in the manifest):
+#   "estimate":  {"latency_ms": float, "source": "rknn-estimate" | "vela-estimate" | ..., **figures (cycles, sram_kb)}
+#   "placement": {"source": str, "counts": {"NPU": n, "CPU": m}, "layers": [{"name", "op", "device", "reason"}]}
+#   "simulated": {"outputs": "<file>.npz" (keys out0, out1, ... stacked over job.samples), "source": "<simulator>"}
+DETAIL_KEYS = ("estimate", "placement", "simulated")
+
+
+class Int8Form(str, enum.Enum):
+    """How the precision stage hands an INT8 build to a backend."""
+
+    ort_qdq = "ort_qdq"  # ONNX Q/DQ from ONNX Runtime's static quantizer (asymmetric activations)
+    symmetric_qdq = "symmetric_qdq"  # symmetric Q/DQ, the form TensorRT's strongly typed builder and NPU parsers read
+    nncf_openvino = "nncf_openvino"  # an openvino.Model quantized by NNCF
+    toolchain = "toolchain"  # the graph stays FP32; the vendor compiler quantizes from job.calibration
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """Everything a backend may use to build its artifact. Only model/precision/out_dir matter to simple backends."""
+
+    model: Any  # the lowered legal graph: onnx.ModelProto (an openvino.Model for NNCF INT8)
+    precision: str  # fp32 | fp16 | bf16 | int8
+    out_dir: Path  # the bundle's temporary directory: write the artifact files here
+    target: Any = None  # vdeploy.targets.Target (name, spec, op_set)
+    options: Any = None  # an instance of the backend's options_model (None when it has none)
+    progress: Callable[[str], None] = lambda _: None
+    samples: Mapping[str, np.ndarray] = field(default_factory=dict)  # validation inputs {name: [N, *shape]}
+    calibration: Callable[[], Any] | None = None  # () -> vdeploy.calibration.CalibrationData (INT8 only)
+    source: Any = None  # vdeploy.load.LoadedModel, for toolchains that compile from PyTorch
+    float_layers: tuple[str, ...] = ()  # INT8: ONNX node names the placement keeps in higher precision
 
 
 def runtime_module(name: str):
@@ -58,16 +99,53 @@ class Session(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
-class Backend(Protocol):
-    name: str
+class BackendBase:
+    """Defaults for every backend; subclasses set `name` and implement available/version/compile/open."""
+
+    name: ClassVar[str]
+    options_model: ClassVar[type | None] = None  # pydantic model of the target's `options:` section
+    int8_form: ClassVar[Int8Form] = Int8Form.ort_qdq
+    power_meters: ClassVar[tuple[str, ...]] = ("rapl", "tegrastats")  # meters that see the device, best first
+    toolchain_packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the manifest records
+
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def compile(self, job: CompileJob) -> Artifact:
+        raise NotImplementedError
+
+    def open(self, artifact: Artifact, bundle_dir: Path) -> Session:
+        raise NotImplementedError
+
     def host_latency_reason(self, artifact: Artifact) -> str | None:
         """Why timing `artifact` on this host would not represent the device (then it is not timed); None if it would."""
+        return None
 
-    def available(self) -> bool: ...
+    def prepare(self, artifact: Artifact, bundle_dir: Path) -> Artifact:
+        """Finish a deferred build where this host can (TensorRT: build the engine); default: nothing to do."""
+        return artifact
 
-    def version(self) -> str: ...
+    def run_many(self, session: Session, samples: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+        """Outputs for every sample; a backend whose sessions start a process per call batches them here."""
+        return [session.run(sample) for sample in samples]
 
-    def compile(self, model, precision: str, out_dir: Path, *, target=None, request=None, progress=None) -> Artifact:
-        """Write the artifact's files into out_dir. target/request/progress: for backends with build settings."""
+    def toolchain(self) -> dict[str, str]:
+        """Versions of the packages this backend builds with, for the manifest's toolchain record."""
+        versions = {}
+        for package in self.toolchain_packages:
+            try:
+                versions[package] = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return versions
 
-    def open(self, artifact: Artifact, bundle_dir: Path) -> Session: ...
+    def parse_options(self, raw: Mapping[str, Any]) -> Any:
+        """The target's `options:` section as the typed model (ValueError/ValidationError when it does not fit)."""
+        if self.options_model is None:
+            if raw:
+                raise ValueError(f"backend {self.name} takes no options (got {', '.join(raw)})")
+            return None
+        return self.options_model.model_validate(dict(raw))

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vdeploy.backends.base import Artifact
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form
 from vdeploy.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSession
 
 LATENCY_REASON = "an NPU hand-off is timed on the device after the vendor compiler runs; host CPU timings would not represent it"
 
 
-class NpuBackend:
+class NpuBackend(BackendBase):
     name = "npu"
+    int8_form = Int8Form.symmetric_qdq  # the Q/DQ form NPU parsers read
+    power_meters = ()  # no meter sees the NPU from this host: estimate only
+    toolchain_packages = ("onnxruntime",)
 
     def available(self) -> bool:
         return OnnxRuntimeBackend().available()
@@ -23,11 +26,11 @@ class NpuBackend:
     def version(self) -> str:
         return f"onnx hand-off (validated with onnxruntime {OnnxRuntimeBackend().version()})"
 
-    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
+    def compile(self, job: CompileJob) -> Artifact:
         import onnx
 
-        onnx.save(model, str(out_dir / "model.onnx"))
-        return Artifact(self.name, precision, "model.onnx", ("model.onnx",))
+        onnx.save(job.model, str(job.out_dir / "model.onnx"))
+        return Artifact(self.name, job.precision, "model.onnx", ("model.onnx",))
 
     def host_latency_reason(self, artifact: Artifact) -> str:
         return LATENCY_REASON

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact, runtime_module
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, runtime_module
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BackendBase):
     name = "onnxruntime"
+    toolchain_packages = ("onnxruntime",)
 
     def available(self) -> bool:
         return runtime_module("onnxruntime") is not None
@@ -18,14 +19,11 @@ class OnnxRuntimeBackend:
     def version(self) -> str:
         return runtime_module("onnxruntime").__version__
 
-    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
+    def compile(self, job: CompileJob) -> Artifact:
         import onnx
 
-        onnx.save(model, str(out_dir / "model.onnx"))
-        return Artifact(self.name, precision, "model.onnx", ("model.onnx",))
-
-    def host_latency_reason(self, artifact: Artifact) -> None:
-        return None  # the host CPU is the target
+        onnx.save(job.model, str(job.out_dir / "model.onnx"))
+        return Artifact(self.name, job.precision, "model.onnx", ("model.onnx",))
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> "OnnxRuntimeSession":
         return OnnxRuntimeSession(bundle_dir / artifact.entry)

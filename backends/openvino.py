@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact, runtime_module
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form, runtime_module
 from vdeploy.errors import BackendError, first_line
 
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(BackendBase):
     name = "openvino"
+    int8_form = Int8Form.nncf_openvino
+    toolchain_packages = ("openvino", "nncf")
 
     def available(self) -> bool:
         return runtime_module("openvino") is not None
@@ -26,10 +28,12 @@ class OpenVinoBackend:
     def version(self) -> str:
         return runtime_module("openvino").__version__.split("-")[0]
 
-    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
-        """`model` is the legal onnx.ModelProto, or an openvino.Model already quantized (INT8 via NNCF)."""
+    def compile(self, job: CompileJob) -> Artifact:
+        """`job.model` is the legal onnx.ModelProto, or an openvino.Model already quantized (INT8 via NNCF)."""
         import onnx
         import openvino as ov
+
+        model, precision, out_dir = job.model, job.precision, job.out_dir
 
         if isinstance(model, ov.Model):
             return self._save(model, precision, out_dir)
@@ -50,9 +54,6 @@ class OpenVinoBackend:
         hint = INFERENCE_PRECISION[precision]
         return Artifact(self.name, precision, "model.xml", ("model.xml", "model.bin"),
                         (("INFERENCE_PRECISION_HINT", hint),))
-
-    def host_latency_reason(self, artifact: Artifact) -> None:
-        return None  # the host CPU is the target
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> "OpenVinoSession":
         return OpenVinoSession(bundle_dir / artifact.entry, dict(artifact.options))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form
 from vdeploy.backends.onnxruntime import OnnxRuntimeSession
 from vdeploy.errors import BackendError
 
@@ -169,8 +169,11 @@ def build_engine(trt, onnx_path: Path, precision: str) -> Artifact:
     return Artifact("tensorrt", precision, ENGINE, (ENGINE,), (("build", mode), ("tensorrt", plan.version)))
 
 
-class TensorRtBackend:
+class TensorRtBackend(BackendBase):
     name = "tensorrt"
+    int8_form = Int8Form.symmetric_qdq  # strongly typed Q/DQ (TensorRT 11 has no --int8 flag)
+    power_meters = ("tegrastats", "nvml")
+    toolchain_packages = ("tensorrt",)
 
     def host_latency_reason(self, artifact: Artifact) -> str | None:
         """Timed only when the artifact is an engine this host runs (what open() returns a TensorRT session for)."""
@@ -186,10 +189,10 @@ class TensorRtBackend:
         trt = tensorrt_module()
         return trt.__version__ if trt is not None else "not installed"
 
-    def compile(self, model, precision: str, out_dir: Path, **_context) -> Artifact:
+    def compile(self, job: CompileJob) -> Artifact:
         import onnx
 
-        out_dir = Path(out_dir)
+        model, precision, out_dir = job.model, job.precision, Path(job.out_dir)
         onnx.save(model, str(out_dir / ONNX))
         write_build_script(out_dir, precision)
         trt, why = engine_host()

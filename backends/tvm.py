@@ -18,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact, runtime_module
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, runtime_module
 from vdeploy.errors import BackendError
 
 LIB, PARAMS, RUNNER, TUNING = "model.so", "params.bin", "run_tvm.py", "tuning"
@@ -49,8 +53,30 @@ def resolve(target: dict) -> dict:
     return resolved
 
 
-class TvmBackend:
+class TvmOptions(BaseModel):
+    """How the TVM backend compiles (a target's `options:`). Targets are TVM's dict form (TVM 0.27 rejects
+    "llvm -mtriple=..." strings); "host" as mcpu or num-cores means this machine's CPU name or core count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: dict[str, Any]  # the device, e.g. {kind: llvm, mtriple: aarch64-linux-gnu, mcpu: cortex-a76}
+    tune_on: dict[str, Any] | None = None  # where schedules are measured when the device is not this host
+    tune_trials: int = Field(default=400, ge=0)  # MetaSchedule budget for tasks without a cached record
+    tuning_db: tuple[str, ...] = ()  # bundles or tuning/ folders whose records seed the cache (--tuning-db)
+    cross_cc: str | None = None  # the C compiler that links the .so for another architecture
+
+    @model_validator(mode="after")
+    def _llvm(self) -> "TvmOptions":
+        for target in (self.target, self.tune_on or {}):
+            if target and target.get("kind") != "llvm":
+                raise ValueError("only LLVM CPU targets (kind: llvm) are supported by the tvm backend")
+        return self
+
+
+class TvmBackend(BackendBase):
     name = "tvm"
+    options_model = TvmOptions
+    toolchain_packages = ("apache-tvm", "apache-tvm-ffi")
 
     def available(self) -> bool:
         return runtime_module("tvm") is not None
@@ -58,18 +84,17 @@ class TvmBackend:
     def version(self) -> str:
         return runtime_module("tvm").__version__
 
-    def compile(self, model, precision: str, out_dir: Path, *, target=None, request=None,
-                progress=lambda _: None, **_) -> Artifact:
+    def compile(self, job: CompileJob) -> Artifact:
         import tvm
         from tvm import relax
 
         from vdeploy.backends import tvm_tune
         from vdeploy.backends.tvm_qemu import write_params
 
-        options = target.spec.tvm
+        model, precision, out_dir, options, progress = job.model, job.precision, job.out_dir, job.options, job.progress
         device, tune_on = resolve(options.target), resolve(options.tune_on or options.target)
-        trials = options.tune_trials if request is None or request.tune_trials is None else request.tune_trials
-        seeds = tuple(_tuning_dir(Path(p)) for p in getattr(request, "tuning_db", ()))
+        trials = options.tune_trials
+        seeds = tuple(_tuning_dir(Path(p)) for p in options.tuning_db)
         progress("importing the legal ONNX into TVM relax")
         mod, params, input_names = import_onnx(model)
         tune_target = tvm.target.Target(tune_on)
@@ -105,6 +130,13 @@ class TvmBackend:
             return None
         return (f"the {arch} artifact runs under qemu-user emulation on this {host_arch()} host: its timings would "
                 f"not represent the device (numerics are checked; run `vdeploy validate` on the board)")
+
+    def run_many(self, session, samples):
+        from vdeploy.backends.tvm_qemu import QemuSession
+
+        if isinstance(session, QemuSession):  # one qemu process for every sample
+            return session.run_many(samples)
+        return super().run_many(session, samples)
 
     def open(self, artifact: Artifact, bundle_dir: Path):
         inputs = json.loads(artifact.option("inputs"))

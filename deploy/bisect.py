@@ -197,17 +197,18 @@ def _lower(legal, target, precision: str, model: str, prepared, progress: Progre
 
 def _backend_stage(lowered, target, precision: str, legal, prepared, tolerance, progress: Progress) -> StageResult:
     from vdeploy.backends import get_backend
-    from vdeploy.pipeline import BuildRequest, graph_inputs
+    from vdeploy.backends.base import CompileJob
+    from vdeploy.pipeline import graph_inputs
     from vdeploy.validate.isolate import run_artifact
 
-    backend = get_backend(target.backend.value)
+    backend = get_backend(target.backend)
     progress(f"bisect: compiling and running with {backend.name} {backend.version()}")
     inputs = graph_inputs(legal)
     with tempfile.TemporaryDirectory(prefix="vdeploy-bisect-") as tmp:
         # numerics only: no tuning (TVM applies cached schedules where it has them; schedules do not change results)
-        no_tuning = BuildRequest(model="", targets=(target.name,), tune_trials=0)
-        artifact = backend.compile(lowered.model, precision, Path(tmp), target=target, request=no_tuning,
-                                   progress=progress)
+        options = target.backend_options({"tune_trials": 0})
+        artifact = backend.compile(CompileJob(lowered.model, precision, Path(tmp), target, options, progress,
+                                              dict(zip(inputs, prepared.samples.values()))))
         run = run_artifact(artifact, Path(tmp), dict(zip(inputs, prepared.samples.values())), warmup=0, iters=0,
                            env=lowered.run_env)
     numerics = _compare(prepared.reference, run.outputs)

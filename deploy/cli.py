@@ -202,7 +202,7 @@ def targets(
         from vdeploy.targets import load_catalog
 
         catalog = load_catalog(targets_file)
-        rows = [{"name": t.name, "aliases": t.spec.aliases, "backend": t.backend.value,
+        rows = [{"name": t.name, "aliases": t.spec.aliases, "backend": t.backend,
                  "op_profile": t.spec.op_profile, "ops": len(t.op_set),
                  "precisions": [p.value for p in t.spec.precisions],
                  "budgets": t.spec.budgets.model_dump(mode="json"), "description": t.spec.description}

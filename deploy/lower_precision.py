@@ -17,6 +17,8 @@ class Lowered:
     run_env: dict = field(default_factory=dict)  # environment the artifact must run under (an ISA cap)
     info: dict = field(default_factory=dict)  # manifest "precision_info"
     warning: str | None = None  # e.g. calibration on random data
+    calibration: object = None  # CalibrationData, handed to toolchains that quantize themselves (Int8Form.toolchain)
+    float_layers: tuple[str, ...] = ()  # node names kept in higher precision, for those toolchains
 
 
 def lower_precision(model, target, precision: str, request, progress, recorded_mean_std=None) -> Lowered:
@@ -55,6 +57,8 @@ def _probed(model, precision: str, progress) -> Lowered:
 
 
 def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
+    from vdeploy.backends import backend_class
+    from vdeploy.backends.base import Int8Form
     from vdeploy.calibration import input_shapes, load_calibration
     from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino
     from vdeploy.sensitivity import sensitivity
@@ -71,11 +75,15 @@ def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
         info["sensitivity"] = report.to_dict()
     info["placement"] = placement.to_dict()
     progress(f"quantizing to INT8 ({placement.kind.value}, {len(calib)} calibration samples: {calib.source})")
-    if target.backend.value == "openvino":
+    form = backend_class(target.backend).int8_form
+    if form is Int8Form.nncf_openvino:
         lowered = _probed(model, "int8", progress)
         return Lowered(quantize_openvino(model, calib, placement), lowered.run_env, {**info, **lowered.info},
                        calib.warning)
-    symmetric = target.backend.value in ("tensorrt", "npu")  # the Q/DQ form TensorRT and NPU compilers read
+    if form is Int8Form.toolchain:  # the vendor compiler quantizes from the calibration set: the graph stays FP32
+        return Lowered(model, info=info, warning=calib.warning, calibration=calib,
+                       float_layers=placement.float_nodes(model))
+    symmetric = form is Int8Form.symmetric_qdq
     return Lowered(quantize_onnx_qdq(model, calib, placement, symmetric=symmetric), info=info, warning=calib.warning)
 
 

@@ -13,8 +13,7 @@ from vdeploy.bundle import SCHEMA
 from vdeploy.targets import Budgets, Precision, Tolerance
 from vdeploy.validate.measure import Latency
 
-TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim", "openvino", "nncf",
-                      "tensorrt", "apache-tvm")
+TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim")  # + the backend's own
 
 
 def build_manifest(*, request, target, backend, precision, loaded, exported, canonical, model, coverage, artifact,
@@ -69,7 +68,7 @@ def build_manifest(*, request, target, backend, precision, loaded, exported, can
         "budgets": judgement.budgets,
         "violations": [v.to_manifest() for v in judgement.violations],
         "verdict": judgement.verdict.value,
-        "toolchain": toolchain(),
+        "toolchain": {**toolchain(), **backend.toolchain()},
         "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
         "artifact": artifact.to_dict(),
         "export": {"exporter": exported.exporter, "opset": exported.opset, "notes": list(exported.notes),

@@ -156,13 +156,14 @@ def require_legal(coverage, target: Target) -> None:
 
 def build_target(prepared: Prepared, target: Target, request: BuildRequest, progress: Progress) -> BuildResult:
     from vdeploy.backends import get_backend
+    from vdeploy.backends.base import CompileJob
     from vdeploy.lower_precision import lower_precision
     from vdeploy.manifest import build_manifest
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
 
     precision = precision_for(target, request.precision)
-    backend = get_backend(target.backend.value)
+    backend = get_backend(target.backend)
     exported, canonical = exported_for(prepared, target.spec.opset, progress)
     progress(f"legalizing for {target.name}")
     model, coverage = legalize_for(canonical.model, target)
@@ -171,14 +172,17 @@ def build_target(prepared: Prepared, target: Target, request: BuildRequest, prog
 
     with BundleWriter(request.out_dir, f"{prepared.loaded.stem}-{target.name}") as writer:
         progress(f"compiling with {backend.name} {backend.version()}")
-        artifact = backend.compile(lowered.model, precision, writer.tmp, target=target, request=request,
-                                   progress=progress)
+        options = target.backend_options({"tune_trials": request.tune_trials,
+                                          "tuning_db": tuple(str(p) for p in request.tuning_db) or None})
+        feeds = dict(zip(graph_inputs(model), prepared.samples.values()))
+        artifact = backend.compile(CompileJob(lowered.model, precision, writer.tmp, target, options, progress, feeds,
+                                              calibration=(lambda: lowered.calibration) if lowered.calibration else None,
+                                              source=prepared.loaded, float_layers=lowered.float_layers))
         if target.spec.handoff:
             (writer.tmp / "HANDOFF.txt").write_text(target.spec.handoff.strip() + "\n")
         latency_reason = backend.host_latency_reason(artifact)
         iters = 0 if latency_reason else request.iters
         progress(f"validating on this host ({request.samples} samples, {iters} timed runs)")
-        feeds = dict(zip(graph_inputs(model), prepared.samples.values()))
         run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters, env=lowered.run_env)
         expected = dict(zip([o.name for o in model.graph.output], prepared.reference))
         numerics = compare(expected, dict(zip(expected, run.outputs)))

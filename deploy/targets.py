@@ -37,14 +37,6 @@ class OpId(NamedTuple):
 OpSet = frozenset  # frozenset[OpId]
 
 
-class Backend(str, enum.Enum):
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
-    tvm = "tvm"
-    npu = "npu"
-
-
 class Precision(str, enum.Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -105,27 +97,10 @@ class PrecisionOptions(_Strict):
     int8_keep_float: list[str] = []  # ONNX node names never quantized
 
 
-class TvmOptions(_Strict):
-    """How the TVM backend compiles. Targets are TVM's dict form (TVM 0.27 rejects "llvm -mtriple=..." strings);
-    "host" as mcpu or num-cores means this machine's CPU name or physical core count."""
-
-    target: dict[str, Any]  # the device, e.g. {kind: llvm, mtriple: aarch64-linux-gnu, mcpu: cortex-a76}
-    tune_on: dict[str, Any] | None = None  # where schedules are measured when the device is not this host
-    tune_trials: int = Field(default=400, ge=0)  # MetaSchedule budget for tasks without a cached record
-    cross_cc: str | None = None  # the C compiler that links the .so for another architecture
-
-    @model_validator(mode="after")
-    def _llvm(self) -> "TvmOptions":
-        for target in (self.target, self.tune_on or {}):
-            if target and target.get("kind") != "llvm":
-                raise ValueError("only LLVM CPU targets (kind: llvm) are supported by the tvm backend")
-        return self
-
-
 class TargetSpec(_Strict):
     description: str
     aliases: list[str] = []
-    backend: Backend
+    backend: str  # a row of vdeploy.backends' table
     op_profile: str
     fallback: bool = False  # may ops outside the profile run on a fallback device (e.g. CPU)?
     opset: int = Field(default=18, ge=13, le=23)
@@ -135,7 +110,7 @@ class TargetSpec(_Strict):
     tolerances: dict[Precision, Tolerance]
     precision_options: PrecisionOptions = PrecisionOptions()
     hardware: Hardware | None = None
-    tvm: TvmOptions | None = None  # backend tvm only
+    options: dict[str, Any] = {}  # the backend's own settings, validated by its options_model
     allow_estimates: bool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
     handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)
     sources: list[str] = []
@@ -147,8 +122,15 @@ class TargetSpec(_Strict):
         missing = [p.value for p in self.precisions if p not in self.tolerances]
         if missing:
             raise ValueError(f"no tolerances for precision(s) {', '.join(missing)}")
-        if (self.backend == Backend.tvm) != (self.tvm is not None):
-            raise ValueError("a tvm: section is required with backend tvm, and only there")
+        from vdeploy.backends import backend_class, backend_names
+
+        if self.backend not in backend_names():
+            raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(backend_names())})")
+        try:
+            backend_class(self.backend)().parse_options(self.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"options.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
         return self
 
 
@@ -163,8 +145,18 @@ class Target(NamedTuple):
     op_set: frozenset  # frozenset[OpId]
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> str:
         return self.spec.backend
+
+    def backend_options(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The target's typed backend options, with the command line's overrides for keys the backend has."""
+        from vdeploy.backends import backend_class
+
+        backend = backend_class(self.spec.backend)()
+        raw = dict(self.spec.options)
+        fields = getattr(backend.options_model, "model_fields", {})
+        raw.update({k: v for k, v in (overrides or {}).items() if k in fields and v is not None})
+        return backend.parse_options(raw)
 
 
 class Catalog:

@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from vdeploy.backends.base import CompileJob
 from vdeploy.backends import get_backend
 from vdeploy.errors import BackendError
 from vdeploy.validate.isolate import run_artifact
@@ -24,7 +25,7 @@ def _matmul_model():
 
 @pytest.fixture
 def ort_artifact(tmp_path):
-    return get_backend("onnxruntime").compile(_matmul_model(), "fp32", tmp_path)
+    return get_backend("onnxruntime").compile(CompileJob(_matmul_model(), "fp32", tmp_path))
 
 
 def test_child_runs_and_times(ort_artifact, tmp_path):
@@ -55,7 +56,7 @@ def _has_amx() -> bool:
 def test_openvino_bf16_sigill_is_reported_with_the_workaround(tmp_path):
     """On this host OpenVINO's bf16/AMX path dies with SIGILL; the error names backend, signal and the fix."""
     backend = get_backend("openvino")
-    artifact = backend.compile(_matmul_model(), "bf16", tmp_path)
+    artifact = backend.compile(CompileJob(_matmul_model(), "bf16", tmp_path))
     x = np.ones((1, 1, 64), np.float32)
     try:
         run_artifact(artifact, tmp_path, {"x": x}, warmup=1, iters=3)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from vdeploy.backends import get_backend
 from vdeploy.validate.power import (Availability, Energy, MeterError, NvmlMeter, PowerMeter, PowerSource, RaplMeter,
                                     TegrastatsMeter, parse_tegrastats, pick_meter)
 
@@ -207,8 +208,8 @@ def test_meters_follow_the_protocol_and_pick_meter(tmp_path):
         assert isinstance(meter.available(), Availability)
     root = _rapl_tree(tmp_path / "pc", {"intel-rapl:0": ("package-0", 0, 2**32)})
     rapl = RaplMeter(root)
-    assert pick_meter("onnxruntime", meters=[TegrastatsMeter(command="absent"), rapl]) is rapl
-    assert pick_meter("npu") is None  # handoff targets: estimate only
+    assert pick_meter(("rapl", "tegrastats"), meters=[TegrastatsMeter(command="absent"), rapl]) is rapl
+    assert pick_meter(get_backend("npu").power_meters) is None  # handoff targets: estimate only
     with pytest.raises(MeterError, match="before it was started"):
         RaplMeter(root).stop()
 

@@ -22,6 +22,7 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from tests.models.digits import trained_digits
+from vdeploy.backends.base import CompileJob
 from vdeploy.graph_passes.legalize import legalize
 from vdeploy.graph_passes.precision import DEFAULT_KEEP_FP32, LOGITS, to_fp16
 from vdeploy.graph_passes.rules.base import RULE_KEY
@@ -274,7 +275,7 @@ def test_bf16_on_openvino_digits(arch, tmp_path):
     x = trained.x_test.numpy()[:, None]  # one sample per run: [N, 1, 1, 8, 8]
     outputs = {}
     for precision in ("fp32", "bf16"):
-        artifact = get_backend("openvino").compile(digits_onnx(arch), precision, tmp_path)
+        artifact = get_backend("openvino").compile(CompileJob(digits_onnx(arch), precision, tmp_path))
         env = support.env() if precision == "bf16" else {}
         outputs[precision] = run_artifact(artifact, tmp_path, {"input": x}, warmup=0, iters=0, env=env).outputs[0]
     fp32, bf16 = (top1(outputs[p][:, 0], labels) for p in ("fp32", "bf16"))

@@ -22,7 +22,7 @@ tvm = pytest.importorskip("tvm")
 
 from tests.conftest import CliResult  # noqa: E402
 from tests.test_bad_input import assert_clean_failure  # noqa: E402
-from vdeploy.backends.base import Artifact  # noqa: E402
+from vdeploy.backends.base import Artifact, CompileJob  # noqa: E402
 from vdeploy.backends.tvm_qemu import runner_problem  # noqa: E402
 from vdeploy.cli import app  # noqa: E402
 from vdeploy.targets import DEFAULT_CATALOG, OpId, Precision, load_catalog  # noqa: E402
@@ -92,7 +92,7 @@ def test_tvm_relax_profile_is_the_frontend_convert_map():
 @pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "mobilevit_xs", "resnet18"])
 def test_timm_models_compile_to_elf_for_both_targets(arch, tmp_path, monkeypatch):
     from vdeploy.backends import get_backend
-    from vdeploy.pipeline import BuildRequest, exported_for, legalize_for, prepare, require_legal
+    from vdeploy.pipeline import exported_for, legalize_for, prepare, require_legal
     from vdeploy.timm_compat import import_timm
     from vdeploy.validate.compare import compare
 
@@ -107,17 +107,16 @@ def test_timm_models_compile_to_elf_for_both_targets(arch, tmp_path, monkeypatch
     _, canonical = exported_for(prepared, arm.spec.opset, lambda _: None)
     legal, coverage = legalize_for(canonical.model, arm)
     require_legal(coverage, arm)
-    request = BuildRequest(model=f"timm:{arch}", targets=(ARM, X86), tune_trials=0)  # not the targets' 400 trials
 
     arm_dir, x86_dir = tmp_path / "arm", tmp_path / "x86"
     arm_dir.mkdir()
     x86_dir.mkdir()
-    arm_artifact = backend.compile(legal, "fp32", arm_dir, target=arm, request=request)
+    arm_artifact = backend.compile(CompileJob(legal, "fp32", arm_dir, arm, arm.backend_options({"tune_trials": 0})))
     assert arm_artifact.option("arch") == "aarch64"
     assert elf_header(arm_dir / arm_artifact.entry) == (2, ET_DYN, EM_AARCH64)  # ELFCLASS64 shared object
 
     assert (x86.spec.opset, x86.op_set) == (arm.spec.opset, arm.op_set)  # so the same legal graph serves both
-    x86_artifact = backend.compile(legal, "fp32", x86_dir, target=x86, request=request)
+    x86_artifact = backend.compile(CompileJob(legal, "fp32", x86_dir, x86, x86.backend_options({"tune_trials": 0})))
     assert x86_artifact.option("arch") == "x86_64"
     assert elf_header(x86_dir / x86_artifact.entry) == (2, ET_DYN, EM_X86_64)
     for artifact in (arm_artifact, x86_artifact):
@@ -281,7 +280,7 @@ def test_missing_cross_compiler_is_a_clean_error(saved_pt2, tmp_path):
 @pytest.mark.parametrize("how", ["--targets-file", "VDEPLOY_TARGETS"])
 def test_tvm_section_on_another_backend_is_rejected(tmp_path, how):
     def tvm_on_ort(data):
-        data["targets"]["onnxruntime-cpu"]["tvm"] = dict(data["targets"][X86]["tvm"])
+        data["targets"]["onnxruntime-cpu"]["options"] = dict(data["targets"][X86]["options"])
 
     catalog = edited_catalog(tmp_path / "targets.yaml", tvm_on_ort)
     if how == "--targets-file":
@@ -289,7 +288,7 @@ def test_tvm_section_on_another_backend_is_rejected(tmp_path, how):
     else:
         result = run_cli("targets", "--json", env={"VDEPLOY_TARGETS": str(catalog)})
     assert_clean_failure(result, tmp_path / "no-out", "target:", str(catalog), "targets.onnxruntime-cpu",
-                         "a tvm: section is required with backend tvm, and only there")
+                         "backend onnxruntime takes no options")
     assert result.json["error"] == "target"
 
 

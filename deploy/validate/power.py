@@ -286,21 +286,19 @@ class TegrastatsMeter(_Meter):
         return Energy(sum(inside) / len(inside) * seconds, seconds, self.source, len(inside))
 
 
-# Meters that see a backend's device, best first; NPU handoffs get none (estimate only); unknown backends try all.
-_PREFERENCE: dict[str, tuple[type, ...]] = {"tensorrt": (TegrastatsMeter, NvmlMeter), "npu": (), **dict.fromkeys(
-    ("onnxruntime", "openvino", "tvm"), (RaplMeter, TegrastatsMeter))}
+# Meter kinds by the names backends list in BackendBase.power_meters (best first).
+METERS: dict[str, type] = {"nvml": NvmlMeter, "rapl": RaplMeter, "tegrastats": TegrastatsMeter}
 
 
-def pick_meter(backend_kind, meters: list | None = None) -> PowerMeter | None:
-    """The first available real meter for a backend (a Backend enum or its name), or None: use the estimate."""
-    return find_meter(backend_kind, meters)[0]
+def pick_meter(kinds, meters: list | None = None) -> PowerMeter | None:
+    """The first available real meter of the given kinds, or None: use the estimate."""
+    return find_meter(kinds, meters)[0]
 
 
-def find_meter(backend_kind, meters: list | None = None) -> tuple[PowerMeter | None, str]:
-    """(first available meter, "") or (None, why each candidate is unavailable)."""
+def find_meter(kinds, meters: list | None = None) -> tuple[PowerMeter | None, str]:
+    """(first available meter, "") or (None, why each candidate is unavailable). `kinds`: names in METERS."""
     if meters is None:
-        kind = getattr(backend_kind, "value", backend_kind)
-        meters = [cls() for cls in _PREFERENCE.get(kind, (TegrastatsMeter, NvmlMeter, RaplMeter))]
+        meters = [METERS[kind]() for kind in kinds]
     reasons = []
     for meter in meters:
         availability = meter.available()

@@ -32,8 +32,7 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     _verify_files(bundle_dir, manifest)
     artifact = Artifact.from_dict(manifest["artifact"])
     backend = get_backend(artifact.backend)
-    if hasattr(backend, "prepare"):  # finish a deferred build where this host can (TensorRT: build the engine)
-        artifact = backend.prepare(artifact, bundle_dir)
+    artifact = backend.prepare(artifact, bundle_dir)  # finish a deferred build where this host can (TensorRT)
     with np.load(bundle_dir / "reference_io.npz") as data:
         feeds = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")}
         expected = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("output:")}

@@ -25,14 +25,11 @@ def main(job: Path) -> int:
         with backend.open(artifact, Path(spec["bundle_dir"])) as session:
             count = next(iter(inputs.values())).shape[0]
             samples = [{n: a[i] for n, a in inputs.items()} for i in range(count)]
-            if hasattr(session, "run_many"):  # one process for every sample (qemu-user sessions)
-                per_sample = session.run_many(samples)
-            else:
-                per_sample = [session.run(sample) for sample in samples]
+            per_sample = backend.run_many(session, samples)
             latency = energy = None
             power_reason = "not timed on this host"
             if spec["iters"] > 0:  # finding a meter starts tegrastats / NVML: only for timed runs
-                meter, power_reason = find_meter(artifact.backend)
+                meter, power_reason = find_meter(backend.power_meters)
                 first = {n: a[0] for n, a in inputs.items()}
                 latency, energy = measure(session, first, warmup=spec["warmup"], iters=spec["iters"],
                                           power_meter=meter)
