@@ -22,6 +22,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 TARGETS_FILE = typer.Option(None, "--targets-file", envvar="VDEPLOY_TARGETS", help="Target catalogue to use.")
 INPUT_SHAPE = typer.Option(None, help="Input shape, e.g. 1,3,224,224.")
 TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code).")
+PRECISION = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's).")
+CALIB = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz.")
+MEAN = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406.")
+STD = typer.Option(None, help="Image std per channel for --calib folders.")
+INT8_SENSITIVE = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured).")
+EVAL_DATA = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference.")
+MIN_COSINE = typer.Option(None, help="Override the numerics gate: minimum output cosine.")
 
 
 @app.command()
@@ -29,20 +36,20 @@ def build(
     model: str = typer.Argument(..., help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle) or timm:NAME."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
-    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
+    precision: Optional[str] = PRECISION,
     input_shape: Optional[str] = INPUT_SHAPE,
     max_latency_ms: Optional[float] = typer.Option(None, help="Override the target's latency budget."),
     max_power_w: Optional[float] = typer.Option(None, help="Override the target's power budget."),
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
     iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
-    calib: Optional[Path] = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz."),
-    mean: Optional[str] = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406."),
-    std: Optional[str] = typer.Option(None, help="Image std per channel for --calib folders."),
-    int8_sensitive: int = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured)."),
-    min_cosine: Optional[float] = typer.Option(None, help="Override the numerics gate: minimum output cosine."),
+    calib: Optional[Path] = CALIB,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    int8_sensitive: int = INT8_SENSITIVE,
+    min_cosine: Optional[float] = MIN_COSINE,
     min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
-    eval_data: Optional[Path] = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference."),
+    eval_data: Optional[Path] = EVAL_DATA,
     max_top1_drop: Optional[float] = typer.Option(None, help="Gate: maximum top-1 drop in points (needs --eval-data)."),
     tune_trials: Optional[int] = typer.Option(None, min=0, help="TVM: tuning budget for kernels without a cached record."),
     tuning_db: list[Path] = typer.Option([], help="TVM: reuse the tuning records of a bundle (or its tuning/); repeatable."),
@@ -51,15 +58,15 @@ def build(
     """Build, validate and bundle MODEL for one or more targets."""
 
     def work():
-        from vdeploy.pipeline import BuildRequest, build as run_build, overall_exit_code
+        from vdeploy.api import request_for
+        from vdeploy.pipeline import build as run_build, overall_exit_code
 
-        request = BuildRequest(model=model, targets=tuple(target), out_dir=out, precision=precision,
-                               input_shape=_shape(input_shape),
-                               max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
-                               catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
-                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
-                               min_top1_agreement=min_top1_agreement, eval_data=eval_data,
-                               max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
+        request = request_for(model, target, out=out, precision=precision, input_shape=_shape(input_shape),
+                              max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
+                              catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
+                              std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
+                              min_top1_agreement=min_top1_agreement, eval_data=eval_data,
+                              max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
         with _Progress(as_json) as progress:
             outcomes = run_build(request, progress)
         if as_json:
@@ -93,12 +100,11 @@ def coverage(
     """Operator table before/after legalization per target; exit 1 if any target is left with unsupported ops."""
 
     def work():
-        from vdeploy.pipeline import coverage_for_targets
+        from vdeploy import api
 
         with _Progress(as_json) as progress:
-            results = coverage_for_targets(model, tuple(target), trust_pickle=trust_pickle, catalog=targets_file,
-                                           input_shape=_shape(input_shape),
-                                           progress=progress)
+            results = api.coverage(model, target, trust_pickle=trust_pickle, catalog=targets_file,
+                                   input_shape=_shape(input_shape), progress=progress)
         if as_json:
             typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
         else:
@@ -123,20 +129,31 @@ def coverage(
 def debug(
     model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
     target: str = typer.Option(..., "--target", "-t", help="Target name or alias (one)."),
-    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
+    precision: Optional[str] = PRECISION,
     input_shape: Optional[str] = INPUT_SHAPE,
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the bisect report as JSON on stdout."),
+    calib: Optional[Path] = CALIB,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    int8_sensitive: int = INT8_SENSITIVE,
+    eval_data: Optional[Path] = EVAL_DATA,
+    min_cosine: Optional[float] = MIN_COSINE,
+    tune_trials: int = typer.Option(0, min=0, help="TVM: tuning budget (default 0: cached schedules only; "
+                                                   "schedules do not change numerics)."),
     targets_file: Optional[Path] = TARGETS_FILE,
 ) -> None:
-    """Find the first pass, then the first node, where numerics leave the target's tolerance; exit 3 if one does."""
+    """Run the target's build plan with a numerics check after every stage and rule family: the first pass, then
+    the first node, where numerics leave the target's tolerance; exit 3 if one does."""
 
     def work():
-        from vdeploy.bisect import bisect
+        from vdeploy import api
 
         with _Progress(as_json) as progress:
-            report = bisect(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
-                            input_shape=_shape(input_shape), progress=progress)
+            report = api.debug(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
+                               input_shape=_shape(input_shape), calib=calib, mean=_floats(mean, "--mean"),
+                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, eval_data=eval_data,
+                               min_cosine=min_cosine, tune_trials=tune_trials, progress=progress)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
             return report.exit_code
@@ -177,9 +194,9 @@ def validate(
     """Re-run a bundle's reference I/O, latency and budgets on this machine (e.g. on the device)."""
 
     def work():
-        from vdeploy.validate.rerun import validate_bundle
+        from vdeploy import api
 
-        report = validate_bundle(bundle, iters=iters)
+        report = api.validate(bundle, iters=iters).report
         if as_json:
             typer.echo(json.dumps(report, indent=2))
         else:
@@ -199,14 +216,13 @@ def targets(
     """List the target catalogue."""
 
     def work():
+        from vdeploy import api
         from vdeploy.targets import load_catalog
 
         catalog = load_catalog(targets_file)
-        rows = [{"name": t.name, "aliases": t.spec.aliases, "backend": t.backend,
-                 "op_profile": t.spec.op_profile, "ops": len(t.op_set),
-                 "precisions": [p.value for p in t.spec.precisions],
-                 "budgets": t.spec.budgets.model_dump(mode="json"), "description": t.spec.description}
-                for t in catalog]
+        rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend, "op_profile": t.op_profile,
+                 "ops": len(t.ops), "precisions": list(t.precisions), "budgets": t.budgets,
+                 "description": t.description} for t in api.targets(catalog.path)]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return 0

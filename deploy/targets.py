@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
+import types
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -78,6 +80,8 @@ class Budgets(_Strict):
     energy_mj: float | None = Field(default=None, gt=0)  # energy per inference
     size_mb: float | None = Field(default=None, gt=0)
     peak_mem_mb: float | None = Field(default=None, gt=0)  # peak resident memory of the process running the artifact
+    sram_kb: float | None = Field(default=None, gt=0)  # on-chip SRAM / tensor arena (MCU NPUs; from the compiler)
+    flash_kb: float | None = Field(default=None, gt=0)  # read-only model storage (MCU NPUs; from the compiler)
 
 
 class Hardware(_Strict):
@@ -232,3 +236,16 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
         raise TargetError(f"{path}: {loc}: {first['msg']}",
                           f"{exc.error_count()} problem(s); see the schema in deploy/targets.py") from None
     return Catalog(data, path)
+
+
+class _CallableModule(types.ModuleType):
+    """`vdeploy.targets()` (the API's catalogue listing) and `vdeploy.targets` (this module) are one object: Python
+    sets a package's attribute to its submodule on import, so the API function lives on the module itself."""
+
+    def __call__(self, catalog: str | os.PathLike | None = None):
+        from vdeploy.api import targets
+
+        return targets(catalog)
+
+
+sys.modules[__name__].__class__ = _CallableModule

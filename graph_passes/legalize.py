@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx.defs
@@ -159,10 +159,11 @@ def run_to_fixpoint(model: ir.Model, rules: Sequence[RewriteRule], counts: Count
     return total
 
 
-def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, specs: Sequence | None = None
-             ) -> LegalizeResult:
+def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, specs: Sequence | None = None,
+             after_spec: Callable[[str, ir.Model, dict[str, int]], None] | None = None) -> LegalizeResult:
     """Rewrite `model` in place so that its ops fit `op_set`; report counts and leftovers (never raises for them:
-    the Legalize pass's ensures() does)."""
+    the Legalize pass's ensures() does). `after_spec(family, model, fired)` is called after each rule family
+    (a numerics instrument checks the graph there; `fired`: that family's rule -> rewrites)."""
     specs = ALL_SPECS if specs is None else specs
     common_passes.ShapeInferencePass(strict_mode=False)(model)  # rules read dtypes/shapes; failure leaves model as is
     usable = usable_ops(op_set, model.opset_imports)
@@ -175,7 +176,10 @@ def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, spec
     for spec in specs:
         direction, chosen = spec.choose(usable)
         choices[spec.name] = Direction(direction) if chosen else Direction.kept
+        before = Counter(rules)
         n = run_to_fixpoint(model, chosen, rules)
+        if after_spec is not None:
+            after_spec(spec.name, model, {r: c - before[r] for r, c in rules.items() if c > before[r]})
         if n:
             (fused if direction == Direction.fused else decomposed)[spec.name] += n
         rule_directions.update({rule.name: Direction(direction) for rule in chosen if rules[rule.name]})
