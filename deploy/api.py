@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from vdeploy.errors import TargetError
+from vdeploy.errors import UsageError
 
 Progress = Callable[[str], None]
 
@@ -52,7 +52,7 @@ def request_for(model, targets: Iterable[str], *, example_inputs=None, budgets: 
     known = {f.name for f in fields(BuildRequest)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TargetError(f"unknown build option(s): {', '.join(unknown)}",
+        raise UsageError(f"unknown build option(s): {', '.join(unknown)}",
                           f"options: {', '.join(sorted(known - {'model', 'targets', 'source'}))}")
     in_memory = not isinstance(model, (str, Path))
     name = name or (type(model).__name__.lower() if in_memory else str(model))

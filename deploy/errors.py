@@ -41,6 +41,12 @@ class BackendError(VdeployError):
     kind = "backend"
 
 
+class UsageError(VdeployError):
+    """A call that names an option or value that does not exist (the CLI's exit 2 has typer's own message)."""
+
+    kind = "usage"
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (runtimes raise walls of text), or its type name."""
     lines = [line for line in str(exc).splitlines() if line.strip()]

@@ -268,7 +268,7 @@ def test_tuning_db_without_records_is_a_clean_error(saved_pt2, tmp_path):
 
 def test_missing_cross_compiler_is_a_clean_error(saved_pt2, tmp_path):
     def no_gcc(data):
-        data["targets"][ARM]["tvm"]["cross_cc"] = "no-such-gcc"
+        data["targets"][ARM]["options"]["cross_cc"] = "no-such-gcc"
 
     catalog, out = edited_catalog(tmp_path / "targets.yaml", no_gcc), tmp_path / "out"
     result = run_cli("build", saved_pt2("cnn"), "--target", ARM, "--tune-trials", 0, "--targets-file", catalog,
