@@ -24,8 +24,9 @@ def load_object(obj: Any, example_inputs: tuple | None, *, name: str = "model") 
     import torch
 
     if isinstance(obj, onnx.ModelProto):
-        digest = hashlib.sha256(obj.SerializeToString()).hexdigest()
-        return LoadedModel(f"<onnx {name}>", name, ModelFormat.onnx, digest, tuple(onnx_inputs(obj)), onnx_model=obj)
+        onnx_digest = hashlib.sha256(obj.SerializeToString()).hexdigest()
+        return LoadedModel(f"<onnx {name}>", name, ModelFormat.onnx, onnx_digest, tuple(onnx_inputs(obj)),
+                           onnx_model=obj)
     if isinstance(obj, torch.nn.Module):
         if not example_inputs:
             raise ModelLoadError("an in-memory nn.Module needs example_inputs to be exported",

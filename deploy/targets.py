@@ -242,7 +242,7 @@ class _CallableModule(types.ModuleType):
     """`vdeploy.targets()` (the API's catalogue listing) and `vdeploy.targets` (this module) are one object: Python
     sets a package's attribute to its submodule on import, so the API function lives on the module itself."""
 
-    def __call__(self, catalog: str | os.PathLike | None = None):
+    def __call__(self, catalog: str | Path | None = None):
         from vdeploy.api import targets
 
         return targets(catalog)
