@@ -203,7 +203,7 @@ def targets(
 
         catalog = load_catalog(targets_file)
         rows = [{"name": t.name, "aliases": t.spec.aliases, "backend": t.backend.value,
-                 "op_profile": t.spec.op_profile, "ops": len(t.op_set),
+                 "op_profile": t.spec.op_profile, **_op_lists(t),
                  "precisions": [p.value for p in t.spec.precisions],
                  "budgets": t.spec.budgets.model_dump(mode="json"), "description": t.spec.description}
                 for t in catalog]
@@ -220,12 +220,22 @@ def targets(
         for row in rows:
             budget = row["budgets"]["latency_ms"]
             table.add_row(row["name"], ", ".join(row["aliases"]), row["backend"],
-                          f"{row['op_profile']} ({row['ops']})", ", ".join(row["precisions"]),
+                          f"{row['op_profile']} ({row['op_count']})", ", ".join(row["precisions"]),
                           f"{row['budgets']['latency_stat']} <= {budget:g} ms" if budget else "-")
         make_console().print(table)
         return 0
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+def _op_lists(target) -> dict:
+    """The op set of a target for `targets --json`: ops, capabilities (vdeploy.capability pseudo-ops), unknown."""
+    from vdeploy.graph_passes.ops import CAPABILITY_DOMAIN
+
+    ops = sorted(str(op) for op in target.op_set if op.domain != CAPABILITY_DOMAIN)
+    return {"op_count": len(ops), "ops": ops,
+            "capabilities": sorted(op.op_type for op in target.op_set if op.domain == CAPABILITY_DOMAIN),
+            "unknown_ops": sorted(str(op) for op in target.unknown)}
 
 
 def _shape(text: str | None):

@@ -137,7 +137,7 @@ def legalize_for(canonical_model, target: Target):
     result = legalize(model, target.op_set, fallback=target.spec.fallback)
     finish_legal(result.model)
     legal = ir.serde.serialize_model(result.model)
-    return legal, coverage_of(canonical_model, legal, result, target.op_set)
+    return legal, coverage_of(canonical_model, legal, result, target.op_set, target.unknown)  # legal: unknown ops
 
 
 def finish_legal(model) -> None:
