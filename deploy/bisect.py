@@ -76,7 +76,7 @@ class BisectReport:
 
 
 def bisect(model: str, target_name: str, *, precision: str | None = None, input_shape=None, trust_pickle=False,
-           catalog=None, specs: Sequence | None = None, samples: int = 8,
+           catalog=None, specs: Sequence | None = None, samples: int = 8, input_specs=(), arch=None,
            progress: Progress = lambda _: None) -> BisectReport:
     """Run every stage of a build for one target and report where numerics first leave the target's tolerance.
     `specs` (default: ALL_SPECS) are the rule specs legalization runs, one more per stage."""
@@ -90,7 +90,8 @@ def bisect(model: str, target_name: str, *, precision: str | None = None, input_
     precision = precision_for(target, precision)
     tolerance = target.spec.tolerances[Precision(precision)]
     graph_tolerance = target.spec.tolerances.get(Precision.fp32, tolerance)  # FP32 graphs, before the precision stage
-    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=samples, progress=progress)
+    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=samples,
+                       input_specs=input_specs, arch=arch, progress=progress)  # legal-branch hook: --input-spec/--arch
     exported, canonical = exported_for(prepared, target.spec.opset, progress)
     reference = prepared.reference
 

@@ -22,11 +22,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 TARGETS_FILE = typer.Option(None, "--targets-file", envvar="VDEPLOY_TARGETS", help="Target catalogue to use.")
 INPUT_SHAPE = typer.Option(None, help="Input shape, e.g. 1,3,224,224.")
 TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code).")
+INPUT_SPEC = typer.Option([], "--input-spec", help="How seeded validation inputs are drawn, per input: NAME:normal, "
+                          "NAME:uniform:LO:HI, NAME:positive, NAME:ids:VOCAB, NAME:mask (repeatable).")
+ARCH = typer.Option(None, "--arch", help="Build this architecture and load MODEL (or --weights) as its state dict: "
+                    "timm:NAME or package.module:factory. Imports and runs that code: use only code you trust.")
+WEIGHTS = typer.Option(None, "--weights", help="With --arch: a state dict or checkpoint (loaded weights_only).")
 
 
 @app.command()
 def build(
-    model: str = typer.Argument(..., help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle) or timm:NAME."),
+    model: Optional[str] = typer.Argument(None, help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle), timm:NAME, or with --arch the weights."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
@@ -47,13 +52,17 @@ def build(
     tune_trials: Optional[int] = typer.Option(None, min=0, help="TVM: tuning budget for kernels without a cached record."),
     tuning_db: list[Path] = typer.Option([], help="TVM: reuse the tuning records of a bundle (or its tuning/); repeatable."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
     def work():
         from vdeploy.pipeline import BuildRequest, build as run_build, overall_exit_code
 
-        request = BuildRequest(model=model, targets=tuple(target), out_dir=out, precision=precision,
+        request = BuildRequest(model=_model_arg(model, arch, weights), targets=tuple(target),
+                               input_specs=tuple(input_spec), arch=arch, out_dir=out, precision=precision,
                                input_shape=_shape(input_shape),
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                                catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
@@ -83,12 +92,15 @@ def build(
 
 @app.command()
 def coverage(
-    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    model: Optional[str] = typer.Argument(None, help="Model file or timm:NAME, as for build."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat, or 'all'."),
     input_shape: Optional[str] = INPUT_SHAPE,
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the coverage as JSON on stdout."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Operator table before/after legalization per target; exit 1 if any target is left with unsupported ops."""
 
@@ -96,9 +108,9 @@ def coverage(
         from vdeploy.pipeline import coverage_for_targets
 
         with _Progress(as_json) as progress:
-            results = coverage_for_targets(model, tuple(target), trust_pickle=trust_pickle, catalog=targets_file,
-                                           input_shape=_shape(input_shape),
-                                           progress=progress)
+            results = coverage_for_targets(_model_arg(model, arch, weights), tuple(target), trust_pickle=trust_pickle,
+                                           catalog=targets_file, input_shape=_shape(input_shape),
+                                           input_specs=tuple(input_spec), arch=arch, progress=progress)
         if as_json:
             typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
         else:
@@ -121,13 +133,16 @@ def coverage(
 
 @app.command()
 def debug(
-    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    model: Optional[str] = typer.Argument(None, help="Model file or timm:NAME, as for build."),
     target: str = typer.Option(..., "--target", "-t", help="Target name or alias (one)."),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
     input_shape: Optional[str] = INPUT_SHAPE,
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the bisect report as JSON on stdout."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Find the first pass, then the first node, where numerics leave the target's tolerance; exit 3 if one does."""
 
@@ -135,8 +150,9 @@ def debug(
         from vdeploy.bisect import bisect
 
         with _Progress(as_json) as progress:
-            report = bisect(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
-                            input_shape=_shape(input_shape), progress=progress)
+            report = bisect(_model_arg(model, arch, weights), target, precision=precision, trust_pickle=trust_pickle,
+                            catalog=targets_file, input_shape=_shape(input_shape), input_specs=tuple(input_spec),
+                            arch=arch, progress=progress)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
             return report.exit_code
@@ -228,6 +244,19 @@ def targets(
     raise typer.Exit(_guarded(work, as_json))
 
 
+def _model_arg(model: str | None, arch: str | None, weights: Path | None) -> str:
+    """MODEL, or with --arch the weights file (MODEL or --weights, not both)."""
+    if arch is None:
+        if weights is not None:
+            raise typer.BadParameter("--weights needs --arch (the architecture to load them into)", param_hint="--weights")
+        if model is None:
+            raise typer.BadParameter("give a model file (or timm:NAME, or --arch with --weights)", param_hint="MODEL")
+        return model
+    if (model is None) == (weights is None):
+        raise typer.BadParameter("with --arch give the weights once: as MODEL or as --weights FILE", param_hint="--arch")
+    return str(weights) if weights is not None else model
+
+
 def _op_lists(target) -> dict:
     """The op set of a target for `targets --json`: ops, capabilities (vdeploy.capability pseudo-ops), unknown."""
     from vdeploy.graph_passes.ops import CAPABILITY_DOMAIN
@@ -257,6 +286,8 @@ def _guarded(work, as_json: bool) -> int:
     """Run a command body; a VdeployError or an unexpected exception becomes one line and exit 1."""
     try:
         return work()
+    except typer.BadParameter:  # a usage error found while reading options: click prints it, exit 2
+        raise
     except VdeployError as exc:
         _fail(exc.one_line(), exc.as_dict(), as_json)
     except KeyboardInterrupt:

@@ -41,6 +41,8 @@ class BuildRequest:
     min_top1_agreement: float | None = None
     tune_trials: int | None = None  # TVM: MetaSchedule budget for tasks without a cached record (None: target's)
     tuning_db: tuple[Path, ...] = ()  # TVM: bundles or tuning/ folders whose records seed the cache
+    input_specs: tuple[str, ...] = ()  # --input-spec NAME:KIND[:ARGS]: how seeded validation inputs are drawn
+    arch: str | None = None  # --arch timm:NAME | package.module:factory (then `model` is the weights file)
     samples: int = 8
     warmup: int = 10
     iters: int = 50
@@ -76,22 +78,33 @@ def resolve_targets(names, catalog_path) -> list[Target]:
     return [catalog.get(name) for name in names]
 
 
-def prepare(model: str, *, input_shape=None, trust_pickle=False, samples=8, request=None,
-            progress: Progress) -> Prepared:
+def prepare(model: str, *, input_shape=None, trust_pickle=False, samples=8, request=None, input_specs=(),
+            arch=None, check_inputs=True, progress: Progress) -> Prepared:
     """Load the model and run the reference. The validation inputs are the first samples of --eval-data or --calib
     when given (a low-precision artifact calibrated on real data is judged on in-distribution inputs), else seeded
-    standard-normal samples."""
+    samples drawn per input spec (reference.sample_specs: the model's hints, then --input-spec)."""
+    from vdeploy import reference as ref
     from vdeploy.load import load_model
-    from vdeploy.reference import make_samples, reference_outputs, resolve_inputs
 
-    progress(f"loading {model}")
-    loaded = load_model(model, trust_pickle=trust_pickle)
-    inputs = resolve_inputs(loaded, input_shape)
-    sample_arrays, source = make_samples(inputs, samples), "seeded standard normal"
+    if request is not None:  # legal-branch hook: input specs and --arch travel in the request
+        input_specs, arch = request.input_specs, request.arch
+    progress(f"loading {model}" + (f" as {arch}" if arch else ""))
+    if arch:
+        from vdeploy.arch import load_arch
+
+        loaded = load_arch(arch, model, progress=progress)
+    else:
+        loaded = load_model(model, trust_pickle=trust_pickle)
+    inputs = ref.resolve_inputs(loaded, input_shape)
+    specs = ref.sample_specs(loaded, inputs, input_specs)
+    sample_arrays, source = ref.make_samples(inputs, samples, specs), ref.samples_source(specs)
     if request is not None and (request.eval_data or request.calib) and len(inputs) == 1:
         sample_arrays, source = _data_samples(request, inputs[0], samples, loaded.mean_std)
     progress("running the reference (PyTorch eager)" if loaded.is_torch else "running the reference (ONNX Runtime)")
-    return Prepared(loaded, sample_arrays, reference_outputs(loaded, sample_arrays), source)
+    reference = ref.reference_outputs(loaded, sample_arrays)
+    if check_inputs:
+        ref.check_finite_reference(reference, loaded, inputs, specs)
+    return Prepared(loaded, sample_arrays, reference, source)
 
 
 def _data_samples(request, spec, count: int, recorded_mean_std):
@@ -276,10 +289,11 @@ def _torch_tensors(samples: dict[str, np.ndarray]):
 
 
 def coverage_for_targets(model: str, names: tuple[str, ...], *, input_shape=None, trust_pickle=False, catalog=None,
-                         progress: Progress = lambda _: None) -> dict:
+                         input_specs=(), arch=None, progress: Progress = lambda _: None) -> dict:
     """target name -> Coverage, without compiling anything (export once per opset, legalize per target)."""
     targets = resolve_targets(names, catalog)
-    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=1, progress=progress)
+    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=1, input_specs=input_specs,
+                       arch=arch, check_inputs=False, progress=progress)
     results = {}
     for target in targets:
         _, canonical = exported_for(prepared, target.spec.opset, progress)
