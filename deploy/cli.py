@@ -31,7 +31,8 @@ WEIGHTS = typer.Option(None, "--weights", help="With --arch: a state dict or che
 
 @app.command()
 def build(
-    model: Optional[str] = typer.Argument(None, help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle), timm:NAME, or with --arch the weights."),
+    model: Optional[str] = typer.Argument(
+        None, help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle), timm:NAME, or --arch weights."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
@@ -248,12 +249,14 @@ def _model_arg(model: str | None, arch: str | None, weights: Path | None) -> str
     """MODEL, or with --arch the weights file (MODEL or --weights, not both)."""
     if arch is None:
         if weights is not None:
-            raise typer.BadParameter("--weights needs --arch (the architecture to load them into)", param_hint="--weights")
+            raise typer.BadParameter("--weights needs --arch (the architecture to load them into)",
+                                     param_hint="--weights")
         if model is None:
             raise typer.BadParameter("give a model file (or timm:NAME, or --arch with --weights)", param_hint="MODEL")
         return model
     if (model is None) == (weights is None):
-        raise typer.BadParameter("with --arch give the weights once: as MODEL or as --weights FILE", param_hint="--arch")
+        raise typer.BadParameter("with --arch give the weights once: as MODEL or as --weights FILE",
+                                 param_hint="--arch")
     return str(weights) if weights is not None else model
 
 

@@ -176,7 +176,8 @@ def check_finite_reference(reference: list[np.ndarray], loaded: LoadedModel, inp
     if not any(np.issubdtype(r.dtype, np.floating) and np.isnan(r).any() for r in reference):
         return
     hints = {spec.name: _from_model(loaded, spec) for spec in inputs}
-    suspects = [n for n, spec in specs.items() if hints[n].kind is SampleKind.positive and spec.kind is not hints[n].kind]
+    suspects = [n for n, spec in specs.items()
+                if hints[n].kind is SampleKind.positive and spec.kind is not SampleKind.positive]
     suspects = suspects or [n for n, spec in specs.items() if spec.kind in (SampleKind.normal, SampleKind.uniform)]
     suspects = suspects or list(specs)
     named = "; ".join(f"{n} drawn as {specs[n].describe()}" + (f", but it is {hints[n].why}" if hints[n].why else "")

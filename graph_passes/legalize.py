@@ -113,8 +113,8 @@ def check_legal(model: ir.Model, usable: frozenset, fallback: bool) -> None:
                                   "a lowering rule is missing for them; this is a vdeploy bug, please report it")
     if left and not fallback:
         note = f" ({RANK4_MATMUL_NOTE})" if "MatMul" in left and OpId("", "MatMul") in usable else ""
-        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}"
-                                  f"{note}", "choose a target that allows CPU fallback, or one whose op set has these ops")
+        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}{note}",
+                                  "choose a target that allows CPU fallback, or one whose op set has these ops")
 
 
 def _apply(model: ir.Model, name: str, variants: Sequence[RewriteRule]) -> int:

@@ -61,7 +61,8 @@ def runs_in_ort(case) -> bool:
                 continue  # sampled output: running is the test
             for got, want in zip(outputs, map(as_array, expected)):
                 if isinstance(want, list):
-                    if len(got) != len(want) or not all(np.allclose(g, w, rtol=1e-3, atol=1e-5) for g, w in zip(got, want)):
+                    same = all(np.allclose(g, w, rtol=1e-3, atol=1e-5) for g, w in zip(got, want))
+                    if len(got) != len(want) or not same:
                         return False
                 elif not np.allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64),
                                    rtol=max(case.rtol, 1e-3), atol=max(case.atol, 1e-5), equal_nan=True):

@@ -82,5 +82,6 @@ def _worst_error(case, legal: onnx.ModelProto, approximations) -> float:
             tol = atol + max(case.rtol, 2e-3 if fp16 else 1e-4) * np.abs(want)
             with np.errstate(invalid="ignore"):  # inf - inf where both are -inf: equal, counted as 0 below
                 err = np.where((np.isnan(want) & np.isnan(got)) | (got == want), 0.0, np.abs(got - want) / tol)
-            worst = max(worst, float(np.nanmax(err)) if err.size else 0.0, float(np.isnan(got).sum() - np.isnan(want).sum()))
+            new_nans = float(np.isnan(got).sum() - np.isnan(want).sum())  # NaN where the reference has a number
+            worst = max(worst, float(np.nanmax(err)) if err.size else 0.0, new_nans)
     return worst

@@ -19,7 +19,7 @@ ARCH = "timm:test_resnet"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A test_resnet with non-default weights, saved three ways: state dict, {'model': ...}, {'state_dict': module.*}."""
+    """test_resnet with non-default weights, saved as: state dict, {'model': ...}, {'state_dict': module.*}."""
     torch.manual_seed(0)
     model = import_timm().create_model("test_resnet", pretrained=False).eval()
     with torch.no_grad():

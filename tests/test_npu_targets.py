@@ -43,8 +43,8 @@ def test_hailo_refuses_what_its_documents_exclude(cli, tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     k = numpy_helper.from_array(np.array([2], np.int64), "k")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("TopK", ["r", "k"], ["v", "i"])],
-                              "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("TopK", ["r", "k"], ["v", "i"])]
+    graph = helper.make_graph(nodes, "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2])], [k])
     path = tmp_path / "topk.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))

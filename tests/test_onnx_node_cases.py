@@ -26,21 +26,32 @@ FALLBACK_TARGETS = {"rk3588-npu", "ethos-u55"}
 # Attention nodes legalization leaves as they are (attention_onnx.py says why): a KV cache (past/present), a
 # boolean mask, or the qk_matmul_output used as a graph output.
 ATTENTION_KEPT = {
-    "test_attention_23_boolmask_fullymasked_row_nan_robustness", "test_attention_23_fullymasked_qk_matmul_output_mode3_zero",
-    "test_attention_3d_diff_heads_with_past_and_present", "test_attention_3d_gqa_with_past_and_present",
-    "test_attention_3d_with_past_and_present", "test_attention_3d_with_past_and_present_qk_matmul",
-    "test_attention_3d_with_past_and_present_qk_matmul_bias", "test_attention_3d_with_past_and_present_qk_matmul_softcap",
-    "test_attention_3d_with_past_and_present_qk_matmul_softmax", "test_attention_4d_attn_mask_bool",
-    "test_attention_4d_attn_mask_bool_4d", "test_attention_4d_diff_heads_with_past_and_present",
-    "test_attention_4d_diff_heads_with_past_and_present_mask3d", "test_attention_4d_diff_heads_with_past_and_present_mask4d",
-    "test_attention_4d_gqa_with_past_and_present", "test_attention_4d_gqa_with_past_and_present_fp16",
-    "test_attention_4d_with_past_and_present", "test_attention_4d_with_past_and_present_qk_matmul",
+    "test_attention_23_boolmask_fullymasked_row_nan_robustness",
+    "test_attention_23_fullymasked_qk_matmul_output_mode3_zero",
+    "test_attention_3d_diff_heads_with_past_and_present",
+    "test_attention_3d_gqa_with_past_and_present",
+    "test_attention_3d_with_past_and_present",
+    "test_attention_3d_with_past_and_present_qk_matmul",
+    "test_attention_3d_with_past_and_present_qk_matmul_bias",
+    "test_attention_3d_with_past_and_present_qk_matmul_softcap",
+    "test_attention_3d_with_past_and_present_qk_matmul_softmax",
+    "test_attention_4d_attn_mask_bool",
+    "test_attention_4d_attn_mask_bool_4d",
+    "test_attention_4d_diff_heads_with_past_and_present",
+    "test_attention_4d_diff_heads_with_past_and_present_mask3d",
+    "test_attention_4d_diff_heads_with_past_and_present_mask4d",
+    "test_attention_4d_gqa_with_past_and_present",
+    "test_attention_4d_gqa_with_past_and_present_fp16",
+    "test_attention_4d_with_past_and_present",
+    "test_attention_4d_with_past_and_present_qk_matmul",
     "test_attention_4d_with_past_and_present_qk_matmul_bias",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_3d_mask",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_3d_mask_causal",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask",
-    "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal", "test_attention_4d_with_qk_matmul",
-    "test_attention_4d_with_qk_matmul_bias", "test_attention_4d_with_qk_matmul_softcap",
+    "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
+    "test_attention_4d_with_qk_matmul",
+    "test_attention_4d_with_qk_matmul_bias",
+    "test_attention_4d_with_qk_matmul_softcap",
     "test_attention_4d_with_qk_matmul_softmax",
 }
 SOFTMAX_PARTS = ("Div", "Exp", "ReduceMax", "ReduceSum", "Sub")  # the decomposed Softmax, unknown on hailo-8
@@ -143,5 +154,6 @@ def test_broadcast_matmul_split_is_rank3_and_exact():
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((3, 1, 3, 4), np.float32), rng.standard_normal((1, 2, 4, 2), np.float32)
-    (y,) = ort.InferenceSession(legal.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a, "b": b})
+    session = ort.InferenceSession(legal.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"a": a, "b": b})
     np.testing.assert_allclose(y, np.matmul(a, b), rtol=1e-5, atol=1e-6)
