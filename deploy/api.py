@@ -37,7 +37,9 @@ class TargetInfo:
     aliases: tuple[str, ...]
     backend: str
     op_profile: str
-    ops: tuple[str, ...]
+    ops: tuple[str, ...]  # the op set (capability pseudo-ops apart)
+    capabilities: tuple[str, ...]  # e.g. MatMulRank4
+    unknown_ops: tuple[str, ...]  # ops the vendor's public documents neither list nor exclude
     precisions: tuple[str, ...]
     budgets: dict
     description: str
@@ -114,9 +116,12 @@ def validate(bundle: str | Path, *, iters: int = 50) -> ValidationResult:
 
 def targets(catalog: str | Path | None = None) -> list[TargetInfo]:
     """The target catalogue ($VDEPLOY_TARGETS or the shipped targets.yaml, unless `catalog` is given)."""
+    from vdeploy.graph_passes.ops import CAPABILITY_DOMAIN
     from vdeploy.targets import load_catalog
 
     return [TargetInfo(t.name, tuple(t.spec.aliases), t.backend, t.spec.op_profile,
-                       tuple(sorted(str(op) for op in t.op_set)), tuple(p.value for p in t.spec.precisions),
+                       tuple(sorted(str(op) for op in t.op_set if op.domain != CAPABILITY_DOMAIN)),
+                       tuple(sorted(op.op_type for op in t.op_set if op.domain == CAPABILITY_DOMAIN)),
+                       tuple(sorted(str(op) for op in t.unknown)), tuple(p.value for p in t.spec.precisions),
                        t.spec.budgets.model_dump(mode="json"), t.spec.description)
             for t in load_catalog(catalog)]

@@ -29,11 +29,17 @@ STD = typer.Option(None, help="Image std per channel for --calib folders.")
 INT8_SENSITIVE = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured).")
 EVAL_DATA = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference.")
 MIN_COSINE = typer.Option(None, help="Override the numerics gate: minimum output cosine.")
+INPUT_SPEC = typer.Option([], "--input-spec", help="How seeded validation inputs are drawn, per input: NAME:normal, "
+                          "NAME:uniform:LO:HI, NAME:positive, NAME:ids:VOCAB, NAME:mask (repeatable).")
+ARCH = typer.Option(None, "--arch", help="Build this architecture and load MODEL (or --weights) as its state dict: "
+                    "timm:NAME or package.module:factory. Imports and runs that code: use only code you trust.")
+WEIGHTS = typer.Option(None, "--weights", help="With --arch: a state dict or checkpoint (loaded weights_only).")
 
 
 @app.command()
 def build(
-    model: str = typer.Argument(..., help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle) or timm:NAME."),
+    model: Optional[str] = typer.Argument(
+        None, help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle), timm:NAME, or --arch weights."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
     precision: Optional[str] = PRECISION,
@@ -54,6 +60,9 @@ def build(
     tune_trials: Optional[int] = typer.Option(None, min=0, help="TVM: tuning budget for kernels without a cached record."),
     tuning_db: list[Path] = typer.Option([], help="TVM: reuse the tuning records of a bundle (or its tuning/); repeatable."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -61,7 +70,8 @@ def build(
         from vdeploy.api import request_for
         from vdeploy.pipeline import build as run_build, overall_exit_code
 
-        request = request_for(model, target, out=out, precision=precision, input_shape=_shape(input_shape),
+        request = request_for(_model_arg(model, arch, weights), target, out=out, input_specs=tuple(input_spec),
+                              arch=arch, precision=precision, input_shape=_shape(input_shape),
                               max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                               catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
@@ -90,12 +100,15 @@ def build(
 
 @app.command()
 def coverage(
-    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    model: Optional[str] = typer.Argument(None, help="Model file or timm:NAME, as for build."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat, or 'all'."),
     input_shape: Optional[str] = INPUT_SHAPE,
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the coverage as JSON on stdout."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Operator table before/after legalization per target; exit 1 if any target is left with unsupported ops."""
 
@@ -103,7 +116,8 @@ def coverage(
         from vdeploy import api
 
         with _Progress(as_json) as progress:
-            results = api.coverage(model, target, trust_pickle=trust_pickle, catalog=targets_file,
+            results = api.coverage(_model_arg(model, arch, weights), target, trust_pickle=trust_pickle,
+                                   catalog=targets_file, input_specs=tuple(input_spec), arch=arch,
                                    input_shape=_shape(input_shape), progress=progress)
         if as_json:
             typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
@@ -127,7 +141,7 @@ def coverage(
 
 @app.command()
 def debug(
-    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    model: Optional[str] = typer.Argument(None, help="Model file or timm:NAME, as for build."),
     target: str = typer.Option(..., "--target", "-t", help="Target name or alias (one)."),
     precision: Optional[str] = PRECISION,
     input_shape: Optional[str] = INPUT_SHAPE,
@@ -142,6 +156,9 @@ def debug(
     tune_trials: int = typer.Option(0, min=0, help="TVM: tuning budget (default 0: cached schedules only; "
                                                    "schedules do not change numerics)."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Run the target's build plan with a numerics check after every stage and rule family: the first pass, then
     the first node, where numerics leave the target's tolerance; exit 3 if one does."""
@@ -150,7 +167,8 @@ def debug(
         from vdeploy import api
 
         with _Progress(as_json) as progress:
-            report = api.debug(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
+            report = api.debug(_model_arg(model, arch, weights), target, input_specs=tuple(input_spec), arch=arch,
+                               precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
                                input_shape=_shape(input_shape), calib=calib, mean=_floats(mean, "--mean"),
                                std=_floats(std, "--std"), int8_sensitive=int8_sensitive, eval_data=eval_data,
                                min_cosine=min_cosine, tune_trials=tune_trials, progress=progress)
@@ -221,7 +239,8 @@ def targets(
 
         catalog = load_catalog(targets_file)
         rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend, "op_profile": t.op_profile,
-                 "ops": len(t.ops), "precisions": list(t.precisions), "budgets": t.budgets,
+                 "op_count": len(t.ops), "ops": list(t.ops), "capabilities": list(t.capabilities),
+                 "unknown_ops": list(t.unknown_ops), "precisions": list(t.precisions), "budgets": t.budgets,
                  "description": t.description} for t in api.targets(catalog.path)]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -236,12 +255,27 @@ def targets(
         for row in rows:
             budget = row["budgets"]["latency_ms"]
             table.add_row(row["name"], ", ".join(row["aliases"]), row["backend"],
-                          f"{row['op_profile']} ({row['ops']})", ", ".join(row["precisions"]),
+                          f"{row['op_profile']} ({row['op_count']})", ", ".join(row["precisions"]),
                           f"{row['budgets']['latency_stat']} <= {budget:g} ms" if budget else "-")
         make_console().print(table)
         return 0
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+def _model_arg(model: str | None, arch: str | None, weights: Path | None) -> str:
+    """MODEL, or with --arch the weights file (MODEL or --weights, not both)."""
+    if arch is None:
+        if weights is not None:
+            raise typer.BadParameter("--weights needs --arch (the architecture to load them into)",
+                                     param_hint="--weights")
+        if model is None:
+            raise typer.BadParameter("give a model file (or timm:NAME, or --arch with --weights)", param_hint="MODEL")
+        return model
+    if (model is None) == (weights is None):
+        raise typer.BadParameter("with --arch give the weights once: as MODEL or as --weights FILE",
+                                 param_hint="--arch")
+    return str(weights) if weights is not None else model
 
 
 def _shape(text: str | None):
@@ -263,6 +297,8 @@ def _guarded(work, as_json: bool) -> int:
     """Run a command body; a VdeployError or an unexpected exception becomes one line and exit 1."""
     try:
         return work()
+    except typer.BadParameter:  # a usage error found while reading options: click prints it, exit 2
+        raise
     except VdeployError as exc:
         _fail(exc.one_line(), exc.as_dict(), as_json)
     except KeyboardInterrupt:

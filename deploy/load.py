@@ -26,6 +26,7 @@ class ModelFormat(str, enum.Enum):
     onnx = "onnx"
     pickle = "pickle"
     timm = "timm"
+    arch = "arch"  # --arch + --weights: an architecture from code, a state dict from the file
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class BuildRequest:
     min_top1_agreement: float | None = None
     tune_trials: int | None = None  # TVM: MetaSchedule budget for tasks without a cached record (None: target's)
     tuning_db: tuple[Path, ...] = ()  # TVM: bundles or tuning/ folders whose records seed the cache
+    input_specs: tuple[str, ...] = ()  # --input-spec NAME:KIND[:ARGS]: how seeded validation inputs are drawn
+    arch: str | None = None  # --arch timm:NAME | package.module:factory (then `model` is the weights file)
     samples: int = 8
     warmup: int = 10
     iters: int = 50
@@ -52,7 +54,9 @@ class BuildRequest:
 
     @property
     def model_label(self) -> str:
-        return self.model if self.source is None else f"in-memory {type(self.source).__name__} {self.model!r}"
+        if self.source is not None:
+            return f"in-memory {type(self.source).__name__} {self.model!r}"
+        return self.model + (f" as {self.arch}" if self.arch else "")
 
     def backend_overrides(self) -> dict:
         """Command-line settings that land in a backend's typed options (keys it lacks are ignored)."""

@@ -26,6 +26,8 @@ class Shared:
     loaded: Any = None  # vdeploy.load.LoadedModel
     samples: dict[str, np.ndarray] = field(default_factory=dict)  # validation inputs {name: [N, *shape]}
     samples_source: str = "seeded standard normal"
+    loaded_inputs: tuple = ()  # the model's InputSpecs (shape given or recorded)
+    input_specs: dict = field(default_factory=dict)  # input name -> SampleSpec (how seeded samples are drawn)
     reference: list[np.ndarray] | None = None  # eager outputs on `samples`, one array per output
     exports: dict = field(default_factory=dict)  # opset -> (ExportResult, CanonicalizeResult)
     evaluation: dict = field(default_factory=dict)  # --eval-data path -> (inputs, labels, reference top-1)

@@ -12,9 +12,13 @@ from vdeploy.errors import ModelLoadError, first_line
 from vdeploy.load import LoadedModel, ModelFormat, exported_inputs, load_model, onnx_inputs
 
 
-def load_request(request) -> LoadedModel:
+def load_request(request, progress=lambda _: None) -> LoadedModel:
     if request.source is not None:
         return load_object(request.source, request.example_inputs, name=request.model)
+    if request.arch:
+        from vdeploy.arch import load_arch
+
+        return load_arch(request.arch, request.model, progress=progress)
     return load_model(request.model, trust_pickle=request.trust_pickle)
 
 

@@ -20,11 +20,13 @@ def load(state: BuildState) -> None:
     if shared.loaded is not None:
         return
     from vdeploy.sources import load_request
-    from vdeploy.reference import make_samples, resolve_inputs
+    from vdeploy import reference as ref
 
-    shared.loaded = load_request(request)
-    inputs = resolve_inputs(shared.loaded, request.input_shape)
-    shared.samples, shared.samples_source = make_samples(inputs, request.samples), "seeded standard normal"
+    shared.loaded = load_request(request, state.progress)
+    inputs = shared.loaded_inputs = ref.resolve_inputs(shared.loaded, request.input_shape)
+    shared.input_specs = ref.sample_specs(shared.loaded, inputs, request.input_specs)
+    shared.samples = ref.make_samples(inputs, request.samples, shared.input_specs)
+    shared.samples_source = ref.samples_source(shared.input_specs)
     if (request.eval_data or request.calib) and len(inputs) == 1:
         shared.samples, shared.samples_source = _data_samples(request, inputs[0], request.samples,
                                                               shared.loaded.mean_std)
@@ -57,10 +59,12 @@ def describe_reference(state: BuildState) -> str | None:
 
 
 def reference(state: BuildState) -> None:
-    from vdeploy.reference import reference_outputs
+    from vdeploy import reference as ref
 
-    if state.shared.reference is None:
-        state.shared.reference = reference_outputs(state.shared.loaded, state.shared.samples)
+    shared = state.shared
+    if shared.reference is None:
+        shared.reference = ref.reference_outputs(shared.loaded, shared.samples)
+        ref.check_finite_reference(shared.reference, shared.loaded, shared.loaded_inputs, shared.input_specs)
 
 
 # ---- graphs --------------------------------------------------------------------------------------------------
@@ -107,7 +111,8 @@ def legalize(state: BuildState) -> None:
     finish_legal(result.model)
     state.legal = ir.serde.serialize_model(result.model)
     state.legalized = result
-    state.coverage = coverage_of(state.canonical.model, state.legal, result, state.target.op_set)
+    state.coverage = coverage_of(state.canonical.model, state.legal, result, state.target.op_set,
+                                 state.target.unknown)
 
 
 def finish_legal(model) -> None:

@@ -17,26 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vdeploy.errors import TargetError
+from vdeploy.graph_passes.ops import OpId, OpSet  # noqa: F401  (re-exported: the op-set types live there)
 
 DEFAULT_CATALOG = Path(__file__).with_name("targets.yaml")
 
 
-class OpId(NamedTuple):
-    domain: str
-    op_type: str
-
-    @classmethod
-    def parse(cls, text: str) -> "OpId":
-        """'LayerNormalization' -> ('', ...); 'com.microsoft::Gelu' -> ('com.microsoft', 'Gelu')."""
-        domain, _, op_type = text.rpartition("::")
-        domain = "" if domain in ("", "ai.onnx") else domain
-        return cls(domain, op_type)
-
-    def __str__(self) -> str:
-        return f"{self.domain}::{self.op_type}" if self.domain else self.op_type
-
-
-OpSet = frozenset  # frozenset[OpId]
 
 
 class Precision(str, enum.Enum):
@@ -62,6 +47,9 @@ class OpProfile(_Strict):
     ops: list[str] = []
     add: list[str] = []
     remove: list[str] = []
+    # ops the vendor documents neither list nor exclude: coverage says "unknown" (not "unsupported") for them and
+    # legalization does not rely on them; not inherited through base
+    unknown: list[str] = []
 
 
 class Tolerance(_Strict):
@@ -147,6 +135,7 @@ class Target(NamedTuple):
     name: str
     spec: TargetSpec
     op_set: frozenset  # frozenset[OpId]
+    unknown: frozenset = frozenset()  # frozenset[OpId]: ops the profile's sources leave open (OpProfile.unknown)
 
     @property
     def backend(self) -> str:
@@ -211,7 +200,9 @@ class Catalog:
         if spec is None:
             known = ", ".join(self.names)
             raise TargetError(f"unknown target {name!r}", f"known targets: {known} (see `vdeploy targets`)")
-        return Target(canonical, spec, self._resolve(spec.op_profile, ()))
+        op_set = self._resolve(spec.op_profile, ())
+        unknown = frozenset(OpId.parse(o) for o in self.data.op_profiles[spec.op_profile].unknown) - op_set
+        return Target(canonical, spec, op_set, unknown)
 
     def __iter__(self):
         return (self.get(name) for name in self.names)

@@ -23,9 +23,9 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter.pattern import RewriteRule, RewriteRuleSet
 
 from vdeploy.errors import UnsupportedOpsError
+from vdeploy.graph_passes.ops import MATMUL_RANK4, OpId
 from vdeploy.graph_passes.rules import ALL_SPECS
 from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN, RULE_KEY, Direction
-from vdeploy.targets import OpId
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,26 @@ def usable_ops(op_set: Iterable[OpId], opset_imports: Mapping[str, int]) -> froz
     return frozenset(usable)
 
 
+RANK4_MATMUL_NOTE = "MatMul with rank >= 4 inputs needs vdeploy.capability::MatMulRank4, which the target lacks"
+
+
+def _rank4_matmul(model: ir.Model) -> bool:
+    """A MatMul with an input of known rank >= 4 is in the model (the rules keep shapes on the values they make)."""
+    for node in all_nodes(model):
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+            ranks = [None if v is None or v.shape is None else v.shape.rank() for v in node.inputs]
+            if any(r is not None and r >= 4 for r in ranks):
+                return True
+    return False
+
+
 def unsupported_ops(model: ir.Model, usable: frozenset) -> tuple[str, ...]:
-    """Sorted op ids present in the model and outside `usable` (internal-domain ops always count)."""
-    return tuple(sorted(str(op) for op in op_census(model) if op not in usable or op.domain == INTERNAL_DOMAIN))
+    """Sorted op ids present in the model and outside `usable` (internal-domain ops always count). MatMul counts
+    when the target lacks the rank-4 capability and a MatMul of rank >= 4 remains."""
+    left = {str(op) for op in op_census(model) if op not in usable or op.domain == INTERNAL_DOMAIN}
+    if MATMUL_RANK4 not in usable and OpId("", "MatMul") in usable and _rank4_matmul(model):
+        left.add("MatMul")
+    return tuple(sorted(left))
 
 
 def check_legal(model: ir.Model, usable: frozenset, fallback: bool) -> None:
@@ -95,7 +112,8 @@ def check_legal(model: ir.Model, usable: frozenset, fallback: bool) -> None:
         raise UnsupportedOpsError(f"internal ops survived legalization: {', '.join(internal)}",
                                   "a lowering rule is missing for them; this is a vdeploy bug, please report it")
     if left and not fallback:
-        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}",
+        note = f" ({RANK4_MATMUL_NOTE})" if "MatMul" in left and OpId("", "MatMul") in usable else ""
+        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}{note}",
                                   "choose a target that allows CPU fallback, or one whose op set has these ops")
 
 
