@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import enum
 import os
-import sys
-import types
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +14,7 @@ from typing import Any, NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vdeploy import callable_as_api
 from vdeploy.errors import TargetError
 from vdeploy.graph_passes.ops import OpId, OpSet  # noqa: F401  (re-exported: the op-set types live there)
 
@@ -229,14 +228,5 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
     return Catalog(data, path)
 
 
-class _CallableModule(types.ModuleType):
-    """`vdeploy.targets()` (the API's catalogue listing) and `vdeploy.targets` (this module) are one object: Python
-    sets a package's attribute to its submodule on import, so the API function lives on the module itself."""
 
-    def __call__(self, catalog: str | Path | None = None):
-        from vdeploy.api import targets
-
-        return targets(catalog)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+callable_as_api(__name__, "targets")  # vdeploy.targets() lists the catalogue; vdeploy.targets stays this module
