@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class BackendBase:
     """Defaults for every backend; subclasses set `name` and implement available/version/compile/open."""
 
     name: ClassVar[str]
-    options_model: ClassVar[type | None] = None  # pydantic model of the target's `options:` section
+    options_model: ClassVar[type[BaseModel] | None] = None  # pydantic model of the target's `options:` section
     int8_form: ClassVar[Int8Form] = Int8Form.ort_qdq
     power_meters: ClassVar[tuple[str, ...]] = ("rapl", "tegrastats")  # meters that see the device, best first
     toolchain_packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the manifest records
@@ -117,7 +118,7 @@ class BackendBase:
     def compile(self, job: CompileJob) -> Artifact:
         raise NotImplementedError
 
-    def open(self, artifact: Artifact, bundle_dir: Path) -> Session:
+    def open(self, artifact: Artifact, bundle_dir: Path) -> Any:  # a Session (context manager with run/sync)
         raise NotImplementedError
 
     def host_latency_reason(self, artifact: Artifact) -> str | None:

@@ -1,22 +1,22 @@
 """Bisect numerics: the first graph pass, then the first node, after which a build leaves tolerance.
 
-model -> prepare (seeded samples, reference) -> stages in pipeline order: export, canonicalize, legalize:<spec> (one
-rule spec more per stage), precision, backend -> each run (graphs: ONNX Runtime, all optimisations off; the backend:
-run_artifact) and compared with the reference -> first stage out of tolerance -> its graph before and after with every
-float value exposed -> first node (topological order) whose output leaves tolerance, and the rule-made node behind it
--> BisectReport
+the build's own plan, run once with NumericsInstrument: after export, canonicalize, each legalization rule family and
+the precision stage the graph runs in ONNX Runtime (all optimisations off); after compare the artifact's numerics are
+taken as the build judges them -> first stage out of tolerance -> its graph and the one before it with every float
+value exposed -> first node (topological order) whose output leaves tolerance, and the rule-made node behind it
+-> BisectReport (with the judged artifact's file hashes)
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from vdeploy.plan import Instrument
 
 Progress = Callable[[str], None]
 
@@ -63,6 +63,7 @@ class BisectReport:
     stages: tuple[StageResult, ...]
     first_bad_stage: str | None
     first_bad_node: NodeBlame | None
+    artifact_files: dict[str, str] = field(default_factory=dict)  # the judged artifact's files -> sha256
 
     @property
     def exit_code(self) -> int:
@@ -76,53 +77,117 @@ class BisectReport:
 
 
 def bisect(model: str, target_name: str, *, precision: str | None = None, input_shape=None, trust_pickle=False,
-           catalog=None, specs: Sequence | None = None, samples: int = 8,
+           catalog=None, specs: Sequence | None = None, samples: int = 8, request=None,
            progress: Progress = lambda _: None) -> BisectReport:
-    """Run every stage of a build for one target and report where numerics first leave the target's tolerance.
-    `specs` (default: ALL_SPECS) are the rule specs legalization runs, one more per stage."""
-    import onnx
+    """Run the target's build plan once with a numerics instrument and report where numerics first leave the
+    target's tolerance. `request` (a BuildRequest) carries every build option (--calib, --eval-data, ...), so the
+    artifact judged is the one `vdeploy build` makes; `specs` replaces the legalization rule specs (tests)."""
+    import dataclasses
+    import tempfile
 
-    from vdeploy.graph_passes.rules import ALL_SPECS
-    from vdeploy.pipeline import exported_for, precision_for, prepare
-    from vdeploy.targets import Precision, load_catalog
+    from vdeploy.pipeline import BuildRequest, new_state
+    from vdeploy.plan import Shared, default_instruments, plan, run_plan
 
-    target = load_catalog(catalog).get(target_name)
-    precision = precision_for(target, precision)
-    tolerance = target.spec.tolerances[Precision(precision)]
-    graph_tolerance = target.spec.tolerances.get(Precision.fp32, tolerance)  # FP32 graphs, before the precision stage
-    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=samples, progress=progress)
-    exported, canonical = exported_for(prepared, target.spec.opset, progress)
-    reference = prepared.reference
+    if request is None:
+        request = BuildRequest(model=model, targets=(target_name,), precision=precision, input_shape=input_shape,
+                               trust_pickle=trust_pickle, catalog=catalog, samples=samples)
+    if specs is not None:
+        request = dataclasses.replace(request, rule_specs=tuple(specs))
+    request = dataclasses.replace(request, iters=0, warmup=0)  # numerics only: no timed runs
+    from vdeploy.targets import load_catalog
 
-    graphs = [("export", exported.model, {}), ("canonicalize", canonical.model, {})]
-    graphs += _legalized_prefixes(canonical.model, target, tuple(ALL_SPECS if specs is None else specs), progress)
-    legal = graphs[-1][1]
-    lowered = _lower(legal, target, precision, model, prepared, progress)
-    if isinstance(lowered.model, onnx.ModelProto) and lowered.model is not legal:
-        graphs.append(("precision", lowered.model, {}))
+    target = load_catalog(request.catalog).get(target_name)
+    state = new_state(request, target, Shared(), progress)
+    numerics = NumericsInstrument()
+    with tempfile.TemporaryDirectory(prefix="vdeploy-debug-") as tmp:
+        state.work_dir = Path(tmp)
+        run_plan(plan(target, request, until="compare"), state, (*default_instruments(), numerics))
+        files = {f: _sha256(Path(tmp) / f) for f in state.artifact.files}
+    return numerics.report(state, files)
 
-    stages, first_bad, blame, previous = [], None, None, None
-    for name, graph, fired in graphs:
-        judge = tolerance if name == "precision" else graph_tolerance
-        if previous is not None and name.startswith("legalize:") and not fired:
-            result = StageResult(name, previous.rel_err, previous.cosine, previous.ok, "no rewrites")
-        else:
-            progress(f"bisect: running stage {name}")
-            numerics = _compare(reference, _run_graph(graph, prepared.samples))
-            result = StageResult(name, numerics.rel_err, numerics.cosine, _within(numerics, judge), _fired(fired))
-        if not result.ok and first_bad is None:
-            first_bad = name
-            if stages:
-                progress(f"bisect: locating the first bad node of {name}")
-                before = graphs[len(stages) - 1][1]
-                blame = blame_node(name, before, graph, prepared.samples, judge, frozenset(fired))
-        stages.append(result)
-        previous = result
 
-    stages.append(_backend_stage(lowered, target, precision, legal, prepared, tolerance, progress))
-    if first_bad is None and not stages[-1].ok:
-        first_bad = "backend"  # node-level blame needs a graph; the backend is reported as a stage
-    return BisectReport(target.name, precision, tuple(stages), first_bad, blame)
+class NumericsInstrument(Instrument):
+    """After export, canonicalize, each legalization rule family and the precision stage: the graph in ONNX Runtime
+    (all optimisations off) against the reference; after compare: the artifact itself. The first graph out of
+    tolerance is diffed node by node against the one before it."""
+
+    def __init__(self) -> None:
+        self.stages: list[StageResult] = []
+        self.first_bad: str | None = None
+        self.blame: NodeBlame | None = None
+        self._previous = None  # the last graph checked (onnx.ModelProto)
+        self._pending: tuple[list[str], dict] = ([], {})  # families whose graph still holds private ops
+
+    def after(self, stage, state) -> None:
+        from vdeploy.targets import Precision
+
+        graph_gate = state.target.spec.tolerances.get(Precision.fp32, self._gate(state))
+        if stage.name == "export":
+            self._check("export", state.exported.model, {}, state, graph_gate)
+            self._check("canonicalize", state.canonical.model, {}, state, graph_gate)
+        elif stage.name == "legalize":
+            self._previous = state.legal  # the finished legal graph is what the precision stage starts from
+        elif stage.name == "precision":
+            import onnx
+
+            lowered = state.lowered.model
+            if isinstance(lowered, onnx.ModelProto) and lowered is not state.legal:
+                self._check("precision", lowered, {}, state, self._gate(state))
+        elif stage.name == "compare":
+            ok = _within(state.numerics, self._gate(state))
+            self.stages.append(StageResult("backend", state.numerics.rel_err, state.numerics.cosine, ok,
+                                           f"{state.backend.name} {state.backend.version()} ({state.outputs_source})"))
+            if not ok and self.first_bad is None:
+                self.first_bad = "backend"  # node-level blame needs a graph; the backend is reported as a stage
+
+    def after_rules(self, family, model, fired, state) -> None:
+        import onnx_ir as ir
+
+        from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN
+        from vdeploy.stages import finish_legal
+        from vdeploy.targets import Precision
+
+        names, pending = self._pending
+        names.append(family)
+        pending.update(fired)
+        if any(n.domain == INTERNAL_DOMAIN for n in model.graph):
+            return  # no runtime runs private ops: judged together with the family that lowers them
+        self._pending = ([], {})
+        name = f"legalize:{'+'.join(names)}"
+        gate = state.target.spec.tolerances.get(Precision.fp32, self._gate(state))
+        if not pending and self.stages:
+            last = self.stages[-1]
+            self.stages.append(StageResult(name, last.rel_err, last.cosine, last.ok, "no rewrites"))
+            return
+        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        finish_legal(copy)
+        self._check(name, ir.serde.serialize_model(copy), pending, state, gate)
+
+    @staticmethod
+    def _gate(state):
+        return state.request.tolerance_for(state.target, state.precision)
+
+    def _check(self, name: str, graph, fired: dict, state, gate) -> None:
+        state.progress(f"debug: checking numerics after {name}")
+        numerics = _compare(state.shared.reference, _run_graph(graph, state.shared.samples))
+        ok = _within(numerics, gate)
+        self.stages.append(StageResult(name, numerics.rel_err, numerics.cosine, ok, _fired(fired)))
+        if not ok and self.first_bad is None:
+            self.first_bad = name
+            if self._previous is not None:
+                state.progress(f"debug: locating the first bad node of {name}")
+                self.blame = blame_node(name, self._previous, graph, state.shared.samples, gate, frozenset(fired))
+        self._previous = graph
+
+    def report(self, state, files: dict[str, str]) -> BisectReport:
+        return BisectReport(state.target.name, state.precision, tuple(self.stages), self.first_bad, self.blame,
+                            files)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def blame_node(stage: str, before, after, samples: dict[str, np.ndarray], tolerance, new_rules=frozenset()
@@ -157,63 +222,6 @@ def _blame(stage: str, node, value: str, numerics, new_rules: frozenset, beyond_
     rule_node = _nearest_rule_node(node, new_rules, RULE_KEY)
     return NodeBlame(stage, value, numerics.rel_err, numerics.cosine, _ref(node, RULE_KEY),
                      _ref(rule_node, RULE_KEY) if rule_node else None, beyond_tolerance)
-
-
-# ---- stages ---------------------------------------------------------------------------------------------------
-
-def _legalized_prefixes(canonical, target, specs: tuple, progress: Progress) -> list:
-    """("legalize:<family>", ModelProto, {rule: rewrites this stage}) per spec: the canonical graph legalized with
-    specs[:i+1] on a fresh copy, finished as pipeline.legalize_for finishes it (so the last one is the build's graph).
-    A spec that leaves private ops (attention_normalize) shares a stage with the next: "legalize:a+b"."""
-    import onnx_ir as ir
-
-    from vdeploy.graph_passes.legalize import legalize
-    from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN
-    from vdeploy.pipeline import finish_legal
-
-    stages, done, names, fired = [], Counter(), [], Counter()
-    for i, spec in enumerate(specs):
-        progress(f"bisect: legalizing with {spec.name} added")
-        model = ir.serde.deserialize_model(canonical)
-        result = legalize(model, target.op_set, fallback=target.spec.fallback, specs=specs[:i + 1])
-        finish_legal(model)
-        names.append(spec.name)
-        fired.update({rule: n - done[rule] for rule, n in result.rules.items() if n > done[rule]})
-        done = Counter(result.rules)
-        if i + 1 < len(specs) and any(n.domain == INTERNAL_DOMAIN for n in model.graph):
-            continue  # no runtime runs private ops: judged together with the spec that lowers them
-        stages.append((f"legalize:{'+'.join(names)}", ir.serde.serialize_model(model), dict(fired)))
-        names, fired = [], Counter()
-    return stages
-
-
-def _lower(legal, target, precision: str, model: str, prepared, progress: Progress):
-    from vdeploy.lower_precision import lower_precision
-    from vdeploy.pipeline import BuildRequest
-
-    request = BuildRequest(model=model, targets=(target.name,), precision=precision)
-    return lower_precision(legal, target, precision, request, progress, prepared.loaded.mean_std)
-
-
-def _backend_stage(lowered, target, precision: str, legal, prepared, tolerance, progress: Progress) -> StageResult:
-    from vdeploy.backends import get_backend
-    from vdeploy.backends.base import CompileJob
-    from vdeploy.pipeline import graph_inputs
-    from vdeploy.validate.isolate import run_artifact
-
-    backend = get_backend(target.backend)
-    progress(f"bisect: compiling and running with {backend.name} {backend.version()}")
-    inputs = graph_inputs(legal)
-    with tempfile.TemporaryDirectory(prefix="vdeploy-bisect-") as tmp:
-        # numerics only: no tuning (TVM applies cached schedules where it has them; schedules do not change results)
-        options = target.backend_options({"tune_trials": 0})
-        artifact = backend.compile(CompileJob(lowered.model, precision, Path(tmp), target, options, progress,
-                                              dict(zip(inputs, prepared.samples.values()))))
-        run = run_artifact(artifact, Path(tmp), dict(zip(inputs, prepared.samples.values())), warmup=0, iters=0,
-                           env=lowered.run_env)
-    numerics = _compare(prepared.reference, run.outputs)
-    return StageResult("backend", numerics.rel_err, numerics.cosine, _within(numerics, tolerance),
-                       f"{backend.name} {backend.version()}")
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------

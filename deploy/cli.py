@@ -22,44 +22,61 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 TARGETS_FILE = typer.Option(None, "--targets-file", envvar="VDEPLOY_TARGETS", help="Target catalogue to use.")
 INPUT_SHAPE = typer.Option(None, help="Input shape, e.g. 1,3,224,224.")
 TRUST_PICKLE = typer.Option(False, "--trust-pickle", help="Allow pickled nn.Module files (runs their code).")
+PRECISION = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's).")
+CALIB = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz.")
+MEAN = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406.")
+STD = typer.Option(None, help="Image std per channel for --calib folders.")
+INT8_SENSITIVE = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured).")
+EVAL_DATA = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference.")
+MIN_COSINE = typer.Option(None, help="Override the numerics gate: minimum output cosine.")
+INPUT_SPEC = typer.Option([], "--input-spec", help="How seeded validation inputs are drawn, per input: NAME:normal, "
+                          "NAME:uniform:LO:HI, NAME:positive, NAME:ids:VOCAB, NAME:mask (repeatable).")
+ARCH = typer.Option(None, "--arch", help="Build this architecture and load MODEL (or --weights) as its state dict: "
+                    "timm:NAME or package.module:factory. Imports and runs that code: use only code you trust.")
+WEIGHTS = typer.Option(None, "--weights", help="With --arch: a state dict or checkpoint (loaded weights_only).")
 
 
 @app.command()
 def build(
-    model: str = typer.Argument(..., help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle) or timm:NAME."),
+    model: Optional[str] = typer.Argument(
+        None, help="Model file (.pt2, TorchScript, ONNX, pickle with --trust-pickle), timm:NAME, or --arch weights."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat for several, or 'all'."),
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Bundles go to OUT/<model>-<target>/."),
-    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
+    precision: Optional[str] = PRECISION,
     input_shape: Optional[str] = INPUT_SHAPE,
     max_latency_ms: Optional[float] = typer.Option(None, help="Override the target's latency budget."),
     max_power_w: Optional[float] = typer.Option(None, help="Override the target's power budget."),
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout, nothing else."),
     iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
-    calib: Optional[Path] = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz."),
-    mean: Optional[str] = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406."),
-    std: Optional[str] = typer.Option(None, help="Image std per channel for --calib folders."),
-    int8_sensitive: int = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured)."),
-    min_cosine: Optional[float] = typer.Option(None, help="Override the numerics gate: minimum output cosine."),
+    calib: Optional[Path] = CALIB,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    int8_sensitive: int = INT8_SENSITIVE,
+    min_cosine: Optional[float] = MIN_COSINE,
     min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
-    eval_data: Optional[Path] = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference."),
+    eval_data: Optional[Path] = EVAL_DATA,
     max_top1_drop: Optional[float] = typer.Option(None, help="Gate: maximum top-1 drop in points (needs --eval-data)."),
     tune_trials: Optional[int] = typer.Option(None, min=0, help="TVM: tuning budget for kernels without a cached record."),
     tuning_db: list[Path] = typer.Option([], help="TVM: reuse the tuning records of a bundle (or its tuning/); repeatable."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
     def work():
-        from vdeploy.pipeline import BuildRequest, build as run_build, overall_exit_code
+        from vdeploy.api import request_for
+        from vdeploy.pipeline import build as run_build, overall_exit_code
 
-        request = BuildRequest(model=model, targets=tuple(target), out_dir=out, precision=precision,
-                               input_shape=_shape(input_shape),
-                               max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
-                               catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
-                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
-                               min_top1_agreement=min_top1_agreement, eval_data=eval_data,
-                               max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
+        request = request_for(_model_arg(model, arch, weights), target, out=out, input_specs=tuple(input_spec),
+                              arch=arch, precision=precision, input_shape=_shape(input_shape),
+                              max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
+                              catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
+                              std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
+                              min_top1_agreement=min_top1_agreement, eval_data=eval_data,
+                              max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
         with _Progress(as_json) as progress:
             outcomes = run_build(request, progress)
         if as_json:
@@ -83,22 +100,25 @@ def build(
 
 @app.command()
 def coverage(
-    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    model: Optional[str] = typer.Argument(None, help="Model file or timm:NAME, as for build."),
     target: list[str] = typer.Option(..., "--target", "-t", help="Target name or alias; repeat, or 'all'."),
     input_shape: Optional[str] = INPUT_SHAPE,
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the coverage as JSON on stdout."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
     """Operator table before/after legalization per target; exit 1 if any target is left with unsupported ops."""
 
     def work():
-        from vdeploy.pipeline import coverage_for_targets
+        from vdeploy import api
 
         with _Progress(as_json) as progress:
-            results = coverage_for_targets(model, tuple(target), trust_pickle=trust_pickle, catalog=targets_file,
-                                           input_shape=_shape(input_shape),
-                                           progress=progress)
+            results = api.coverage(_model_arg(model, arch, weights), target, trust_pickle=trust_pickle,
+                                   catalog=targets_file, input_specs=tuple(input_spec), arch=arch,
+                                   input_shape=_shape(input_shape), progress=progress)
         if as_json:
             typer.echo(json.dumps({name: cov.to_manifest() for name, cov in results.items()}, indent=2))
         else:
@@ -121,22 +141,37 @@ def coverage(
 
 @app.command()
 def debug(
-    model: str = typer.Argument(..., help="Model file or timm:NAME, as for build."),
+    model: Optional[str] = typer.Argument(None, help="Model file or timm:NAME, as for build."),
     target: str = typer.Option(..., "--target", "-t", help="Target name or alias (one)."),
-    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
+    precision: Optional[str] = PRECISION,
     input_shape: Optional[str] = INPUT_SHAPE,
     trust_pickle: bool = TRUST_PICKLE,
     as_json: bool = typer.Option(False, "--json", help="Print the bisect report as JSON on stdout."),
+    calib: Optional[Path] = CALIB,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    int8_sensitive: int = INT8_SENSITIVE,
+    eval_data: Optional[Path] = EVAL_DATA,
+    min_cosine: Optional[float] = MIN_COSINE,
+    tune_trials: int = typer.Option(0, min=0, help="TVM: tuning budget (default 0: cached schedules only; "
+                                                   "schedules do not change numerics)."),
     targets_file: Optional[Path] = TARGETS_FILE,
+    input_spec: list[str] = INPUT_SPEC,
+    arch: Optional[str] = ARCH,
+    weights: Optional[Path] = WEIGHTS,
 ) -> None:
-    """Find the first pass, then the first node, where numerics leave the target's tolerance; exit 3 if one does."""
+    """Run the target's build plan with a numerics check after every stage and rule family: the first pass, then
+    the first node, where numerics leave the target's tolerance; exit 3 if one does."""
 
     def work():
-        from vdeploy.bisect import bisect
+        from vdeploy import api
 
         with _Progress(as_json) as progress:
-            report = bisect(model, target, precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
-                            input_shape=_shape(input_shape), progress=progress)
+            report = api.debug(_model_arg(model, arch, weights), target, input_specs=tuple(input_spec), arch=arch,
+                               precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
+                               input_shape=_shape(input_shape), calib=calib, mean=_floats(mean, "--mean"),
+                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, eval_data=eval_data,
+                               min_cosine=min_cosine, tune_trials=tune_trials, progress=progress)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
             return report.exit_code
@@ -177,9 +212,9 @@ def validate(
     """Re-run a bundle's reference I/O, latency and budgets on this machine (e.g. on the device)."""
 
     def work():
-        from vdeploy.validate.rerun import validate_bundle
+        from vdeploy import api
 
-        report = validate_bundle(bundle, iters=iters)
+        report = api.validate(bundle, iters=iters).report
         if as_json:
             typer.echo(json.dumps(report, indent=2))
         else:
@@ -199,14 +234,14 @@ def targets(
     """List the target catalogue."""
 
     def work():
+        from vdeploy import api
         from vdeploy.targets import load_catalog
 
         catalog = load_catalog(targets_file)
-        rows = [{"name": t.name, "aliases": t.spec.aliases, "backend": t.backend,
-                 "op_profile": t.spec.op_profile, "ops": len(t.op_set),
-                 "precisions": [p.value for p in t.spec.precisions],
-                 "budgets": t.spec.budgets.model_dump(mode="json"), "description": t.spec.description}
-                for t in catalog]
+        rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend, "op_profile": t.op_profile,
+                 "op_count": len(t.ops), "ops": list(t.ops), "capabilities": list(t.capabilities),
+                 "unknown_ops": list(t.unknown_ops), "precisions": list(t.precisions), "budgets": t.budgets,
+                 "description": t.description} for t in api.targets(catalog.path)]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
             return 0
@@ -220,12 +255,27 @@ def targets(
         for row in rows:
             budget = row["budgets"]["latency_ms"]
             table.add_row(row["name"], ", ".join(row["aliases"]), row["backend"],
-                          f"{row['op_profile']} ({row['ops']})", ", ".join(row["precisions"]),
+                          f"{row['op_profile']} ({row['op_count']})", ", ".join(row["precisions"]),
                           f"{row['budgets']['latency_stat']} <= {budget:g} ms" if budget else "-")
         make_console().print(table)
         return 0
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+def _model_arg(model: str | None, arch: str | None, weights: Path | None) -> str:
+    """MODEL, or with --arch the weights file (MODEL or --weights, not both)."""
+    if arch is None:
+        if weights is not None:
+            raise typer.BadParameter("--weights needs --arch (the architecture to load them into)",
+                                     param_hint="--weights")
+        if model is None:
+            raise typer.BadParameter("give a model file (or timm:NAME, or --arch with --weights)", param_hint="MODEL")
+        return model
+    if (model is None) == (weights is None):
+        raise typer.BadParameter("with --arch give the weights once: as MODEL or as --weights FILE",
+                                 param_hint="--arch")
+    return str(weights) if weights is not None else model
 
 
 def _shape(text: str | None):
@@ -247,6 +297,8 @@ def _guarded(work, as_json: bool) -> int:
     """Run a command body; a VdeployError or an unexpected exception becomes one line and exit 1."""
     try:
         return work()
+    except typer.BadParameter:  # a usage error found while reading options: click prints it, exit 2
+        raise
     except VdeployError as exc:
         _fail(exc.one_line(), exc.as_dict(), as_json)
     except KeyboardInterrupt:

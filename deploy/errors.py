@@ -41,7 +41,19 @@ class BackendError(VdeployError):
     kind = "backend"
 
 
+class UsageError(VdeployError):
+    """A call that names an option or value that does not exist (the CLI's exit 2 has typer's own message)."""
+
+    kind = "usage"
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (runtimes raise walls of text), or its type name."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[0].strip()[:limit] if lines else type(exc).__name__
+
+
+class InputSpecError(VdeployError):
+    """Validation inputs: a bad --input-spec, or seeded inputs the model cannot take (NaN in the reference)."""
+
+    kind = "inputs"

@@ -26,6 +26,7 @@ class ModelFormat(str, enum.Enum):
     onnx = "onnx"
     pickle = "pickle"
     timm = "timm"
+    arch = "arch"  # --arch + --weights: an architecture from code, a state dict from the file
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,16 @@ def _load_exported(path: Path) -> LoadedModel:
     except Exception as exc:  # torch raises many types for damaged archives
         raise ModelLoadError(f"{path} could not be loaded as a torch.export program: {first_line(exc)}",
                              "re-export it with torch.export.save") from None
+    return _loaded(path, ModelFormat.exported_program, exported_inputs(program), module=program.module(),
+                   program=program)
+
+
+def exported_inputs(program) -> list[InputSpec]:
+    """The static user inputs of a torch.export program."""
     user_inputs = set(program.graph_signature.user_inputs)
-    inputs = [InputSpec(node.name, tuple(int(d) for d in node.meta["val"].shape), _dtype_name(node.meta["val"].dtype))
-              for node in program.graph.nodes
-              if node.op == "placeholder" and node.name in user_inputs and _is_static(node.meta.get("val"))]
-    return _loaded(path, ModelFormat.exported_program, inputs, module=program.module(), program=program)
+    return [InputSpec(node.name, tuple(int(d) for d in node.meta["val"].shape), _dtype_name(node.meta["val"].dtype))
+            for node in program.graph.nodes
+            if node.op == "placeholder" and node.name in user_inputs and _is_static(node.meta.get("val"))]
 
 
 def _load_torchscript(path: Path) -> LoadedModel:
@@ -168,6 +174,13 @@ def _load_onnx(path: Path) -> LoadedModel:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(exc)}", "re-export the model") from None
+    return _loaded(path, ModelFormat.onnx, onnx_inputs(model), onnx_model=model)
+
+
+def onnx_inputs(model) -> list[InputSpec]:
+    """The statically shaped real inputs (not initializers) of an onnx.ModelProto."""
+    import onnx
+
     initializers = {t.name for t in model.graph.initializer}
     inputs = []
     for value in model.graph.input:
@@ -177,7 +190,7 @@ def _load_onnx(path: Path) -> LoadedModel:
         if all(d.HasField("dim_value") for d in dims):
             elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
             inputs.append(InputSpec(value.name, tuple(d.dim_value for d in dims), str(elem)))
-    return _loaded(path, ModelFormat.onnx, inputs, onnx_model=model)
+    return inputs
 
 
 def _load_timm(name: str) -> LoadedModel:

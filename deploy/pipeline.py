@@ -1,34 +1,36 @@
-"""The build pipeline: load -> reference -> export -> canonicalize -> legalize -> compile -> validate -> bundle.
+"""Builds from a request: one plan per target (deploy/plan.py), sharing the load, reference and exports.
 
-BuildRequest -> prepare() once (load, seeded samples, eager reference) -> per target: export (cached per opset),
-legalize for its op set, compile, run, judge, write the bundle -> BuildResult. A failure before a bundle is
-finished raises a VdeployError and leaves no bundle directory behind.
+BuildRequest -> resolve targets -> per target: BuildState -> run_plan(plan(target)) inside a BundleWriter
+-> reference_io.npz, manifest.json (pure serialization of the state), report.html -> BuildResult.
+A failure before a bundle is finished raises a VdeployError and leaves no bundle directory behind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from vdeploy.bundle import BundleWriter, check_out_dir
-from vdeploy.errors import TargetError, UnsupportedOpsError, VdeployError
-from vdeploy.targets import Target, load_catalog
+from vdeploy.errors import TargetError, VdeployError
+from vdeploy.plan import BuildState, Shared, plan, run_plan
+from vdeploy.targets import Budgets, Precision, Target, Tolerance, load_catalog
 
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class BuildRequest:
-    model: str
+    model: str  # a path or timm:NAME; for an in-memory `source`, the name its bundle gets
     targets: tuple[str, ...]
     out_dir: Path = Path("out")
     precision: str | None = None
     input_shape: tuple[int, ...] | None = None
     max_latency_ms: float | None = None
     max_power_w: float | None = None
+    budgets: tuple[tuple[str, float], ...] = ()  # further budget overrides by name (the Python API's budgets=)
     trust_pickle: bool = False
     catalog: Path | None = None
     calib: Path | None = None  # INT8 calibration: a folder of images, a .npy or .npz (None: seeded random + warning)
@@ -41,164 +43,61 @@ class BuildRequest:
     min_top1_agreement: float | None = None
     tune_trials: int | None = None  # TVM: MetaSchedule budget for tasks without a cached record (None: target's)
     tuning_db: tuple[Path, ...] = ()  # TVM: bundles or tuning/ folders whose records seed the cache
+    input_specs: tuple[str, ...] = ()  # --input-spec NAME:KIND[:ARGS]: how seeded validation inputs are drawn
+    arch: str | None = None  # --arch timm:NAME | package.module:factory (then `model` is the weights file)
     samples: int = 8
     warmup: int = 10
     iters: int = 50
+    rule_specs: tuple | None = None  # legalization rule families (None: all); a plan choice, not a CLI option
+    source: Any = field(default=None, compare=False)  # an in-memory nn.Module / ExportedProgram / ModelProto
+    example_inputs: tuple | None = field(default=None, compare=False)  # export inputs for an nn.Module source
+
+    @property
+    def model_label(self) -> str:
+        if self.source is not None:
+            return f"in-memory {type(self.source).__name__} {self.model!r}"
+        return self.model + (f" as {self.arch}" if self.arch else "")
+
+    def backend_overrides(self) -> dict:
+        """Command-line settings that land in a backend's typed options (keys it lacks are ignored)."""
+        return {"tune_trials": self.tune_trials, "tuning_db": tuple(str(p) for p in self.tuning_db) or None}
+
+    def budgets_for(self, target: Target) -> Budgets:
+        overrides = dict(self.budgets)
+        overrides.update({k: v for k, v in (("latency_ms", self.max_latency_ms), ("power_w", self.max_power_w))
+                          if v is not None})
+        return target.spec.budgets.model_copy(update=overrides)
+
+    def tolerance_for(self, target: Target, precision: str) -> Tolerance:
+        overrides = {k: v for k, v in (("min_cosine", self.min_cosine), ("max_top1_drop", self.max_top1_drop),
+                                       ("min_top1_agreement", self.min_top1_agreement)) if v is not None}
+        return target.spec.tolerances[Precision(precision)].model_copy(update=overrides)
 
 
 @dataclass(frozen=True)
 class BuildResult:
+    """One target's build: the bundle's path, the manifest (its main fields as attributes), stage timings."""
+
     target: str
     manifest: dict
     bundle: Path
+    timings: dict = field(default_factory=dict, compare=False)  # stage -> seconds (not in the manifest)
+
+    verdict = property(lambda self: self.manifest["verdict"])  # "pass" | "fail" | "unverified"
+    passed = property(lambda self: self.manifest["verdict"] == "pass")
+    backend = property(lambda self: self.manifest["backend"])
+    precision = property(lambda self: self.manifest["precision"])
+    numerics = property(lambda self: self.manifest["numerics"])
+    latency_ms = property(lambda self: self.manifest["latency_ms"])
+    power_w = property(lambda self: self.manifest["power_w"])
+    size_mb = property(lambda self: self.manifest["size_mb"])
+    coverage = property(lambda self: self.manifest["coverage"])
+    violations = property(lambda self: self.manifest["violations"])
+    reason = property(lambda self: self.manifest["reason"])
 
     @property
     def exit_code(self) -> int:
         return 3 if self.manifest["verdict"] == "fail" else 0
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What every target shares: the loaded model, the seeded samples and the reference outputs."""
-
-    loaded: object  # vdeploy.load.LoadedModel
-    samples: dict[str, np.ndarray]
-    reference: list[np.ndarray]
-    samples_source: str = "seeded standard normal"
-    exports: dict = field(default_factory=dict)  # opset -> (ExportResult, CanonicalizeResult)
-    evaluation: dict = field(default_factory=dict)  # --eval-data path -> (inputs, labels, reference top-1)
-
-
-def resolve_targets(names, catalog_path) -> list[Target]:
-    catalog = load_catalog(catalog_path)
-    if list(names) == ["all"]:
-        return list(catalog)
-    return [catalog.get(name) for name in names]
-
-
-def prepare(model: str, *, input_shape=None, trust_pickle=False, samples=8, request=None,
-            progress: Progress) -> Prepared:
-    """Load the model and run the reference. The validation inputs are the first samples of --eval-data or --calib
-    when given (a low-precision artifact calibrated on real data is judged on in-distribution inputs), else seeded
-    standard-normal samples."""
-    from vdeploy.load import load_model
-    from vdeploy.reference import make_samples, reference_outputs, resolve_inputs
-
-    progress(f"loading {model}")
-    loaded = load_model(model, trust_pickle=trust_pickle)
-    inputs = resolve_inputs(loaded, input_shape)
-    sample_arrays, source = make_samples(inputs, samples), "seeded standard normal"
-    if request is not None and (request.eval_data or request.calib) and len(inputs) == 1:
-        sample_arrays, source = _data_samples(request, inputs[0], samples, loaded.mean_std)
-    progress("running the reference (PyTorch eager)" if loaded.is_torch else "running the reference (ONNX Runtime)")
-    return Prepared(loaded, sample_arrays, reference_outputs(loaded, sample_arrays), source)
-
-
-def _data_samples(request, spec, count: int, recorded_mean_std):
-    """{name: [count, *shape]} from --eval-data (preferred) or --calib, and a line saying where they came from."""
-    if request.eval_data:
-        from vdeploy.validate.accuracy import load_eval_data
-
-        data, _ = load_eval_data(request.eval_data, spec.name, spec.shape)
-        where = f"--eval-data {request.eval_data}"
-    else:
-        from vdeploy.calibration import load_calibration
-        from vdeploy.lower_precision import preprocessing_for
-
-        calib = load_calibration(request.calib, {spec.name: spec.shape}, limit=count,
-                                 preprocessing=preprocessing_for(request, recorded_mean_std))
-        data, where = next(iter(calib.inputs.values())), f"--calib {calib.source}"
-    data = np.asarray(data, dtype=spec.dtype)[:count].reshape(-1, *spec.shape)
-    return {spec.name: data}, f"first {len(data)} samples of {where}"
-
-
-def exported_for(prepared: Prepared, opset: int, progress: Progress):
-    """(ExportResult, CanonicalizeResult) at this opset, exported once per opset."""
-    from vdeploy.export import export_onnx
-    from vdeploy.graph_passes.canonicalize import canonicalize
-
-    if opset not in prepared.exports:
-        progress(f"exporting to ONNX (opset {opset})")
-        example = tuple(_torch_tensors(prepared.samples)) if prepared.loaded.is_torch else ()
-        exported = export_onnx(prepared.loaded, example, opset)
-        progress("canonicalizing the graph")
-        prepared.exports[opset] = (exported, canonicalize(exported.model))
-    return prepared.exports[opset]
-
-
-def legalize_for(canonical_model, target: Target):
-    """(legalized onnx.ModelProto, Coverage) for a target's op set; the model is not yet checked for leftovers."""
-    import onnx_ir as ir
-
-    from vdeploy.graph_passes.coverage import coverage_of
-    from vdeploy.graph_passes.legalize import legalize
-
-    model = ir.serde.deserialize_model(canonical_model)
-    result = legalize(model, target.op_set, fallback=target.spec.fallback)
-    finish_legal(result.model)
-    legal = ir.serde.serialize_model(result.model)
-    return legal, coverage_of(canonical_model, legal, result, target.op_set)
-
-
-def finish_legal(model) -> None:
-    """What every legalized onnx-ir model gets before serialization (bisect's stages too)."""
-    import onnx_ir.passes.common as common_passes
-
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    common_passes.RemoveUnusedOpsetsPass()(model)  # e.g. the vdeploy.internal import once its ops are gone
-
-
-def require_legal(coverage, target: Target) -> None:
-    if coverage.unsupported:
-        raise UnsupportedOpsError(f"target {target.name} cannot run op(s) {', '.join(coverage.unsupported)}",
-                                  f"run `vdeploy coverage MODEL --target {target.name}` for the table")
-
-
-def build_target(prepared: Prepared, target: Target, request: BuildRequest, progress: Progress) -> BuildResult:
-    from vdeploy.backends import get_backend
-    from vdeploy.backends.base import CompileJob
-    from vdeploy.lower_precision import lower_precision
-    from vdeploy.manifest import build_manifest
-    from vdeploy.validate.compare import compare
-    from vdeploy.validate.isolate import run_artifact
-
-    precision = precision_for(target, request.precision)
-    backend = get_backend(target.backend)
-    exported, canonical = exported_for(prepared, target.spec.opset, progress)
-    progress(f"legalizing for {target.name}")
-    model, coverage = legalize_for(canonical.model, target)
-    require_legal(coverage, target)
-    lowered = lower_precision(model, target, precision, request, progress, prepared.loaded.mean_std)
-
-    with BundleWriter(request.out_dir, f"{prepared.loaded.stem}-{target.name}") as writer:
-        progress(f"compiling with {backend.name} {backend.version()}")
-        options = target.backend_options({"tune_trials": request.tune_trials,
-                                          "tuning_db": tuple(str(p) for p in request.tuning_db) or None})
-        feeds = dict(zip(graph_inputs(model), prepared.samples.values()))
-        artifact = backend.compile(CompileJob(lowered.model, precision, writer.tmp, target, options, progress, feeds,
-                                              calibration=(lambda: lowered.calibration) if lowered.calibration else None,
-                                              source=prepared.loaded, float_layers=lowered.float_layers))
-        if target.spec.handoff:
-            (writer.tmp / "HANDOFF.txt").write_text(target.spec.handoff.strip() + "\n")
-        latency_reason = backend.host_latency_reason(artifact)
-        iters = 0 if latency_reason else request.iters
-        progress(f"validating on this host ({request.samples} samples, {iters} timed runs)")
-        run = run_artifact(artifact, writer.tmp, feeds, warmup=request.warmup, iters=iters, env=lowered.run_env)
-        expected = dict(zip([o.name for o in model.graph.output], prepared.reference))
-        numerics = compare(expected, dict(zip(expected, run.outputs)))
-        accuracy = _accuracy(prepared, artifact, writer.tmp, feeds, request, lowered.run_env, progress)
-        np.savez(writer.tmp / "reference_io.npz", **{f"input:{k}": v for k, v in feeds.items()},
-                 **{f"output:{k}": v for k, v in expected.items()})
-        manifest = build_manifest(request=request, target=target, backend=backend, precision=precision,
-                                  loaded=prepared.loaded, exported=exported, canonical=canonical, model=model,
-                                  coverage=coverage, artifact=artifact, files=writer.file_entries(), feeds=feeds,
-                                  expected=expected, numerics=numerics, run=run, lowered=lowered, accuracy=accuracy,
-                                  samples_source=prepared.samples_source)
-        from vdeploy.report_html import render_html
-
-        (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
-        bundle = writer.finish(manifest)
-    return BuildResult(target.name, manifest, bundle)
 
 
 @dataclass(frozen=True)
@@ -214,16 +113,53 @@ class Outcome:
         return 1 if self.error else self.result.exit_code
 
 
+def resolve_targets(names, catalog_path) -> list[Target]:
+    catalog = load_catalog(catalog_path)
+    if list(names) == ["all"]:
+        return list(catalog)
+    return [catalog.get(name) for name in names]
+
+
+def precision_for(target: Target, requested: str | None) -> str:
+    allowed = [p.value for p in target.spec.precisions]
+    precision = requested or target.spec.default_precision.value
+    if precision not in allowed:
+        raise TargetError(f"target {target.name} does not offer precision {precision}",
+                          f"choose one of: {', '.join(allowed)}")
+    return precision
+
+
+def new_state(request: BuildRequest, target: Target, shared: Shared, progress: Progress) -> BuildState:
+    return BuildState(request, target, shared, progress, precision=precision_for(target, request.precision))
+
+
+def build_target(state: BuildState, instruments=None) -> BuildResult:
+    """Run the target's whole plan inside a bundle writer and write the bundle."""
+    from vdeploy.manifest import serialize
+    from vdeploy.report_html import render_html
+
+    request, target = state.request, state.target
+    with BundleWriter(request.out_dir, f"{state.shared.loaded.stem}-{target.name}") as writer:
+        state.work_dir = writer.tmp
+        run_plan(plan(target, request), state, instruments)
+        np.savez(writer.tmp / "reference_io.npz", **{f"input:{k}": v for k, v in state.feeds.items()},
+                 **{f"output:{k}": v for k, v in state.expected.items()})
+        manifest = serialize(state, writer.file_entries())
+        (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
+        bundle = writer.finish(manifest)
+    return BuildResult(target.name, manifest, bundle, dict(state.timings))
+
+
 def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Outcome]:
     """Build every requested target from one load and one reference run. With one target its error is raised."""
     targets = resolve_targets(request.targets, request.catalog)
     check_out_dir(request.out_dir)
-    prepared = prepare(request.model, input_shape=request.input_shape, trust_pickle=request.trust_pickle,
-                       samples=request.samples, request=request, progress=progress)
+    shared = Shared()
+    run_plan(plan(targets[0], request, until="reference"), new_state(request, targets[0], shared, progress))
     outcomes = []
     for target in targets:
         try:
-            outcomes.append(Outcome(target.name, build_target(prepared, target, request, progress)))
+            outcomes.append(Outcome(target.name, build_target(new_state(request, target, shared, progress))))
         except VdeployError as exc:
             if len(targets) == 1:
                 raise
@@ -238,33 +174,14 @@ def overall_exit_code(outcomes: list[Outcome]) -> int:
     return 1 if 1 in codes else 3 if 3 in codes else 0
 
 
-def _accuracy(prepared: Prepared, artifact, bundle_dir, feeds, request, env, progress):
-    """Top-1 of reference and artifact on --eval-data (None without it)."""
-    if request.eval_data is None:
-        return None
-    from vdeploy.reference import reference_outputs
-    from vdeploy.validate.accuracy import Accuracy, load_eval_data, top1
-    from vdeploy.validate.isolate import run_artifact
-
-    (name, sample), = feeds.items()  # single-input image models
-    key = str(request.eval_data)
-    if key not in prepared.evaluation:  # the data and the reference's top-1 are the same for every target
-        inputs, labels = load_eval_data(request.eval_data, name, tuple(sample.shape[1:]))
-        reference = reference_outputs(prepared.loaded, {name: inputs})[0]
-        prepared.evaluation[key] = (inputs, labels, top1(reference, labels))
-    inputs, labels, reference_top1 = prepared.evaluation[key]
-    progress(f"measuring top-1 on {len(labels)} labelled samples ({request.eval_data})")
-    artifact_out = run_artifact(artifact, bundle_dir, {name: inputs}, warmup=0, iters=0, env=env).outputs[0]
-    return Accuracy(len(labels), reference_top1, top1(artifact_out, labels))
-
-
-def precision_for(target: Target, requested: str | None) -> str:
-    allowed = [p.value for p in target.spec.precisions]
-    precision = requested or target.spec.default_precision.value
-    if precision not in allowed:
-        raise TargetError(f"target {target.name} does not offer precision {precision}",
-                          f"choose one of: {', '.join(allowed)}")
-    return precision
+def coverage_for_targets(request: BuildRequest, progress: Progress = lambda _: None) -> dict:
+    """target name -> Coverage: each target's plan up to legalization (no reference run, no compile)."""
+    shared, results = Shared(), {}
+    for target in resolve_targets(request.targets, request.catalog):
+        state = new_state(request, target, shared, progress)
+        run_plan(plan(target, request, until="legalize"), state)
+        results[target.name] = state.coverage
+    return results
 
 
 def graph_inputs(model) -> list[str]:
@@ -273,20 +190,14 @@ def graph_inputs(model) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in initializers]
 
 
-def _torch_tensors(samples: dict[str, np.ndarray]):
-    import torch
+def legalize_for(canonical_model, target: Target):
+    """(legalized onnx.ModelProto, Coverage) of a canonical graph for a target's op set (the plan's legalize stage
+    alone, for tools and tests that start from a graph); the model is not yet checked for leftovers."""
+    from types import SimpleNamespace
 
-    return [torch.from_numpy(a[0]) for a in samples.values()]
+    from vdeploy import stages
 
-
-def coverage_for_targets(model: str, names: tuple[str, ...], *, input_shape=None, trust_pickle=False, catalog=None,
-                         progress: Progress = lambda _: None) -> dict:
-    """target name -> Coverage, without compiling anything (export once per opset, legalize per target)."""
-    targets = resolve_targets(names, catalog)
-    prepared = prepare(model, input_shape=input_shape, trust_pickle=trust_pickle, samples=1, progress=progress)
-    results = {}
-    for target in targets:
-        _, canonical = exported_for(prepared, target.spec.opset, progress)
-        progress(f"legalizing for {target.name}")
-        results[target.name] = legalize_for(canonical.model, target)[1]
-    return results
+    state = BuildState(BuildRequest(model="", targets=(target.name,)), target)
+    state.canonical = SimpleNamespace(model=canonical_model)
+    stages.legalize(state)
+    return state.legal, state.coverage

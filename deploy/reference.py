@@ -1,14 +1,18 @@
 """Seeded reference inputs and the reference outputs they produce.
 
-LoadedModel + --input-shape -> input specs -> seeded samples [N, *shape] -> PyTorch eager outputs
-(for an ONNX input the reference is ONNX Runtime on the file as given, all graph optimisations off)
+LoadedModel + --input-shape -> input specs -> sample specs (from the model, then --input-spec) -> seeded samples
+[N, *shape] -> PyTorch eager outputs (for an ONNX input the reference is ONNX Runtime on the file as given, all
+graph optimisations off) -> refused when they hold NaN (the inputs, not the build, are wrong)
 """
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+
 import numpy as np
 
-from vdeploy.errors import ModelLoadError, first_line
+from vdeploy.errors import InputSpecError, ModelLoadError, first_line
 from vdeploy.load import InputSpec, LoadedModel, ModelFormat
 
 SEED = 20261122
@@ -40,16 +44,147 @@ def resolve_inputs(loaded: LoadedModel, shape: tuple[int, ...] | None) -> tuple[
     return (InputSpec(recorded.name, shape, recorded.dtype),)
 
 
-def make_samples(inputs: tuple[InputSpec, ...], count: int) -> dict[str, np.ndarray]:
-    """Seeded standard-normal samples, one batch per sample: {name: [count, *shape]}."""
+class SampleKind(str, enum.Enum):
+    normal = "normal"  # standard normal (images, activations)
+    uniform = "uniform"  # uniform in [low, high)
+    positive = "positive"  # uniform in [0.1, 2): variances, scales, Sqrt/Log inputs
+    ids = "ids"  # integers in [0, vocab): token / class ids
+    mask = "mask"  # 0/1 (bool for a bool input)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    kind: SampleKind = SampleKind.normal
+    low: float = 0.0
+    high: float = 1.0
+    vocab: int = 0
+    why: str = ""  # where the spec comes from (--input-spec, or what in the model asked for it)
+
+    def describe(self) -> str:
+        text = {SampleKind.uniform: f"uniform [{self.low:g}, {self.high:g})", SampleKind.ids: f"ids < {self.vocab}",
+                SampleKind.normal: "standard normal"}.get(self.kind, self.kind.value)
+        return text + (f" ({self.why})" if self.why else "")
+
+
+INPUT_SPEC_HELP = "NAME:normal | NAME:uniform:LO:HI | NAME:positive | NAME:ids:VOCAB | NAME:mask"
+
+
+def parse_input_spec(text: str) -> tuple[str, SampleSpec]:
+    """'var:positive' -> ('var', SampleSpec(positive)); 'x:uniform:0:1', 'tokens:ids:30522', 'm:mask', 'x:normal'."""
+    name, _, rest = text.partition(":")
+    kind, *args = rest.split(":") if rest else [""]
+    bad = InputSpecError(f"--input-spec {text!r} is not one of {INPUT_SPEC_HELP}", "e.g. --input-spec var:positive")
+    if not name or kind not in SampleKind.__members__:
+        raise bad
+    try:
+        if kind == "uniform" and len(args) == 2 and float(args[0]) < float(args[1]):
+            return name, SampleSpec(SampleKind.uniform, float(args[0]), float(args[1]), why="--input-spec")
+        if kind == "ids" and len(args) == 1 and int(args[0]) > 0:
+            return name, SampleSpec(SampleKind.ids, vocab=int(args[0]), why="--input-spec")
+    except ValueError:
+        raise bad from None
+    if kind in ("uniform", "ids") or args:
+        raise bad
+    return name, SampleSpec(SampleKind(kind), why="--input-spec")
+
+
+def sample_specs(loaded: LoadedModel, inputs: tuple[InputSpec, ...], given=()) -> dict[str, SampleSpec]:
+    """name -> SampleSpec: --input-spec texts (`given`) over what the model says (see _from_model)."""
+    specs = {spec.name: _from_model(loaded, spec) for spec in inputs}
+    for text in given:
+        name, spec = parse_input_spec(text)
+        if name not in specs:
+            raise InputSpecError(f"--input-spec names {name!r}, which is not a model input",
+                                 f"the inputs are: {', '.join(specs)}")
+        specs[name] = spec
+    for spec in inputs:
+        if specs[spec.name].kind is SampleKind.ids and not specs[spec.name].vocab:
+            raise InputSpecError(f"input {spec.name!r} is an integer ({spec.dtype}) input of unknown range",
+                                 f"give its vocabulary size: --input-spec {spec.name}:ids:VOCAB")
+    return specs
+
+
+_POSITIVE_USES = {("BatchNormalization", 4): "BatchNormalization var", ("Sqrt", 0): "Sqrt input",
+                  ("Log", 0): "Log input", ("Reciprocal", 0): "Reciprocal input"}
+
+
+def _from_model(loaded: LoadedModel, spec: InputSpec) -> SampleSpec:
+    """bool or *mask* integer -> mask; other integers -> ids (vocab from a Gather table it indexes, ONNX);
+    an ONNX input consumed as BatchNormalization var / Sqrt / Log / Reciprocal input -> positive; else normal."""
+    dtype = np.dtype(spec.dtype)
+    if dtype == np.bool_ or ("mask" in spec.name.lower() and not np.issubdtype(dtype, np.floating)):
+        return SampleSpec(SampleKind.mask, why="bool input" if dtype == np.bool_ else "integer input named *mask*")
+    graph = loaded.onnx_model.graph if loaded.onnx_model is not None else None
+    if np.issubdtype(dtype, np.integer):
+        return SampleSpec(SampleKind.ids, vocab=_gather_vocab(graph, spec.name), why="integer input")
+    for node in graph.node if graph is not None else ():
+        for index, name in enumerate(node.input):
+            why = _POSITIVE_USES.get((node.op_type, index))
+            if name == spec.name and why:
+                return SampleSpec(SampleKind.positive, why=f"consumed as {why}")
+    return SampleSpec()
+
+
+def _gather_vocab(graph, name: str) -> int:
+    """Rows of the constant table a Gather indexes with this input (an embedding's vocabulary), else 0."""
+    if graph is None:
+        return 0
+    tables = {t.name: t.dims for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in tables:
+            return int(tables[node.input[0]][0]) if tables[node.input[0]] else 0
+    return 0
+
+
+def make_samples(inputs: tuple[InputSpec, ...], count: int, specs: dict[str, SampleSpec] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Seeded samples, one batch per sample: {name: [count, *shape]}. Inputs without a spec are standard normal
+    (the same draws as before specs existed, so default builds see the same inputs)."""
     rng = np.random.default_rng(SEED)
     samples = {}
     for spec in inputs:
-        if not np.issubdtype(np.dtype(spec.dtype), np.floating):
-            raise ModelLoadError(f"input {spec.name!r} has dtype {spec.dtype}; vdeploy builds image models "
-                                 "with floating-point inputs", "export the model with a float image input")
-        samples[spec.name] = rng.standard_normal((count, *spec.shape)).astype(spec.dtype)
+        sample = (specs or {}).get(spec.name, SampleSpec())
+        dims, dtype = (count, *spec.shape), np.dtype(spec.dtype)
+        if sample.kind is SampleKind.normal and not np.issubdtype(dtype, np.floating):
+            raise ModelLoadError(f"input {spec.name!r} has dtype {spec.dtype}; standard-normal samples need a float "
+                                 "input", f"give it a range: --input-spec {spec.name}:ids:VOCAB or :mask")
+        if sample.kind is SampleKind.normal:
+            array = rng.standard_normal(dims)
+        elif sample.kind is SampleKind.uniform:
+            array = rng.uniform(sample.low, sample.high, dims)
+        elif sample.kind is SampleKind.positive:
+            array = rng.uniform(0.1, 2.0, dims)
+        elif sample.kind is SampleKind.ids:
+            array = rng.integers(0, sample.vocab, dims)
+        else:
+            array = rng.integers(0, 2, dims)
+        samples[spec.name] = array.astype(dtype)
     return samples
+
+
+def samples_source(specs: dict[str, SampleSpec]) -> str:
+    """How the seeded inputs were drawn, for the manifest ('seeded standard normal' when nothing else applies)."""
+    if all(spec.kind is SampleKind.normal for spec in specs.values()):
+        return "seeded standard normal"
+    return "seeded: " + ", ".join(f"{name} {spec.describe()}" for name, spec in specs.items())
+
+
+def check_finite_reference(reference: list[np.ndarray], loaded: LoadedModel, inputs: tuple[InputSpec, ...],
+                           specs: dict[str, SampleSpec]) -> None:
+    """Refuse seeded inputs that make the reference itself NaN (the gate would fail the build for the inputs),
+    naming the inputs the model wants positive but got otherwise, else every input drawn as noise."""
+    if not any(np.issubdtype(r.dtype, np.floating) and np.isnan(r).any() for r in reference):
+        return
+    hints = {spec.name: _from_model(loaded, spec) for spec in inputs}
+    suspects = [n for n, spec in specs.items()
+                if hints[n].kind is SampleKind.positive and spec.kind is not SampleKind.positive]
+    suspects = suspects or [n for n, spec in specs.items() if spec.kind in (SampleKind.normal, SampleKind.uniform)]
+    suspects = suspects or list(specs)
+    named = "; ".join(f"{n} drawn as {specs[n].describe()}" + (f", but it is {hints[n].why}" if hints[n].why else "")
+                      for n in suspects)
+    raise InputSpecError(f"validation inputs produced NaN in the reference ({named})",
+                         f"give the input its real range with --input-spec, e.g. --input-spec {suspects[0]}:positive "
+                         f"({INPUT_SPEC_HELP})")
 
 
 def reference_outputs(loaded: LoadedModel, samples: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -82,7 +82,7 @@ def coverage_table(coverage: dict) -> Table:
     before, after = coverage["ops_before"], coverage["ops_after"]
     for op in sorted(coverage["status"], key=lambda o: (-after.get(o, 0), o)):
         status = coverage["status"][op]
-        style = {"unsupported": "red", "fallback": "yellow"}.get(status)
+        style = {"unsupported": "red", "fallback": "yellow", "unknown": "magenta"}.get(status)
         table.add_row(op, str(before.get(op, 0)), str(after.get(op, 0)), f"[{style}]{status}[/]" if style else status)
     fired = ", ".join(f"{rule} ×{n}" for rule, n in sorted(coverage["rules"].items())) or "none"
     table.caption = f"{sum(before.values())} nodes before legalization, {sum(after.values())} after; rules: {fired}"
@@ -122,7 +122,8 @@ def coverage_matrix(coverages: dict[str, dict]) -> Table:
         cells = []
         for cov in coverages.values():
             status = cov["status"].get(op)
-            style = {"unsupported": "red", "fallback": "yellow", "decomposed": "cyan", "fused": "green"}.get(status)
+            style = {"unsupported": "red", "fallback": "yellow", "unknown": "magenta", "decomposed": "cyan",
+                     "fused": "green"}.get(status)
             text = "" if status is None else f"{cov['ops_after'].get(op, 0)} {status}"
             cells.append(f"[{style}]{text}[/]" if style and text else text)
         table.add_row(op, str(before) if before else "", *cells)
@@ -133,7 +134,9 @@ def coverage_matrix(coverages: dict[str, dict]) -> Table:
 def _verdict_of(coverage: dict) -> str:
     if coverage["unsupported"]:
         return "unsupported " + ", ".join(coverage["unsupported"])
-    return "LEGAL" + (f" (on fallback: {', '.join(coverage['fallback'])})" if coverage["fallback"] else "")
+    unknown = coverage.get("unknown") or []  # ops the target's documents leave open
+    return ("LEGAL" + (f" (on fallback: {', '.join(coverage['fallback'])})" if coverage["fallback"] else "")
+            + (f" (unknown on the target: {', '.join(unknown)})" if unknown else ""))
 
 
 def print_summary(outcomes, console: Console | None = None) -> None:

@@ -33,7 +33,7 @@ border:1px solid #d0d7de;border-radius:6px;padding:6px 12px;margin:6px 0}
 .bar.ok .fill{fill:#2da44e}.bar.violated .fill{fill:#cf222e}.budget.violated .val{color:#cf222e;font-weight:600}
 .tag{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;color:#fff}
 .tag.ok,.tag.native,.tag.fused{background:#1a7f37}.tag.violated,.tag.unsupported{background:#cf222e}
-.tag.unverified,.tag.fallback{background:#9a6700}.tag.none,.tag.removed,.tag.decomposed{background:#6e7781}
+.tag.unverified,.tag.fallback,.tag.unknown{background:#9a6700}.tag.none,.tag.removed,.tag.decomposed{background:#6e7781}
 svg text{font:11px system-ui,sans-serif;fill:#1f2328}.hist .bin{fill:#54aeff}.hist .bin.over{fill:#ff8182}
 .hist .pct{stroke:#1f2328;stroke-dasharray:3 3}.hist .budgetline{stroke:#cf222e;stroke-width:2}
 """

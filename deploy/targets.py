@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
+import types
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,26 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vdeploy.errors import TargetError
+from vdeploy.graph_passes.ops import OpId, OpSet  # noqa: F401  (re-exported: the op-set types live there)
 
 DEFAULT_CATALOG = Path(__file__).with_name("targets.yaml")
 
 
-class OpId(NamedTuple):
-    domain: str
-    op_type: str
-
-    @classmethod
-    def parse(cls, text: str) -> "OpId":
-        """'LayerNormalization' -> ('', ...); 'com.microsoft::Gelu' -> ('com.microsoft', 'Gelu')."""
-        domain, _, op_type = text.rpartition("::")
-        domain = "" if domain in ("", "ai.onnx") else domain
-        return cls(domain, op_type)
-
-    def __str__(self) -> str:
-        return f"{self.domain}::{self.op_type}" if self.domain else self.op_type
-
-
-OpSet = frozenset  # frozenset[OpId]
 
 
 class Precision(str, enum.Enum):
@@ -60,6 +47,9 @@ class OpProfile(_Strict):
     ops: list[str] = []
     add: list[str] = []
     remove: list[str] = []
+    # ops the vendor documents neither list nor exclude: coverage says "unknown" (not "unsupported") for them and
+    # legalization does not rely on them; not inherited through base
+    unknown: list[str] = []
 
 
 class Tolerance(_Strict):
@@ -78,6 +68,8 @@ class Budgets(_Strict):
     energy_mj: float | None = Field(default=None, gt=0)  # energy per inference
     size_mb: float | None = Field(default=None, gt=0)
     peak_mem_mb: float | None = Field(default=None, gt=0)  # peak resident memory of the process running the artifact
+    sram_kb: float | None = Field(default=None, gt=0)  # on-chip SRAM / tensor arena (MCU NPUs; from the compiler)
+    flash_kb: float | None = Field(default=None, gt=0)  # read-only model storage (MCU NPUs; from the compiler)
 
 
 class Hardware(_Strict):
@@ -143,6 +135,7 @@ class Target(NamedTuple):
     name: str
     spec: TargetSpec
     op_set: frozenset  # frozenset[OpId]
+    unknown: frozenset = frozenset()  # frozenset[OpId]: ops the profile's sources leave open (OpProfile.unknown)
 
     @property
     def backend(self) -> str:
@@ -207,7 +200,9 @@ class Catalog:
         if spec is None:
             known = ", ".join(self.names)
             raise TargetError(f"unknown target {name!r}", f"known targets: {known} (see `vdeploy targets`)")
-        return Target(canonical, spec, self._resolve(spec.op_profile, ()))
+        op_set = self._resolve(spec.op_profile, ())
+        unknown = frozenset(OpId.parse(o) for o in self.data.op_profiles[spec.op_profile].unknown) - op_set
+        return Target(canonical, spec, op_set, unknown)
 
     def __iter__(self):
         return (self.get(name) for name in self.names)
@@ -232,3 +227,16 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
         raise TargetError(f"{path}: {loc}: {first['msg']}",
                           f"{exc.error_count()} problem(s); see the schema in deploy/targets.py") from None
     return Catalog(data, path)
+
+
+class _CallableModule(types.ModuleType):
+    """`vdeploy.targets()` (the API's catalogue listing) and `vdeploy.targets` (this module) are one object: Python
+    sets a package's attribute to its submodule on import, so the API function lives on the module itself."""
+
+    def __call__(self, catalog: str | Path | None = None):
+        from vdeploy.api import targets
+
+        return targets(catalog)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -9,7 +9,7 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 
-from vdeploy.targets import OpId
+from vdeploy.graph_passes.ops import OpId
 
 
 class OpStatus(str, enum.Enum):
@@ -18,6 +18,7 @@ class OpStatus(str, enum.Enum):
     decomposed = "decomposed"  # made by a decompose rule, or taken apart because the target lacks it
     fallback = "fallback"  # outside the op set, but the target may run it on a fallback device
     unsupported = "unsupported"  # outside the op set and nowhere to run
+    unknown = "unknown"  # outside the op set, and the target's sources neither list nor exclude it
 
 
 def op_counts(model) -> dict[str, int]:
@@ -40,6 +41,10 @@ class Coverage:
         return tuple(op for op, s in self.status.items() if s is OpStatus.unsupported)
 
     @property
+    def unknown(self) -> tuple[str, ...]:
+        return tuple(op for op, s in self.status.items() if s is OpStatus.unknown)
+
+    @property
     def fallback(self) -> tuple[str, ...]:
         return tuple(op for op, s in self.status.items() if s is OpStatus.fallback)
 
@@ -50,13 +55,13 @@ class Coverage:
     def to_manifest(self) -> dict:
         return {"ops_before": self.ops_before, "ops_after": self.ops_after, "fused": self.fused,
                 "decomposed": self.decomposed, "unsupported": list(self.unsupported), "rules": self.rules,
-                "fallback": list(self.fallback), "approximations": self.approximations,
+                "fallback": list(self.fallback), "unknown": list(self.unknown), "approximations": self.approximations,
                 "status": {op: s.value for op, s in self.status.items()}}
 
 
-def coverage_of(before, after, result, op_set: frozenset) -> Coverage:
-    """Coverage from the graph legalization received, the legal graph (both onnx.ModelProto), its LegalizeResult
-    and the target's op set."""
+def coverage_of(before, after, result, op_set: frozenset, unknown: frozenset = frozenset()) -> Coverage:
+    """Coverage from the graph legalization received, the legal graph (both onnx.ModelProto), its LegalizeResult,
+    the target's op set and the ops its sources leave open (`unknown`: status unknown instead of unsupported)."""
     from vdeploy.graph_passes.rules.base import RULE_KEY
 
     made_by: dict[str, str] = {}
@@ -67,7 +72,9 @@ def coverage_of(before, after, result, op_set: frozenset) -> Coverage:
     ops_before, ops_after = op_counts(before), op_counts(after)
     status = {}
     for op in sorted(set(ops_before) | set(ops_after)):
-        if op in result.unsupported:
+        if op in result.unsupported and OpId.parse(op) in unknown:
+            status[op] = OpStatus.unknown
+        elif op in result.unsupported:
             status[op] = OpStatus.fallback if result.fallback else OpStatus.unsupported
         elif op not in ops_after:
             status[op] = OpStatus.fused if OpId.parse(op) in op_set else OpStatus.decomposed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx.defs
@@ -23,9 +23,9 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter.pattern import RewriteRule, RewriteRuleSet
 
 from vdeploy.errors import UnsupportedOpsError
+from vdeploy.graph_passes.ops import MATMUL_RANK4, OpId
 from vdeploy.graph_passes.rules import ALL_SPECS
 from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN, RULE_KEY, Direction
-from vdeploy.targets import OpId
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,26 @@ def usable_ops(op_set: Iterable[OpId], opset_imports: Mapping[str, int]) -> froz
     return frozenset(usable)
 
 
+RANK4_MATMUL_NOTE = "MatMul with rank >= 4 inputs needs vdeploy.capability::MatMulRank4, which the target lacks"
+
+
+def _rank4_matmul(model: ir.Model) -> bool:
+    """A MatMul with an input of known rank >= 4 is in the model (the rules keep shapes on the values they make)."""
+    for node in all_nodes(model):
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+            ranks = [None if v is None or v.shape is None else v.shape.rank() for v in node.inputs]
+            if any(r is not None and r >= 4 for r in ranks):
+                return True
+    return False
+
+
 def unsupported_ops(model: ir.Model, usable: frozenset) -> tuple[str, ...]:
-    """Sorted op ids present in the model and outside `usable` (internal-domain ops always count)."""
-    return tuple(sorted(str(op) for op in op_census(model) if op not in usable or op.domain == INTERNAL_DOMAIN))
+    """Sorted op ids present in the model and outside `usable` (internal-domain ops always count). MatMul counts
+    when the target lacks the rank-4 capability and a MatMul of rank >= 4 remains."""
+    left = {str(op) for op in op_census(model) if op not in usable or op.domain == INTERNAL_DOMAIN}
+    if MATMUL_RANK4 not in usable and OpId("", "MatMul") in usable and _rank4_matmul(model):
+        left.add("MatMul")
+    return tuple(sorted(left))
 
 
 def check_legal(model: ir.Model, usable: frozenset, fallback: bool) -> None:
@@ -95,7 +112,8 @@ def check_legal(model: ir.Model, usable: frozenset, fallback: bool) -> None:
         raise UnsupportedOpsError(f"internal ops survived legalization: {', '.join(internal)}",
                                   "a lowering rule is missing for them; this is a vdeploy bug, please report it")
     if left and not fallback:
-        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}",
+        note = f" ({RANK4_MATMUL_NOTE})" if "MatMul" in left and OpId("", "MatMul") in usable else ""
+        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}{note}",
                                   "choose a target that allows CPU fallback, or one whose op set has these ops")
 
 
@@ -159,10 +177,11 @@ def run_to_fixpoint(model: ir.Model, rules: Sequence[RewriteRule], counts: Count
     return total
 
 
-def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, specs: Sequence | None = None
-             ) -> LegalizeResult:
+def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, specs: Sequence | None = None,
+             after_spec: Callable[[str, ir.Model, dict[str, int]], None] | None = None) -> LegalizeResult:
     """Rewrite `model` in place so that its ops fit `op_set`; report counts and leftovers (never raises for them:
-    the Legalize pass's ensures() does)."""
+    the Legalize pass's ensures() does). `after_spec(family, model, fired)` is called after each rule family
+    (a numerics instrument checks the graph there; `fired`: that family's rule -> rewrites)."""
     specs = ALL_SPECS if specs is None else specs
     common_passes.ShapeInferencePass(strict_mode=False)(model)  # rules read dtypes/shapes; failure leaves model as is
     usable = usable_ops(op_set, model.opset_imports)
@@ -175,7 +194,10 @@ def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, spec
     for spec in specs:
         direction, chosen = spec.choose(usable)
         choices[spec.name] = Direction(direction) if chosen else Direction.kept
+        before = Counter(rules)
         n = run_to_fixpoint(model, chosen, rules)
+        if after_spec is not None:
+            after_spec(spec.name, model, {r: c - before[r] for r, c in rules.items() if c > before[r]})
         if n:
             (fused if direction == Direction.fused else decomposed)[spec.name] += n
         rule_directions.update({rule.name: Direction(direction) for rule in chosen if rules[rule.name]})

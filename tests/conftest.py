@@ -15,6 +15,19 @@ from vdeploy.cli import app
 
 
 @pytest.fixture(scope="session")
+def onnx_node_cases():
+    """ONNX's backend node test cases, regenerated from onnx.backend.test.case.node (the wheel ships no data);
+    collected once per session (~10-20 s)."""
+    import warnings
+
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators overflow casts on purpose
+        return collect_testcases()
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 

@@ -39,3 +39,15 @@ def test_targets_json():
     out = subprocess.run([VDEPLOY, "targets", "--json"], capture_output=True, text=True, check=True).stdout
     names = {row["name"] for row in json.loads(out)}
     assert {"x86-cpu", "onnxruntime-cpu"} <= names
+
+
+def test_targets_json_lists_ops_and_capabilities():
+    import json
+
+    out = subprocess.run([VDEPLOY, "targets", "--json"], capture_output=True, text=True, check=True).stdout
+    rows = {row["name"]: row for row in json.loads(out)}
+    ort, rk = rows["onnxruntime-cpu"], rows["rk3588-npu"]
+    assert "CastLike" in ort["ops"] and "com.microsoft::MultiHeadAttention" in ort["ops"]
+    assert ort["capabilities"] == ["MatMulRank4"] and rk["capabilities"] == []
+    assert ort["op_count"] == len(ort["ops"]) and "Gelu" not in rk["ops"]
+    assert "Relu" in rows["hailo-8"]["ops"] and "LayerNormalization" in rows["hailo-8"]["unknown_ops"]

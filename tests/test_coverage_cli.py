@@ -15,7 +15,7 @@ def test_coverage_json_counts_and_statuses(cli, saved_pt2):
     cov = result.json["onnxruntime-cpu"]
     assert cov["unsupported"] == []
     assert set(cov["status"]) == set(cov["ops_before"]) | set(cov["ops_after"])
-    assert set(cov["status"].values()) <= {"native", "fused", "decomposed", "fallback", "unsupported"}
+    assert set(cov["status"].values()) <= {"native", "fused", "decomposed", "fallback", "unsupported", "unknown"}
     assert not any(op.startswith("vdeploy.") for op in cov["ops_after"])
 
 
@@ -26,8 +26,9 @@ def test_coverage_all_targets_matrix(cli, saved_pt2):
 
     for name in load_catalog().names:
         assert name in result.stdout
-    assert result.exit_code == 1  # hailo-8's profile (7 ops) cannot run a ViT
-    assert "coverage: hailo-8 cannot run" in result.stderr and "coverage: x86-cpu" not in result.stderr
+    assert result.exit_code == 0, result.stderr  # every target runs it, hailo-8 with ops its documents leave open
+    assert "hailo-8: LEGAL (unknown on the target: " in " ".join(result.stdout.split())
+    assert "cannot run" not in result.stderr
 
 
 def test_multi_target_build_writes_one_bundle_each(cli, saved_pt2, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -26,12 +27,30 @@ def test_vit_for_ethos_u55_is_legal_with_fallback_and_unverified(cli, saved_pt2,
     assert manifest["numerics"]["rel_err"] <= manifest["budgets"]["numerics"]["max_rel_err"]
 
 
-def test_hailo_without_fallback_refuses_a_vit(cli, saved_pt2, tmp_path):
-    out = tmp_path / "out"
-    result = cli("build", saved_pt2("vit"), "--target", "hailo-8", "--out", out, "--json")
-    assert result.exit_code == 1
-    assert "target hailo-8 cannot run op(s)" in result.stderr and "vdeploy coverage" in result.stderr
-    assert not out.exists()
+def test_hailo_builds_a_plain_bn_cnn(cli, saved_pt2, tmp_path):
+    """Relu, Add, Conv, Gemm are in the profile Hailo's documents support; the mean over H, W is unknown, not
+    unsupported, so the hand-off is written and the verdict stays unverified."""
+    result = cli("build", saved_pt2("cnn"), "--target", "hailo-8", "--out", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    coverage = result.json["coverage"]
+    assert coverage["unsupported"] == [] and coverage["unknown"] == ["ReduceMean"]
+    assert {coverage["status"][op] for op in ("Conv", "Relu", "Add", "Gemm")} == {"native"}
+    assert result.json["verdict"] == "unverified" and (tmp_path / "cnn-hailo-8" / "HANDOFF.txt").is_file()
+
+
+def test_hailo_refuses_what_its_documents_exclude(cli, tmp_path):
+    """An op neither supported nor left open by the profile (TopK) is unsupported: exit 1, nothing written."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = numpy_helper.from_array(np.array([2], np.int64), "k")
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("TopK", ["r", "k"], ["v", "i"])]
+    graph = helper.make_graph(nodes, "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2])], [k])
+    path = tmp_path / "topk.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+    result = cli("build", path, "--target", "hailo-8", "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 1 and "target hailo-8 cannot run op(s) TopK" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 CATALOG = """

@@ -92,7 +92,8 @@ def test_tvm_relax_profile_is_the_frontend_convert_map():
 @pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "mobilevit_xs", "resnet18"])
 def test_timm_models_compile_to_elf_for_both_targets(arch, tmp_path, monkeypatch):
     from vdeploy.backends import get_backend
-    from vdeploy.pipeline import exported_for, legalize_for, prepare, require_legal
+    from vdeploy.pipeline import BuildRequest, new_state
+    from vdeploy.plan import Shared, plan, run_plan
     from vdeploy.timm_compat import import_timm
     from vdeploy.validate.compare import compare
 
@@ -103,10 +104,9 @@ def test_timm_models_compile_to_elf_for_both_targets(arch, tmp_path, monkeypatch
     monkeypatch.setenv("VDEPLOY_CACHE", str(tmp_path / "cache"))
     catalog, backend = load_catalog(), get_backend("tvm")
     arm, x86 = catalog.get(ARM), catalog.get(X86)
-    prepared = prepare(f"timm:{arch}", samples=2, progress=lambda _: None)  # untuned deit: ~1 s per inference
-    _, canonical = exported_for(prepared, arm.spec.opset, lambda _: None)
-    legal, coverage = legalize_for(canonical.model, arm)
-    require_legal(coverage, arm)
+    request = BuildRequest(model=f"timm:{arch}", targets=(ARM,), samples=2)  # untuned deit: ~1 s per inference
+    state = run_plan(plan(arm, request, until="check"), new_state(request, arm, Shared(), lambda _: None), ())
+    legal = state.legal
 
     arm_dir, x86_dir = tmp_path / "arm", tmp_path / "x86"
     arm_dir.mkdir()
@@ -125,9 +125,9 @@ def test_timm_models_compile_to_elf_for_both_targets(arch, tmp_path, monkeypatch
         assert report["untuned"] == report["tasks"] > 0
 
     initializers = {t.name for t in legal.graph.initializer}
-    feeds = dict(zip([i.name for i in legal.graph.input if i.name not in initializers], prepared.samples.values()))
+    feeds = dict(zip([i.name for i in legal.graph.input if i.name not in initializers], state.shared.samples.values()))
     run = run_artifact(x86_artifact, x86_dir, feeds, warmup=0, iters=0)
-    expected = dict(zip([o.name for o in legal.graph.output], prepared.reference))
+    expected = dict(zip([o.name for o in legal.graph.output], state.shared.reference))
     numerics = compare(expected, dict(zip(expected, run.outputs)))
     gate = x86.spec.tolerances[Precision.fp32]
     assert numerics.rel_err <= gate.max_rel_err and numerics.cosine >= gate.min_cosine, numerics
@@ -268,7 +268,7 @@ def test_tuning_db_without_records_is_a_clean_error(saved_pt2, tmp_path):
 
 def test_missing_cross_compiler_is_a_clean_error(saved_pt2, tmp_path):
     def no_gcc(data):
-        data["targets"][ARM]["tvm"]["cross_cc"] = "no-such-gcc"
+        data["targets"][ARM]["options"]["cross_cc"] = "no-such-gcc"
 
     catalog, out = edited_catalog(tmp_path / "targets.yaml", no_gcc), tmp_path / "out"
     result = run_cli("build", saved_pt2("cnn"), "--target", ARM, "--tune-trials", 0, "--targets-file", catalog,

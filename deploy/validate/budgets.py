@@ -49,13 +49,19 @@ class Judgement:
         return Verdict.unverified if self.unverified else Verdict.passed
 
 
+# Budget kinds measured by a stage other than the timed run (a toolchain's report), by name: unit.
+EXTRA_BUDGETS = {"sram_kb": "KiB", "flash_kb": "KiB"}
+
+
 def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | None, latency: Latency | None,
           size_mb: float, power_w: float | None, missing: dict[str, str], estimated: frozenset = frozenset(),
           allow_estimates: bool = False, energy_mj: float | None = None, peak_mem_mb: float | None = None,
-          deferred: str = "", top1_drop_pt: float | None = None) -> Judgement:
+          deferred: str = "", top1_drop_pt: float | None = None, extra: dict | None = None) -> Judgement:
     """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent; `estimated` names the
     measurements that come from the analytic model: they are judged only when the target allows estimates.
-    `deferred` says why the final artifact was not built here; such a build is never better than unverified."""
+    `deferred` says why the final artifact was not built here; such a build is never better than unverified.
+    `extra`: measurements of the budget kinds in EXTRA_BUDGETS, by budget name."""
+    extra = extra or {}
     stat = budgets.latency_stat.value
     top1 = numerics.top1_agreement if numerics else None
     checks = [  # (budget, limit, measured, unit, measurement it comes from)
@@ -67,6 +73,7 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
         ("max_rel_err", tolerance.max_rel_err, numerics.rel_err if numerics else None, "", "numerics"),
         ("min_cosine", tolerance.min_cosine, numerics.cosine if numerics else None, "", "numerics"),
     ]
+    checks += [(name, getattr(budgets, name), extra.get(name), unit, name) for name, unit in EXTRA_BUDGETS.items()]
     if top1 is not None or numerics is None:  # top-1 only exists for class-score outputs
         checks.append(("min_top1_agreement", tolerance.min_top1_agreement, top1, "", "numerics"))
     checks.append(("max_top1_drop", tolerance.max_top1_drop, top1_drop_pt, "pt", "accuracy"))
@@ -83,5 +90,6 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
             violations.append(Violation(name, limit, measured, unit))
     applied = {"latency_ms": budgets.latency_ms, "latency_stat": stat, "power_w": budgets.power_w,
                "energy_mj": budgets.energy_mj, "size_mb": budgets.size_mb, "peak_mem_mb": budgets.peak_mem_mb,
+               **{name: getattr(budgets, name) for name in EXTRA_BUDGETS},
                "numerics": tolerance.model_dump()}
     return Judgement(applied, tuple(violations), tuple(unverified))

@@ -23,7 +23,7 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     from vdeploy.backends import get_backend
     from vdeploy.backends.base import Artifact
     from vdeploy.targets import Budgets, Tolerance
-    from vdeploy.validate.budgets import judge
+    from vdeploy.judging import figures_of_run, judge_figures
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
 
@@ -39,20 +39,18 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     latency_reason = backend.host_latency_reason(artifact)
     run = run_artifact(artifact, bundle_dir, feeds, warmup=warmup, iters=0 if latency_reason else iters)
     numerics = compare(expected, dict(zip(expected, run.outputs)))
-    from vdeploy.manifest import power_figure
-
     budgets = manifest["budgets"]
-    power = power_figure(run)
-    missing = {} if power else {"power_w": run.power_reason or "no power meter on this host"}
-    if run.latency is None:
-        missing["latency_ms"] = latency_reason or "not measured"
+    missing: dict = {}
     top1_drop = _build_top1_drop(manifest, artifact, missing)
-    judgement = judge(
-        Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
-        Tolerance(**budgets["numerics"]), numerics=numerics, latency=run.latency, size_mb=manifest["size_mb"],
-        power_w=power["mean"] if power else None, missing=missing,
-        energy_mj=power["energy_mj"] if power else None, peak_mem_mb=run.peak_rss_mb, deferred=artifact.deferred,
-        top1_drop_pt=top1_drop)
+    figures = figures_of_run(run, size_mb=manifest["size_mb"], host_reason=latency_reason, top1_drop_pt=top1_drop,
+                             accuracy_reason=missing.get("accuracy"))
+    if figures.power is None and not run.power_reason:
+        figures.missing["power_w"] = "no power meter on this host"
+    power = figures.power
+    judgement = judge_figures(Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
+                              Tolerance(**budgets["numerics"]), numerics, figures, allow_estimates=False,
+                              deferred=artifact.deferred)
+    missing = figures.missing
     return {
         "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
         "artifact": artifact.to_dict(),

@@ -25,13 +25,10 @@ from vdeploy.graph_passes.rules.attention_lower import (
     attention_to_onnx_attention,
     attention_to_ort_mha,
 )
-from vdeploy.graph_passes.rules.attention_normalize import (
-    ATTENTION_OP,
-    CAPTURE_RULES,
-    attention_from_onnx_attention,
-)
+from vdeploy.graph_passes.rules.attention_normalize import ATTENTION_OP, CAPTURE_RULES
+from vdeploy.graph_passes.rules.attention_onnx import attention_from_onnx_attention
 from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN, NO_APPROXIMATIONS, Direction
-from vdeploy.targets import OpId
+from vdeploy.graph_passes.ops import OpId
 
 INTERNAL_ATTENTION = OpId(INTERNAL_DOMAIN, ATTENTION_OP)
 ONNX_ATTENTION = OpId("", "Attention")  # ONNX opset 23; used only when the model already imports opset >= 23

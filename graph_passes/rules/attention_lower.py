@@ -5,7 +5,8 @@ the decomposition never does, so nothing internal survives:
   attention_to_onnx_attention  -> ONNX Attention (opset 23), only when the model already imports opset >= 23
   attention_to_ort_mha         -> com.microsoft::MultiHeadAttention (3-D q/k/v, num_heads, 4-D attention_bias);
                                   FP32 or FP16, head count static
-  attention_to_matmul_softmax  -> Mul(q, scale) -> MatMul(., K^T) [-> Add bias] -> Softmax(-1) -> MatMul(., v)
+  attention_to_matmul_softmax  -> Mul(q, scale) -> MatMul(., K^T) [-> softcap: Mul, Tanh, Mul] [-> Add bias]
+                                  -> Softmax(-1) -> MatMul(., v)
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def _scale_and_bias(out: ir.Value) -> tuple[float, ir.Value | None]:
     return node.attributes.get_float("scale"), bias
 
 
+def _softcap(out: ir.Value) -> float:
+    return out.producer().attributes.get_float("softcap", 0.0)
+
+
 def _model_opset(context) -> int:
     return context.model.opset_imports.get("", 1)
 
@@ -51,7 +56,8 @@ def _to_onnx_attention_check(context, query, key, value, out, **_) -> bool:
 def _to_onnx_attention_rewrite(op, query, key, value, out, **_):
     """internal Attention(q, k, v[, bias]) -> Attention(q, k, v[, attn_mask=bias], scale) (ONNX opset 23)."""
     scale, bias = _scale_and_bias(out)
-    return op.Attention(query, key, value, *([bias] if bias is not None else []), scale=scale)
+    softcap = {"softcap": _softcap(out)} if _softcap(out) else {}
+    return op.Attention(query, key, value, *([bias] if bias is not None else []), scale=scale, **softcap)
 
 
 attention_to_onnx_attention = pattern.RewriteRule(
@@ -63,8 +69,8 @@ attention_to_onnx_attention = pattern.RewriteRule(
 
 def _to_ort_mha_check(context, query, key, value, out, **_) -> bool:
     _, bias = _scale_and_bias(out)
-    if not (rank(query) == rank(key) == rank(value) == 4) or not isinstance(query.shape[1], int):
-        return False
+    if _softcap(out) or not (rank(query) == rank(key) == rank(value) == 4) or not isinstance(query.shape[1], int):
+        return False  # MultiHeadAttention has no softcap
     if query.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
         return False
     if bias is None:
@@ -106,6 +112,10 @@ def _to_matmul_softmax_rewrite(op, query, key, value, out, **_):
         query = shaped(op.Mul(query, const(op, scale, like=query)), query, query.shape)
     key_t = shaped(op.Transpose(key, perm=[0, 1, 3, 2]), key, (b, h, dk, skv))
     scores = shaped(op.MatMul(query, key_t), query, (b, h, sq, skv))
+    softcap = _softcap(out)
+    if softcap:  # c * tanh(scores / c), before the bias (ONNX Attention's order)
+        squashed = shaped(op.Tanh(op.Mul(scores, const(op, 1.0 / softcap, like=scores))), scores, scores.shape)
+        scores = shaped(op.Mul(squashed, const(op, softcap, like=scores)), scores, scores.shape)
     if bias is not None:
         scores = shaped(op.Add(scores, bias), scores, scores.shape)
     return op.MatMul(shaped(op.Softmax(scores, axis=-1), scores, scores.shape), value)

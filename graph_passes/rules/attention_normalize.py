@@ -6,7 +6,8 @@ The internal op (defined here, lowered by attention_lower.py; none may survive l
         Q    [B, H, Sq, Dk]   K [B, H, Skv, Dk]   V [B, H, Skv, Dv]      rank 4, one float dtype, B and H equal
         bias additive, same dtype, broadcastable (numpy rules) to [B, H, Sq, Skv] without enlarging it:
              0/-inf or 0/-100 masks, relative position bias, Swin's shift mask, or their sum
-        Y    = Softmax(scale * (Q @ K^T) + bias, axis=-1) @ V            [B, H, Sq, Dv]
+        Y    = Softmax(softcap(scale * (Q @ K^T)) + bias, axis=-1) @ V   [B, H, Sq, Dv]
+        softcap: float attribute, optional (0: none); softcap(x) = c * tanh(x / c) (ONNX Attention's softcap)
 
 Exporter shapes recognised (checked on timm deit_tiny / swin_tiny and hand-built blocks, dynamo opset 18 and legacy 17):
   * scale as one Mul or Div on Q.K^T, as a Mul on q only, or as two Muls by sqrt(scale) on q and on K^T (SDPA);
@@ -14,7 +15,8 @@ Exporter shapes recognised (checked on timm deit_tiny / swin_tiny and hand-built
     or Transpose(k_BSHd, [0,2,3,1]);
   * an optional additive mask/bias Add; two Adds (Swin: relative position bias, then shift mask); Swin's shift mask
     added inside a Reshape to [B/nW, nW, H, N, N] and back;
-  * ONNX Attention (opset 23) without past/causal/softcap, so a model exported at opset 23 can be decomposed too.
+  * ONNX Attention (opset 23): 3-D or 4-D, causal, grouped-query, softcap (attention_onnx.py), so a model exported
+    at opset 23 can be decomposed too.
 Not captured (left as exported): Softmax written with a positive axis (axis=3), rank-3 [B*H, S, D] attention,
 a scale that is not a constant scalar, an attention map used outside the chain (returned or reused).
 The exporters' Where(IsNaN(p), 0, p) guard, which ORT's pattern accepts, is dropped: it only differs on rows whose
@@ -173,42 +175,6 @@ class AttentionFromMatMulSoftmax(SDPA):
 
 
 attention_from_matmul_softmax = AttentionFromMatMulSoftmax.rule(name="attention_from_matmul_softmax")
-
-
-# --- ONNX Attention (opset 23) -> internal, so targets without it can decompose it ------------------------------
-
-def _onnx_attention_pattern(op, query, key, value):
-    """Attention(q, k, v[, float mask]) (opset 23, rank 4, equal heads, no past, not causal) -> internal Attention."""
-    return op.Attention(query, key, value, _allow_other_inputs=True, _outputs=["out"])
-
-
-def _onnx_attention_check(context, query, key, value, out, **_) -> bool:
-    node = out.producer()
-    attrs = node.attributes
-    plain = all(attrs.get_int(name, 0) == 0 for name in ("is_causal", "qk_matmul_output_mode"))
-    plain = plain and attrs.get_float("softcap", 0.0) == 0.0
-    only_y = all(not extra.uses() for extra in node.outputs[1:])
-    mask = node.inputs[3] if len(node.inputs) > 3 else None
-    float_mask = mask is None or (mask.dtype is not None and mask.dtype.is_floating_point())
-    no_past = all(v is None for v in node.inputs[4:])
-    rank4 = rank(query) == rank(key) == rank(value) == 4
-    same_heads = rank4 and query.shape[:2] == key.shape[:2] == value.shape[:2]  # no grouped-query (fewer kv heads)
-    has_scale = "scale" in attrs or (rank4 and isinstance(query.shape[-1], int))
-    return plain and only_y and float_mask and no_past and same_heads and has_scale
-
-
-def _onnx_attention_rewrite(op, query, key, value, out, **_):
-    node = out.producer()
-    attrs = node.attributes
-    scale = attrs.get_float("scale") if "scale" in attrs else 1.0 / math.sqrt(query.shape[-1])
-    mask = node.inputs[3] if len(node.inputs) > 3 else None
-    inputs = [query, key, value] + ([mask] if mask is not None else [])
-    return op.Attention(*inputs, scale=float(scale), _domain=INTERNAL_DOMAIN)
-
-
-attention_from_onnx_attention = pattern.RewriteRule(
-    _onnx_attention_pattern, _onnx_attention_rewrite, _onnx_attention_check, name="attention_from_onnx_attention"
-)
 
 
 CAPTURE_RULES = (  # exporter shapes; order matters: the first three reshape what the core rule then captures

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter.pattern import MatchResult, RewriteRule
 
-from vdeploy.targets import OpId
+from vdeploy.graph_passes.ops import OpId
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 NOT_FLOAT = "input is not a float tensor (or its type is unknown)"

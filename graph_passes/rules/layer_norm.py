@@ -35,7 +35,7 @@ from vdeploy.graph_passes.rules.base import (
     scalar,
     trailing_axes,
 )
-from vdeploy.targets import OpId
+from vdeploy.graph_passes.ops import OpId
 
 
 # ---- shared facts, recomputed by check and rewrite (no state passes between them) ----------------------------

@@ -38,7 +38,7 @@ from vdeploy.graph_passes.rules.attention import (
     ORT_MHA,
 )
 from vdeploy.graph_passes.rules.attention_lower import attention_to_onnx_attention
-from vdeploy.graph_passes.rules.attention_normalize import attention_from_onnx_attention
+from vdeploy.graph_passes.rules.attention_onnx import attention_from_onnx_attention
 from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN, RULE_KEY, Direction
 from vdeploy.targets import load_catalog
 from vdeploy.timm_compat import import_timm
@@ -200,20 +200,25 @@ def test_decompose_of_fused_matches_original():
     assert_same_outputs(original, model)
 
 
-def test_causal_onnx_attention_is_not_normalised():
-    model, result = lowered(_onnx_attention_model(is_causal=1), frozenset())
-    assert "attention_from_onnx_attention" not in result.rules and op_list(model)["Attention"] == 1
+def test_causal_onnx_attention_is_decomposed():
+    """is_causal becomes a constant causal bias; numerics against ONNX Runtime running the original Attention."""
+    proto = _onnx_attention_model(is_causal=1)
+    model, result = lowered(proto, frozenset())
+    assert result.rules["attention_from_onnx_attention"] == 1 and op_list(model)["Attention"] == 0
+    assert_same_outputs(proto, model)
 
 
-def test_grouped_query_onnx_attention_is_not_normalised():
-    """4-D ONNX Attention may give k/v fewer heads than q; the internal op needs them equal."""
+def test_grouped_query_onnx_attention_is_decomposed():
+    """4-D ONNX Attention with fewer k/v heads than q heads: k/v heads repeated (np.repeat order)."""
     shapes = {"q": [1, 4, 5, 8], "k": [1, 2, 5, 8], "v": [1, 2, 5, 8]}
-    graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"])], "gqa",
+    graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"], softcap=2.0)], "gqa",
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
     model, result = lowered(proto, frozenset())
-    assert not result.rules and op_list(model)["Attention"] == 1
+    assert result.rules["attention_from_onnx_attention"] == 1 and op_list(model)["Attention"] == 0
+    assert op_list(model)["Tanh"] == 1  # the softcap
+    assert_same_outputs(proto, model)
 
 
 def test_target_with_attention_keeps_exported_attention():

@@ -75,12 +75,25 @@ def test_rank4_matmul_splits_for_rank3_targets(a_shape, b_shape, b_const):
     assert_same_outputs(proto, model)
 
 
+@pytest.mark.parametrize("a_shape, b_shape, expands", [
+    ([2, 3, 5, 4], [1, 3, 4, 6], 1),  # broadcast batch dims: b expanded to a's
+    ([2, 3, 5, 4], [3, 4, 6], 1),  # rank-3 right side broadcast over the first dim
+    ([3, 1, 3, 4], [1, 2, 4, 2], 2),  # onnx's test_matmul_bcast: both sides broadcast
+    ([1, 1, 3, 4], [2, 3, 4, 5], 0),  # a's batch dims all 1: a becomes 2-D
+    ([1, 2, 4, 3], [3], 0),  # matrix x vector
+], ids=["broadcast", "mixed-rank", "both-broadcast", "a-unbatched", "vector"])
+def test_broadcast_matmul_splits_for_rank3_targets(a_shape, b_shape, expands):
+    proto = matmul_model(a_shape, b_shape)
+    model, result = legalized(proto, RANK3_ONLY)
+    assert result.rules == {"matmul_rank4_to_rank3": 1} and op_list(model)["Expand"] == expands
+    assert all(ra <= 3 and rb <= 3 for ra, rb in matmul_input_ranks(model))
+    assert_same_outputs(proto, model)
+
+
 @pytest.mark.parametrize("a_shape, b_shape", [
     ([2, 5, 4], [2, 4, 6]),  # already rank 3
-    ([2, 3, 5, 4], [1, 3, 4, 6]),  # broadcast batch dims
     (["B", 3, 5, 4], ["B", 3, 4, 6]),  # unknown batch
-    ([2, 3, 5, 4], [3, 4, 6]),  # rank-3 right side broadcast over the first dim
-], ids=["rank3", "broadcast", "dynamic", "mixed-rank"])
+], ids=["rank3", "dynamic"])
 def test_matmul_left_alone(a_shape, b_shape):
     model, result = legalized(matmul_model(a_shape, b_shape), RANK3_ONLY)
     assert not result.rules and dict(op_list(model)) == {"MatMul": 1}
