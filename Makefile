@@ -26,6 +26,7 @@ demo: venv
 
 toolchains: venv  # vendor compilers in their own venvs under ~/.cache/vdeploy/toolchains (rknn: ~5 min, once)
 	$(BIN)/vdeploy toolchain install rknn
+	$(BIN)/vdeploy toolchain install arm   # Vela + litert-torch + ExecuTorch: 2.6 GB, ~9 min once
 
 test: venv system-deps toolchains
 	$(BIN)/python -m pytest -q

@@ -77,6 +77,15 @@ TOOLCHAINS: dict[str, Toolchain] = {
                       "opencv-python==4.11.0.86", "fast-histogram==0.14", "setuptools==80.9.0"),
         probe=("rknn-toolkit2", "onnx", "onnxruntime", "numpy"),
     ),
+    # Arm: Vela (Ethos-U), litert-torch + ai-edge-quantizer + LiteRT (PyTorch -> INT8 TFLite, host interpreter),
+    # ExecuTorch (XNNPACK .pte, x86 runtime; its Arm backend needs tosa-tools). One venv: these pins resolve together
+    # (numpy 2.1, protobuf 7); torch==2.13.0 is the local CPU wheel. 2.6 GB, ~9 min from PyPI here (2026-12-02).
+    "arm": Toolchain(
+        name="arm",
+        requirements=("torch==2.13.0", "ethos-u-vela==5.2.0", "litert-torch==0.10.0", "ai-edge-quantizer==0.10.0",
+                      "ai-edge-litert==2.3.0", "executorch==1.5.1", "tosa-tools==2026.8.0"),
+        probe=("ethos-u-vela", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "executorch", "torch"),
+    ),
 }
 
 

@@ -79,17 +79,41 @@ def quantize_int8(float_model: Path, calibration: list[np.ndarray], out: Path) -
     return {"recipe": "static_wi8_ai8", "calibration_samples": count}
 
 
-def run_litert(model_path: Path, samples: list[np.ndarray]) -> list[np.ndarray]:
-    """Outputs of the .tflite in the LiteRT interpreter, stacked over the samples."""
+def litert_runner(model_path: Path):
+    """run(arrays) -> float outputs of a .tflite in the LiteRT interpreter. A fully INT8 model has INT8 inputs and
+    outputs: inputs are quantized with the model's own input scale/zero point, outputs dequantized likewise."""
     from ai_edge_litert.interpreter import Interpreter
 
     key, names_in, names_out = signature(model_path)
     runner = Interpreter(model_path=str(model_path)).get_signature_runner(key)
-    per_sample = []
-    for i in range(len(samples[0])):
-        result = runner(**{n: a[i:i + 1] for n, a in zip(names_in, samples)})
-        per_sample.append([np.asarray(result[n]) for n in names_out])  # batch axis kept
-    return [np.stack([s[k] for s in per_sample]) for k in range(len(names_out))]
+    details_in, details_out = runner.get_input_details(), runner.get_output_details()
+
+    def quantize(name, array):
+        d = details_in[name]
+        scale, zero = d["quantization"]
+        if np.issubdtype(d["dtype"], np.integer) and scale:
+            info = np.iinfo(d["dtype"])
+            return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(d["dtype"])
+        return array.astype(d["dtype"])
+
+    def dequantize(name, array):
+        scale, zero = details_out[name]["quantization"]
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.integer) and scale:
+            return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+        return array
+
+    def run(arrays):
+        result = runner(**{n: quantize(n, a) for n, a in zip(names_in, arrays)})
+        return [dequantize(n, result[n]) for n in names_out]  # batch axis kept
+    return run
+
+
+def run_litert(model_path: Path, samples: list[np.ndarray]) -> list[np.ndarray]:
+    """Outputs of the .tflite in the LiteRT interpreter, stacked over the samples."""
+    run = litert_runner(model_path)
+    per_sample = [run([a[i:i + 1] for a in samples]) for i in range(len(samples[0]))]
+    return [np.stack([s[k] for s in per_sample]) for k in range(len(per_sample[0]))]
 
 
 def tflite_ops(path: Path) -> list[dict]:
@@ -167,8 +191,8 @@ def number(summary: dict, *keys: str) -> float | None:
 
 
 def run_vela(int8_model: Path, out_dir: Path, request: dict) -> tuple[Path, Path, str, float]:
-    vela = Path(sys.executable).with_name("vela")
-    argv = [str(vela), str(int8_model), "--output-dir", str(out_dir), "--accelerator-config", request["accelerator"],
+    # python -m: the venv's entry-point scripts carry the path of the folder the venv was built in (renamed since)
+    argv = [sys.executable, "-m", "ethosu.vela", str(int8_model), "--output-dir", str(out_dir), "--accelerator-config", request["accelerator"],
             "--optimise", request.get("optimise", "Performance")]
     for flag, key in (("--system-config", "system_config"), ("--memory-mode", "memory_mode"),
                       ("--config", "config")):

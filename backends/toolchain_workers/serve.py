@@ -31,16 +31,9 @@ def executorch_runner(path: str):
 
 def litert_runner(path: str):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from ethos_u import signature
-    from ai_edge_litert.interpreter import Interpreter
+    from ethos_u import litert_runner as runner
 
-    key, names_in, names_out = signature(path)
-    runner = Interpreter(model_path=path).get_signature_runner(key)
-
-    def run(arrays):
-        result = runner(**dict(zip(names_in, arrays)))
-        return [np.asarray(result[n]) for n in names_out]
-    return run
+    return runner(path)
 
 
 def read_exact(stream, n: int) -> bytes:
