@@ -14,6 +14,12 @@ from vdeploy.backends import toolchains
 from vdeploy.targets import load_catalog
 
 GOLDEN = ("vit", "mobilevit", "cnn")
+# Vela 5.2.0 dies (SIGSEGV) on the MobileViT's INT8 graph: "Reduction over depth is only supported if any of h,w,c
+# == 1" -- litert-torch leaves a channel-axis MEAN that Vela's own checker should have sent to the CPU.
+VELA_CRASH = pytest.mark.xfail(strict=True, reason="Vela 5.2.0 SIGSEGV on MobileViT (depth-reduction MEAN)")
+# litert-torch keeps the CNN's global-average-pool MEAN in NCHW: Vela sees a reduction over depth and leaves it to
+# the CPU. The ONNX op profile cannot see that layout choice (ReduceMean/GlobalAveragePool are on the NPU list).
+LAYOUT_GAP = pytest.mark.xfail(strict=True, reason="NCHW MEAN from litert-torch runs on the CPU; profile says NPU")
 # ONNX ops our coverage leaves on fallback although Vela runs their TFLite form on the NPU: the class-token pick
 # x[:, 0] exports as Gather (constant index) and converts to STRIDED_SLICE. Legalization has no Gather -> Slice rule yet.
 KNOWN_COVERAGE_GAP = {"Gather"}
@@ -37,7 +43,7 @@ def ethos_builds(saved_pt2, tmp_path_factory):
     return results
 
 
-@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("name", ["vit", pytest.param("mobilevit", marks=VELA_CRASH), "cnn"])
 def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
     import json
 
@@ -54,6 +60,9 @@ def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
     assert manifest["latency_ms"]["p50"] == pytest.approx(estimate["latency_ms"])
     placement = details["placement"]
     assert placement["source"] == "vela" and sum(placement["counts"].values()) == len(placement["layers"])
+    if name == "cnn":  # the NCHW global-average-pool MEAN, with Vela's reason
+        cpu = [lay for lay in placement["layers"] if lay["device"] == "CPU"]
+        assert [lay["op"] for lay in cpu] == ["MEAN"] and "depth" in cpu[0]["reason"]
     if name == "vit":
         assert placement["counts"]["CPU"] == 0 and estimate["npu_share_pct"] == 100.0  # the goal: every op on the NPU
     # numerics of the fully INT8 .tflite (LiteRT on this host) judged with the target's INT8 gate
@@ -63,16 +72,19 @@ def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
     assert not manifest["violations"] and manifest["verdict"] == "unverified"  # Vela's estimate never passes alone
 
 
-@pytest.mark.parametrize("name", GOLDEN)
+@pytest.mark.parametrize("name", ["vit", pytest.param("mobilevit", marks=VELA_CRASH),
+                                  pytest.param("cnn", marks=LAYOUT_GAP)])
 def test_ethos_op_profile_predicts_velas_placement(ethos_builds, name):
     """Ops our coverage sends to the Cortex-M are the ops Vela leaves on the CPU (bar the named Gather gap)."""
     import json
 
-    _, stdout, _, _ = ethos_builds[name]
+    code, stdout, stderr, _ = ethos_builds[name]
+    assert code == 0, stderr
     manifest = json.loads(stdout)
     vela_cpu = {lay["op"] for lay in manifest["artifact"]["details"]["placement"]["layers"] if lay["device"] == "CPU"}
     ours = set(manifest["coverage"]["fallback"])
-    assert not vela_cpu  # Vela 5.2 runs all three golden models on the U55
+    assert not vela_cpu, [(lay["op"], lay["reason"]) for lay in manifest["artifact"]["details"]["placement"]["layers"]
+                          if lay["device"] == "CPU"]
     assert ours <= KNOWN_COVERAGE_GAP, f"profile predicts CPU ops Vela runs on the NPU: {ours - KNOWN_COVERAGE_GAP}"
 
 
@@ -84,23 +96,20 @@ def test_ethos_targets_in_catalogue_are_int8_only():
     assert catalog.get("ethos-u55").name == "ethos-u55-128"
 
 
-@pytest.mark.parametrize("name", GOLDEN)
-def test_xnnpack_pte_matches_pytorch_within_fp32_gate(cli, saved_pt2, tmp_path, name):
-    result = cli("build", saved_pt2(name), "--target", "x86-cpu-xnnpack", "--out", tmp_path, "--json",
-                 "--iters", 5)
+@pytest.mark.parametrize("name, target", [("vit", "x86-cpu-xnnpack"), ("mobilevit", "x86-cpu-xnnpack"),
+                                          ("cnn", "arm-cortex-a76-xnnpack")])
+def test_xnnpack_pte_matches_pytorch_within_fp32_gate(cli, saved_pt2, tmp_path, name, target):
+    """The .pte runs in the x86 ExecuTorch runtime (arm venv); the aarch64 target's host timing does not count."""
+    result = cli("build", saved_pt2(name), "--target", target, "--out", tmp_path, "--json", "--iters", 5)
     assert result.exit_code == 0, result.stderr
     manifest = result.json
-    assert (tmp_path / f"{name}-x86-cpu-xnnpack" / "model.pte").stat().st_size > 0
+    bundle = tmp_path / f"{name}-{target}"
+    assert (bundle / "model.pte").stat().st_size > 0 and (bundle / "run_pte.py").is_file()
     numerics, gate = manifest["numerics"], manifest["budgets"]["numerics"]
+    assert gate["max_rel_err"] == 1.0e-4  # the FP32 gate
     assert numerics["rel_err"] <= gate["max_rel_err"] and numerics["cosine"] >= gate["min_cosine"]
-    assert manifest["latency_ms"]["runs"] == 5  # the x86 twin's host timing counts
     assert manifest["artifact"]["details"]["placement"]["delegate_calls"] >= 1
-
-
-def test_arm_xnnpack_target_reports_no_host_latency(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "arm-cortex-a76-xnnpack", "--out", tmp_path, "--json")
-    assert result.exit_code == 0, result.stderr
-    manifest = result.json
-    assert manifest["latency_ms"] is None and "aarch64" in manifest["reason"]["latency_ms"]
-    assert manifest["numerics"]["rel_err"] <= manifest["budgets"]["numerics"]["max_rel_err"]
-    assert (tmp_path / "cnn-arm-cortex-a76-xnnpack" / "run_pte.py").is_file()
+    if target == "x86-cpu-xnnpack":
+        assert manifest["latency_ms"]["runs"] == 5  # the x86 twin's host timing counts
+    else:
+        assert manifest["latency_ms"] is None and "aarch64" in manifest["reason"]["latency_ms"]

@@ -138,23 +138,24 @@ def tflite_ops(path: Path) -> list[dict]:
     return ops
 
 
-CPU_WARNING = re.compile(r"Warning: Unsupported TensorFlow Lite semantics for (\w+) '([^']*)'\. Placing on CPU instead")
-CPU_ONLY = re.compile(r"Warning: (\w+) '([^']*)' is a CPU only op")
+# Vela 5.2: "Warning (supported operators) operator: MEAN, ofm: 'name'" then "Reason: ..." and detail lines
+CPU_WARNING = re.compile(r"Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'")
+OLD_CPU_WARNING = re.compile(r"Warning: Unsupported TensorFlow Lite semantics for (\w+) '([^']*)'\. Placing on CPU")
 
 
 def cpu_reasons(text: str) -> dict[str, str]:
-    """{output tensor name: reason} from Vela's placement warnings (the indented lines after each warning)."""
+    """{output tensor name: reason} from Vela's placement warnings (the lines after each warning, to a blank one)."""
     reasons: dict[str, str] = {}
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        match = CPU_WARNING.search(line) or CPU_ONLY.search(line)
+        match = CPU_WARNING.search(line) or OLD_CPU_WARNING.search(line)
         if not match:
             continue
         detail = []
         for follow in lines[i + 1:i + 6]:
-            if not follow.startswith(" "):
+            if not follow.strip() or follow.startswith("Warning"):
                 break
-            detail.append(follow.strip().lstrip("- ").strip())
+            detail.append(follow.strip().lstrip("- ").removeprefix("Reason: ").strip())
         reasons[match.group(2)] = "; ".join(detail) or line.split(": ", 1)[-1]
     return reasons
 
