@@ -205,8 +205,9 @@ def run_vela(int8_model: Path, out_dir: Path, request: dict) -> tuple[Path, Path
     log = proc.stdout + proc.stderr
     (out_dir / "vela.log").write_text(" ".join(argv) + "\n" + log)
     if proc.returncode != 0:
-        last = [line for line in log.splitlines() if line.strip()][-1:] or ["no output"]
-        raise RuntimeError(f"vela failed (exit {proc.returncode}): {last[0][:300]}")
+        lines = [line.strip() for line in log.splitlines() if line.strip() and not line.startswith("Warning: No conf")]
+        how = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"failed (exit {proc.returncode})"
+        raise RuntimeError(f"vela {how}: {(lines[-1:] or ['no output'])[0][:300]}")
     compiled = out_dir / f"{int8_model.stem}_vela.tflite"
     summaries = sorted(out_dir.glob(f"{int8_model.stem}_summary_*.csv"))
     if not compiled.is_file() or not summaries:
