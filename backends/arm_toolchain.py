@@ -10,6 +10,7 @@ The vendor venv cannot unpickle vdeploy objects, so it gets files: the exported 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -75,10 +76,12 @@ class ServeSession:
         self._kind = kind
         venv = toolchains().require(TOOLCHAIN)
         worker = toolchains().WORKERS / "serve.py"
-        self._log = open(log or path.with_name(f".{kind}-serve.log"), "w") if log is not False else None
+        import tempfile  # the worker's stderr: never inside the bundle (its files are hashed)
+
+        self._log = open(log or Path(tempfile.gettempdir()) / f"vdeploy-{kind}-serve-{os.getpid()}.log", "w")
         self._proc = subprocess.Popen([str(venv / "bin" / "python"), str(worker), kind, str(path)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._log or subprocess.DEVNULL)
+                                      stderr=self._log)
         self._header()  # {"ok": true, "ready": kind} once loaded
 
     def _header(self) -> dict:
@@ -86,7 +89,7 @@ class ServeSession:
         if not line:
             code = self._proc.wait()
             raise BackendError(f"the {self._kind} runtime worker exited ({code}) before answering",
-                               f"see {self._log.name if self._log else 'its stderr'}")
+                               f"see {self._log.name}")
         header = json.loads(line)
         if not header.get("ok"):
             raise BackendError(f"{self._kind} runtime: {header.get('message', 'failed')}", "see the worker log")
@@ -123,5 +126,4 @@ class ServeSession:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if self._log:
-            self._log.close()
+        self._log.close()

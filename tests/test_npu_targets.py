@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 
-from vdeploy.targets import OpId, load_catalog
 
 
 # ethos-u55 is now an INT8 target compiled by Vela: tests/test_arm_targets.py
