@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 
-.PHONY: venv system-deps demo test test-fast bench bench-tvm clean
+.PHONY: venv system-deps toolchains demo test test-fast bench bench-tvm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: venv
 	$(BIN)/python examples/make_demo_model.py $(DEMO)/deit_tiny.pt2
 	$(BIN)/vdeploy build $(DEMO)/deit_tiny.pt2 --target x86-cpu --out $(DEMO)
 
-test: venv system-deps
+toolchains: venv  # vendor compilers in their own venvs under ~/.cache/vdeploy/toolchains (rknn: ~5 min, once)
+	$(BIN)/vdeploy toolchain install rknn
+	$(BIN)/vdeploy toolchain install arm   # Vela + litert-torch + ExecuTorch: 2.6 GB, ~9 min once
+
+test: venv system-deps toolchains
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

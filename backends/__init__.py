@@ -15,6 +15,8 @@ _TABLE = {
     "npu": ("vdeploy.backends.npu", "NpuBackend"),
     "tensorrt": ("vdeploy.backends.tensorrt", "TensorRtBackend"),
     "tvm": ("vdeploy.backends.tvm", "TvmBackend"),
+    "ethos_u": ("vdeploy.backends.ethos_u", "EthosUBackend"),
+    "executorch": ("vdeploy.backends.executorch", "ExecuTorchBackend"),
 }
 
 

@@ -1,0 +1,115 @@
+"""Arm targets on their real toolchains (arm venv: Vela 5.2.0, litert-torch, ai-edge-quantizer, LiteRT, ExecuTorch).
+
+golden ViT / MobileViT hybrid / BN CNN --vdeploy build--> ethos-u55-128 bundle: Vela accepted the fully INT8 TFLite,
+  placement/cycles/SRAM reported, LiteRT INT8 numerics within the target's gate; our op-profile coverage agrees with
+  Vela's placement. x86-cpu-xnnpack / arm-cortex-a76-xnnpack: the .pte of each matches PyTorch within the FP32 gate.
+Needs `vdeploy toolchain install arm` (make toolchains); nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vdeploy.backends import toolchains
+from vdeploy.targets import load_catalog
+
+GOLDEN = ("vit", "mobilevit", "cnn")
+# Vela 5.2.0 dies (SIGSEGV) on the MobileViT's INT8 graph: "Reduction over depth is only supported if any of h,w,c
+# == 1" -- litert-torch leaves a channel-axis MEAN that Vela's own checker should have sent to the CPU.
+VELA_CRASH = pytest.mark.xfail(strict=True, reason="Vela 5.2.0 SIGSEGV on MobileViT (depth-reduction MEAN)")
+# litert-torch keeps the CNN's global-average-pool MEAN in NCHW: Vela sees a reduction over depth and leaves it to
+# the CPU. The ONNX op profile cannot see that layout choice (ReduceMean/GlobalAveragePool are on the NPU list).
+LAYOUT_GAP = pytest.mark.xfail(strict=True, reason="NCHW MEAN from litert-torch runs on the CPU; profile says NPU")
+# ONNX ops our coverage leaves on fallback although Vela runs their TFLite form on the NPU: the class-token pick
+# x[:, 0] exports as Gather (constant index) and converts to STRIDED_SLICE. Legalization has no Gather -> Slice rule yet.
+KNOWN_COVERAGE_GAP = {"Gather"}
+
+pytestmark = pytest.mark.skipif(not toolchains.installed("arm"),
+                                reason="the arm toolchain is not installed: run `vdeploy toolchain install arm`")
+
+
+@pytest.fixture(scope="module")
+def ethos_builds(saved_pt2, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from vdeploy.cli import app
+
+    out = tmp_path_factory.mktemp("ethos")
+    results = {}
+    for name in GOLDEN:
+        run = CliRunner().invoke(app, ["build", str(saved_pt2(name)), "--target", "ethos-u55-128", "--out", str(out),
+                                       "--json"], catch_exceptions=False)
+        results[name] = (run.exit_code, run.stdout, run.stderr, out / f"{name}-ethos-u55-128")
+    return results
+
+
+@pytest.mark.parametrize("name", ["vit", pytest.param("mobilevit", marks=VELA_CRASH), "cnn"])
+def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
+    import json
+
+    code, stdout, stderr, bundle = ethos_builds[name]
+    assert code == 0, stderr
+    manifest = json.loads(stdout)
+    details = manifest["artifact"]["details"]
+    for f in ("model_vela.tflite", "model_int8.tflite", "vela_summary.csv", "HANDOFF.txt"):
+        assert (bundle / f).stat().st_size > 0, f
+    assert (bundle / "model_vela.tflite").read_bytes()[4:8] == b"TFL3"
+    estimate = details["estimate"]
+    assert estimate["source"] == "vela-estimate" and estimate["cycles"] > 0 and estimate["sram_kb"] > 0
+    assert manifest["latency_ms"]["source"] == "vela-estimate"
+    assert manifest["latency_ms"]["p50"] == pytest.approx(estimate["latency_ms"])
+    placement = details["placement"]
+    assert placement["source"] == "vela" and sum(placement["counts"].values()) == len(placement["layers"])
+    if name == "cnn":  # the NCHW global-average-pool MEAN, with Vela's reason
+        cpu = [lay for lay in placement["layers"] if lay["device"] == "CPU"]
+        assert [lay["op"] for lay in cpu] == ["MEAN"] and "depth" in cpu[0]["reason"]
+    if name == "vit":
+        assert placement["counts"]["CPU"] == 0 and estimate["npu_share_pct"] == 100.0  # the goal: every op on the NPU
+    # numerics of the fully INT8 .tflite (LiteRT on this host) judged with the target's INT8 gate
+    numerics, gate = manifest["numerics"], manifest["budgets"]["numerics"]
+    assert numerics["outputs_from"].startswith("litert-interpreter")
+    assert numerics["cosine"] >= gate["min_cosine"] and numerics["rel_err"] <= gate["max_rel_err"]
+    assert not manifest["violations"] and manifest["verdict"] == "unverified"  # Vela's estimate never passes alone
+
+
+@pytest.mark.parametrize("name", ["vit", pytest.param("mobilevit", marks=VELA_CRASH),
+                                  pytest.param("cnn", marks=LAYOUT_GAP)])
+def test_ethos_op_profile_predicts_velas_placement(ethos_builds, name):
+    """Ops our coverage sends to the Cortex-M are the ops Vela leaves on the CPU (bar the named Gather gap)."""
+    import json
+
+    code, stdout, stderr, _ = ethos_builds[name]
+    assert code == 0, stderr
+    manifest = json.loads(stdout)
+    vela_cpu = {lay["op"] for lay in manifest["artifact"]["details"]["placement"]["layers"] if lay["device"] == "CPU"}
+    ours = set(manifest["coverage"]["fallback"])
+    assert not vela_cpu, [(lay["op"], lay["reason"]) for lay in manifest["artifact"]["details"]["placement"]["layers"]
+                          if lay["device"] == "CPU"]
+    assert ours <= KNOWN_COVERAGE_GAP, f"profile predicts CPU ops Vela runs on the NPU: {ours - KNOWN_COVERAGE_GAP}"
+
+
+def test_ethos_targets_in_catalogue_are_int8_only():
+    catalog = load_catalog()
+    for name in ("ethos-u55-128", "ethos-u65-256", "ethos-u85-256"):
+        spec = catalog.get(name).spec
+        assert [p.value for p in spec.precisions] == ["int8"] and spec.backend == "ethos_u"
+    assert catalog.get("ethos-u55").name == "ethos-u55-128"
+
+
+@pytest.mark.parametrize("name, target", [("vit", "x86-cpu-xnnpack"), ("mobilevit", "x86-cpu-xnnpack"),
+                                          ("cnn", "arm-cortex-a76-xnnpack")])
+def test_xnnpack_pte_matches_pytorch_within_fp32_gate(cli, saved_pt2, tmp_path, name, target):
+    """The .pte runs in the x86 ExecuTorch runtime (arm venv); the aarch64 target's host timing does not count."""
+    result = cli("build", saved_pt2(name), "--target", target, "--out", tmp_path, "--json", "--iters", 5)
+    assert result.exit_code == 0, result.stderr
+    manifest = result.json
+    bundle = tmp_path / f"{name}-{target}"
+    assert (bundle / "model.pte").stat().st_size > 0 and (bundle / "run_pte.py").is_file()
+    numerics, gate = manifest["numerics"], manifest["budgets"]["numerics"]
+    assert gate["max_rel_err"] == 1.0e-4  # the FP32 gate
+    assert numerics["rel_err"] <= gate["max_rel_err"] and numerics["cosine"] >= gate["min_cosine"]
+    assert manifest["artifact"]["details"]["placement"]["delegate_calls"] >= 1
+    if target == "x86-cpu-xnnpack":
+        assert manifest["latency_ms"]["runs"] == 5  # the x86 twin's host timing counts
+    else:
+        assert manifest["latency_ms"] is None and "aarch64" in manifest["reason"]["latency_ms"]
