@@ -39,7 +39,8 @@ def build(
     calib: Optional[Path] = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz."),
     mean: Optional[str] = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406."),
     std: Optional[str] = typer.Option(None, help="Image std per channel for --calib folders."),
-    int8_sensitive: int = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured)."),
+    int8_sensitive: str = typer.Option("auto", help="INT8 layers kept float: auto (the fewest that make the "
+                                       "numerics gate hold, measured) or N (the N most sensitive), 0: none."),
     min_cosine: Optional[float] = typer.Option(None, help="Override the numerics gate: minimum output cosine."),
     min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
     eval_data: Optional[Path] = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference."),
@@ -57,7 +58,8 @@ def build(
                                input_shape=_shape(input_shape),
                                max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                                catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
-                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
+                               std=_floats(std, "--std"), int8_sensitive=_sensitive(int8_sensitive),
+                               min_cosine=min_cosine,
                                min_top1_agreement=min_top1_agreement, eval_data=eval_data,
                                max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
         with _Progress(as_json) as progress:
@@ -232,6 +234,16 @@ def _shape(text: str | None):
     from vdeploy.reference import parse_shape
 
     return parse_shape(text) if text else None
+
+
+def _sensitive(text: str) -> int | str:
+    """--int8-sensitive: "auto" or a layer count (int8 hook)."""
+    from vdeploy.int8 import parse_sensitive
+
+    try:
+        return parse_sensitive(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--int8-sensitive") from None
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:

@@ -55,28 +55,28 @@ def _probed(model, precision: str, progress) -> Lowered:
 
 
 def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
+    """int8 hook: the machinery is vdeploy.int8.quantize_int8; the backend names its INT8 form."""
     from vdeploy.calibration import input_shapes, load_calibration
-    from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino
-    from vdeploy.sensitivity import sensitivity
+    from vdeploy.int8 import Gate, Int8Options, form_for_backend, parse_sensitive, quantize_int8
+    from vdeploy.manifest import tolerance_for
+    from vdeploy.quantize import Placement
 
     options = target.spec.precision_options
     calib = load_calibration(request.calib, input_shapes(model),
                              preprocessing=preprocessing_for(request, recorded_mean_std))
     placement = Placement.for_target(options.int8_everywhere).keep_float(options.int8_keep_float)
-    info = {"calibration": calib.to_dict()}
-    if request.int8_sensitive:
-        progress(f"measuring per-layer INT8 sensitivity (keeping the {request.int8_sensitive} worst float)")
-        report = sensitivity(model, calib, n=request.int8_sensitive, placement=placement)
-        placement = placement.keep_float(report.most_sensitive)
-        info["sensitivity"] = report.to_dict()
-    info["placement"] = placement.to_dict()
-    progress(f"quantizing to INT8 ({placement.kind.value}, {len(calib)} calibration samples: {calib.source})")
+    tolerance = tolerance_for(target, "int8", request)
+    form = form_for_backend(target.backend.value)
+    run_env, probe_info = {}, {}
     if target.backend.value == "openvino":
-        lowered = _probed(model, "int8", progress)
-        return Lowered(quantize_openvino(model, calib, placement), lowered.run_env, {**info, **lowered.info},
-                       calib.warning)
-    symmetric = target.backend.value in ("tensorrt", "npu")  # the Q/DQ form TensorRT and NPU compilers read
-    return Lowered(quantize_onnx_qdq(model, calib, placement, symmetric=symmetric), info=info, warning=calib.warning)
+        probed = _probed(model, "int8", progress)
+        run_env, probe_info = probed.run_env, probed.info
+    progress(f"quantizing to INT8 ({form.value}, {placement.kind.value}, up to {len(calib)} calibration samples: "
+             f"{calib.source})")
+    quantized, info = quantize_int8(model, calib, form, placement, Gate(tolerance.min_cosine, tolerance.max_rel_err),
+                                    progress, Int8Options(sensitive=parse_sensitive(request.int8_sensitive),
+                                                          run_env=run_env or None))
+    return Lowered(quantized, run_env, {"calibration": calib.to_dict(), **info, **probe_info}, calib.warning)
 
 
 def preprocessing_for(request, recorded_mean_std):
