@@ -164,8 +164,8 @@ def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, 
 def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Options, info: dict, progress):
     """SmoothQuant for the Q/DQ forms (graph-level); NNCF does its own in quantize_in_form."""
     alpha = options.smooth_alpha
-    if form is Int8Form.nncf_openvino or (alpha is not None and alpha < 0):
-        return model, placement
+    if form is Int8Form.nncf_openvino or (alpha is not None and alpha < 0) or options.learned_ranges:
+        return model, placement  # QAT ranges were learned on the unsmoothed activations
     from vdeploy.smoothquant import DEFAULT_ALPHA, smooth_quant
 
     progress("SmoothQuant: migrating activation outliers into the weights")

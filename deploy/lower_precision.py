@@ -71,12 +71,31 @@ def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
     if target.backend.value == "openvino":
         probed = _probed(model, "int8", progress)
         run_env, probe_info = probed.run_env, probed.info
+    ranges, qat_info = _qat_ranges(request.model, model, form)
     progress(f"quantizing to INT8 ({form.value}, {placement.kind.value}, up to {len(calib)} calibration samples: "
              f"{calib.source})")
     quantized, info = quantize_int8(model, calib, form, placement, Gate(tolerance.min_cosine, tolerance.max_rel_err),
                                     progress, Int8Options(sensitive=parse_sensitive(request.int8_sensitive),
-                                                          run_env=run_env or None))
-    return Lowered(quantized, run_env, {"calibration": calib.to_dict(), **info, **probe_info}, calib.warning)
+                                                          run_env=run_env or None, learned_ranges=ranges))
+    return Lowered(quantized, run_env, {"calibration": calib.to_dict(), **info, **qat_info, **probe_info},
+                   calib.warning)
+
+
+def _qat_ranges(model_path, model, form):
+    """Learned ranges of a vdeploy.qat model (.pt2 with vdeploy_qat.json): used as-is by the Q/DQ forms."""
+    from vdeploy.int8 import Int8Form
+    from vdeploy.qat import learned_ranges, read_record
+
+    record = read_record(model_path) if str(model_path).endswith(".pt2") else None
+    if not record:
+        return None, {}
+    ranges = learned_ranges(model, record)
+    applied = form is not Int8Form.nncf_openvino
+    return (ranges if applied else None), {"qat": {
+        "form_trained": record.get("form"), "layers_recorded": len(record.get("ranges", [])),
+        "tensors_matched": len(ranges), "applied": applied,
+        "note": "learned ranges replace calibration for these tensors" if applied else
+                "NNCF form re-calibrates (learned ranges apply to the Q/DQ forms)"}}
 
 
 def preprocessing_for(request, recorded_mean_std):
