@@ -139,7 +139,7 @@ def quantize_int8(model, calib: CalibrationData, form: Int8Form, placement: Plac
         quantized, result, placement = search.model or quantized, search.result or result, \
             placement.keep_float(search.float_layers)
     info["result"] = result.to_dict()
-    info["float_layers"] = [n for n in placement.keep_float_nodes if not n.startswith("vdeploy_smooth/")]
+    info["float_layers"] = sorted(n for n in placement.keep_float_nodes if not n.startswith("vdeploy_smooth/"))
     info["placement"] = placement.to_dict()
     info["quantize_seconds"] = round(time.perf_counter() - started, 1)
     if not result.holds:

@@ -84,9 +84,9 @@ def _torch_parts():
 
         def learned_range(self) -> tuple[float, float]:
             if self.symmetric:
-                bound = max(abs(float(self.lo)), abs(float(self.hi)))
+                bound = max(abs(float(self.lo.detach())), abs(float(self.hi.detach())))
                 return -bound, bound
-            return min(float(self.lo), 0.0), max(float(self.hi), 1e-8)
+            return min(float(self.lo.detach()), 0.0), max(float(self.hi.detach()), 1e-8)
 
     return torch, nn, FakeQuantLayer
 
