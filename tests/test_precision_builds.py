@@ -61,9 +61,9 @@ def test_int8_sensitive_layers_are_measured_and_kept_float(cli, saved_pt2, tmp_p
     result = build(cli, saved_pt2("vit"), tmp_path, "onnxruntime-cpu", "int8", "--int8-sensitive", "1")
     assert result.exit_code == 0, result.stderr
     info = result.json["precision_info"]
-    kept = info["sensitivity"]["most_sensitive"]
-    assert len(kept) == 1 and kept[0] in info["placement"]["keep_float_nodes"]
-    assert len(info["sensitivity"]["layers"]) > 1  # every quantized layer was measured
+    kept = info["fallback"]["float_layers"]  # --int8-sensitive N: the N most sensitive, measured (issue 14 schema)
+    assert len(kept) == 1 and kept[0] in info["placement"]["keep_float_nodes"] and info["float_layers"] == kept
+    assert info["fallback"]["ranking"]["layers_measured"] > 1  # every quantized layer was measured
 
 
 def test_bad_calibration_path_is_a_clear_error(cli, saved_pt2, tmp_path):

@@ -72,6 +72,9 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
         ("peak_mem_mb", budgets.peak_mem_mb, peak_mem_mb, "MB", "peak_mem_mb"),
         ("max_rel_err", tolerance.max_rel_err, numerics.rel_err if numerics else None, "", "numerics"),
         ("min_cosine", tolerance.min_cosine, numerics.cosine if numerics else None, "", "numerics"),
+        # int8 hook: the same minimum holds for the worst validation sample, not only pooled (issue 14)
+        ("min_cosine_worst_sample", tolerance.min_cosine, numerics.worst_sample_cosine if numerics else None, "",
+         "numerics"),
     ]
     checks += [(name, getattr(budgets, name), extra.get(name), unit, name) for name, unit in EXTRA_BUDGETS.items()]
     if top1 is not None or numerics is None:  # top-1 only exists for class-score outputs

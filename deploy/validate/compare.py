@@ -1,7 +1,8 @@
 """Numerics of an artifact's outputs against the reference (PyTorch eager, or ORT for ONNX inputs).
 
 (reference outputs, artifact outputs, tolerance) -> NumericsReport(per output: max_abs, rel_err, cosine, top1)
-Outputs are stacked over the reference samples along a new leading axis: [samples, *output_shape].
+Outputs are stacked over the reference samples along a new leading axis: [samples, *output_shape]. Cosine is kept
+pooled and per sample (worst sample + its index: the gate must hold for it too); max_abs is the worst sample's already.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ class OutputNumerics:
     rel_err: float  # max_abs / max |reference|
     cosine: float
     top1_agreement: float | None  # None unless the output looks like class scores [samples, 1, C]
+    worst_cosine: float = 1.0  # the lowest per-sample cosine, and which sample
+    worst_cosine_sample: int = 0
+    max_abs_sample: int = 0  # the sample where max_abs was seen
 
     def to_manifest(self) -> dict:
         return {"name": self.name, "max_abs": self.max_abs, "rel_err": self.rel_err, "cosine": self.cosine,
-                "top1_agreement": self.top1_agreement}
+                "top1_agreement": self.top1_agreement,
+                "per_sample": {"worst_cosine": self.worst_cosine, "worst_cosine_sample": self.worst_cosine_sample,
+                               "max_abs_sample": self.max_abs_sample}}
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,19 @@ class NumericsReport:
         return min(o.cosine for o in self.outputs)
 
     @property
+    def worst_sample_cosine(self) -> float:
+        return min(o.worst_cosine for o in self.outputs)
+
+    @property
     def top1_agreement(self) -> float | None:
         values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
         return min(values) if values else None
 
     def to_manifest(self) -> dict:
+        worst = min(self.outputs, key=lambda o: o.worst_cosine)
         return {"max_abs": self.max_abs, "cosine": self.cosine, "top1_agreement": self.top1_agreement,
-                "rel_err": self.rel_err, "samples": self.samples,
+                "rel_err": self.rel_err, "samples": self.samples, "worst_sample_cosine": worst.worst_cosine,
+                "worst_sample": {"output": worst.name, "index": worst.worst_cosine_sample},
                 "per_output": [o.to_manifest() for o in self.outputs]}
 
 
@@ -67,14 +79,20 @@ def _compare_one(name: str, ref: np.ndarray, out: np.ndarray) -> OutputNumerics:
     if ref.shape != out.shape:
         raise ValueError(f"output {name!r}: artifact shape {out.shape} != reference shape {ref.shape}")
     if not np.all(np.isfinite(out)):
-        return OutputNumerics(name, float("inf"), float("inf"), 0.0, _top1(ref, out))
+        return OutputNumerics(name, float("inf"), float("inf"), 0.0, _top1(ref, out), 0.0)
     diff = float(np.max(np.abs(out - ref))) if ref.size else 0.0
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     rel = diff / scale if scale > 0 else diff
+    per_sample = [_cosine(r, o) for r, o in zip(ref, out)] or [1.0]
+    worst = int(np.argmin(per_sample))
+    at = int(np.argmax(np.abs(out - ref).reshape(len(ref), -1).max(axis=1))) if ref.size else 0
+    return OutputNumerics(name, diff, rel, _cosine(ref, out), _top1(ref, out), per_sample[worst], worst, at)
+
+
+def _cosine(ref: np.ndarray, out: np.ndarray) -> float:
     a, b = ref.ravel(), out.ravel()
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
-    return OutputNumerics(name, diff, rel, cosine, _top1(ref, out))
+    return float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
 
 
 def _top1(ref: np.ndarray, out: np.ndarray) -> float | None:

@@ -1,0 +1,244 @@
+"""INT8 for any backend: one entry point, the backend names only its form.
+
+quantize_int8(FP32 onnx, calibration, form, placement, gate, progress)
+  -> calibration size by range convergence (activation_stats)          -> calib.head(n)
+  -> SmoothQuant (ORT/TensorRT forms: graph-level, smoothquant.py; OpenVINO: NNCF's smooth_quant_alphas)
+  -> quantize in the form (quantize.py)                                 -> judge on held calibration samples
+  -> gate missed and sensitive == "auto": int8_fallback.fewest_float_layers (measured sensitivity, binary search)
+  -> (quantized model, info for the manifest's precision_info)
+Forms: ort_qdq (uint8 activations, int32 bias: ORT CPU), symmetric_qdq (int8 symmetric Q/DQ: TensorRT
+--stronglyTyped, NPU compilers), nncf_openvino (ov.Model via NNCF). Float layers come back as plain ONNX node names
+(info["float_layers"]) for the NPU toolchain helpers.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vdeploy.calibration import CalibrationData
+from vdeploy.quantize import Placement, name_nodes
+
+EVAL_SAMPLES = 16  # calibration samples the in-build gate is judged on
+AUTO = "auto"
+NNCF_ALPHA = 0.8  # NNCF's default is 0.95; MiniLM held-out worst-sample cosine 0.990 at 0.95, 0.994 at 0.8
+
+
+def parse_sensitive(value: int | str) -> int | str:
+    """--int8-sensitive: "auto", or N >= 0 layers (the option's older integer form)."""
+    if isinstance(value, int) or str(value).strip().isdigit():
+        return int(value)
+    if str(value).strip().lower() == AUTO:
+        return AUTO
+    raise ValueError(f"{value!r} is neither 'auto' nor a number of layers (0, 1, 2, ...)")
+
+
+def form_for_backend(backend: str) -> Int8Form:
+    """The INT8 form a backend declares (BackendBase.int8_form)."""
+    from vdeploy.backends import backend_class
+
+    return backend_class(backend).int8_form
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The numerics gate the build is judged by: pooled and worst-sample cosine, pooled rel_err."""
+
+    min_cosine: float
+    max_rel_err: float
+
+    def check(self, reference: np.ndarray, outputs: np.ndarray) -> "GateResult":
+        ref, out = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
+        if not np.all(np.isfinite(out)):
+            return GateResult(0.0, 0.0, float("inf"), self)
+        a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+        per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
+        pooled = float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+        rel = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+        return GateResult(pooled, float(per.min()), rel, self)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    cosine: float
+    worst_cosine: float
+    rel_err: float
+    gate: Gate
+
+    @property
+    def holds(self) -> bool:
+        return (min(self.cosine, self.worst_cosine) >= self.gate.min_cosine
+                and self.rel_err <= self.gate.max_rel_err)
+
+    @property
+    def shortfall(self) -> float:
+        """How far the worst-sample cosine is below the gate (0 when it holds on cosine)."""
+        return max(0.0, self.gate.min_cosine - min(self.cosine, self.worst_cosine))
+
+    def to_dict(self) -> dict:
+        return {"cosine": round(self.cosine, 6), "worst_sample_cosine": round(self.worst_cosine, 6),
+                "rel_err": round(self.rel_err, 5), "holds": self.holds}
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    sensitive: int | str = AUTO  # "auto": fewest float layers until the gate holds; N: the N most sensitive
+    smooth_alpha: float | None = None  # None: per form (0.5 graph-level, NNCF's 0.95); < 0 disables SmoothQuant
+    converge: bool = True  # pick the calibration size by range convergence
+    time_budget_s: float = 240.0  # the fallback search stops measuring layers after this
+    learned_ranges: dict | None = None  # tensor -> (rmin, rmax) from QAT: used as-is, not re-calibrated
+    run_env: dict | None = None  # environment OpenVINO INT8 must run under here (an ISA cap): judged in a child
+
+
+def quantize_int8(model, calib: CalibrationData, form: Int8Form, placement: Placement, gate: Gate,
+                  progress: Callable[[str], None] = lambda _: None, options: Int8Options = Int8Options(),
+                  evaluate: Callable | None = None):
+    """(quantized model, info). `evaluate(quantized) -> outputs [n, ...]` runs the form's artifact on the first
+    EVAL_SAMPLES calibration samples (default: ONNX Runtime for Q/DQ forms, OpenVINO CPU for NNCF)."""
+    from vdeploy import int8_fallback
+
+    started = time.perf_counter()
+    model = name_nodes(model)
+    info: dict = {"form": form.value, "gate": {"min_cosine": gate.min_cosine, "max_rel_err": gate.max_rel_err,
+                                                "judged_on": f"first {min(EVAL_SAMPLES, len(calib))} calibration "
+                                                             "samples, worst sample and pooled"}}
+    calib = _converged(model, calib, options, info, progress)
+    eval_data = calib.head(EVAL_SAMPLES)
+    evaluate = evaluate or default_evaluator(form, eval_data, options.run_env)
+    reference = reference_outputs(model, eval_data)
+    prepared, placement = _smooth(model, calib, form, placement, options, info, progress)
+    build = lambda p: quantize_in_form(prepared, calib, form, p, options)  # noqa: E731
+    quantized = build(placement)
+    result = gate.check(reference, evaluate(quantized))
+    info["int8_all"] = result.to_dict()
+    sensitive = options.sensitive
+    if isinstance(sensitive, int) and sensitive > 0:
+        progress(f"measuring per-layer INT8 sensitivity (keeping the {sensitive} worst float)")
+        ranking = int8_fallback.rank_layers(prepared, calib, placement, eval_data, reference,
+                                            options.time_budget_s, progress)
+        chosen = tuple(ranking.names[:sensitive])
+        quantized, result = build(placement.keep_float(chosen)), None
+        result = gate.check(reference, evaluate(quantized))
+        info["fallback"] = {"mode": f"fixed {sensitive}", "ranking": ranking.to_dict(), "float_layers": list(chosen)}
+        placement = placement.keep_float(chosen)
+    elif sensitive == AUTO and not result.holds:
+        progress(f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f} < {gate.min_cosine}): "
+                 "searching the fewest layers to keep float")
+        search = int8_fallback.fewest_float_layers(prepared, calib, placement, gate, eval_data, reference, build,
+                                                   evaluate, options.time_budget_s, progress)
+        info["fallback"] = search.to_dict()
+        quantized, result, placement = search.model or quantized, search.result or result, \
+            placement.keep_float(search.float_layers)
+    info["result"] = result.to_dict()
+    info["float_layers"] = sorted(n for n in placement.keep_float_nodes if not n.startswith("vdeploy_smooth/"))
+    info["placement"] = placement.to_dict()
+    info["quantize_seconds"] = round(time.perf_counter() - started, 1)
+    if not result.holds:
+        info["gate_missed_by"] = {"cosine": round(result.shortfall, 6),
+                                  "rel_err": round(max(0.0, result.rel_err - gate.max_rel_err), 6)}
+    return quantized, info
+
+
+def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, progress) -> CalibrationData:
+    from vdeploy.activation_stats import activation_stats
+
+    if not options.converge or len(calib) <= 16:
+        info["calibration_size"] = {"samples_used": len(calib), "samples_given": len(calib),
+                                    "converged": None, "why": "all samples (convergence off or <= 16 given)"}
+        return calib
+    progress(f"measuring activation-range convergence on up to {len(calib)} calibration samples")
+    stats = activation_stats(model, calib, [])
+    info["calibration_size"] = stats.to_dict()
+    return calib.head(stats.samples_used)
+
+
+def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Options, info: dict, progress):
+    """SmoothQuant for the Q/DQ forms (graph-level); NNCF does its own in quantize_in_form."""
+    alpha = options.smooth_alpha
+    if form is Int8Form.nncf_openvino or (alpha is not None and alpha < 0) or options.learned_ranges:
+        return model, placement  # QAT ranges were learned on the unsmoothed activations
+    from vdeploy.smoothquant import DEFAULT_ALPHA, smooth_quant
+
+    progress("SmoothQuant: migrating activation outliers into the weights")
+    smoothed = smooth_quant(model, calib, DEFAULT_ALPHA if alpha is None else alpha)
+    info["smooth_quant"] = smoothed.to_dict()
+    return smoothed.model, placement.keep_float(smoothed.mul_nodes)
+
+
+def quantize_in_form(model, calib: CalibrationData, form: Int8Form, placement: Placement,
+                     options: Int8Options = Int8Options(), calibration_cache=None):
+    from vdeploy.quantize import quantize_onnx_qdq, quantize_openvino
+
+    if form is Int8Form.nncf_openvino:
+        alpha = NNCF_ALPHA if options.smooth_alpha is None else options.smooth_alpha
+        return quantize_openvino(model, calib, placement, smooth_alpha=alpha)
+    return quantize_onnx_qdq(model, calib, placement, symmetric=form is Int8Form.symmetric_qdq,
+                             calibration_cache=calibration_cache, range_overrides=options.learned_ranges)
+
+
+def reference_outputs(model, calib: CalibrationData) -> np.ndarray:
+    """The FP32 ONNX model's first output on ONNX Runtime: what the in-build gate compares against."""
+    return _ort_run(model, calib)
+
+
+def default_evaluator(form: Int8Form, calib: CalibrationData, env: dict | None = None) -> Callable:
+    if form is Int8Form.nncf_openvino:
+        return (lambda model: _ov_child(model, calib, env)) if env else (lambda model: _ov_run(model, calib))
+    return lambda model: _ort_run(model, calib)
+
+
+def _ort_run(model, calib: CalibrationData) -> np.ndarray:
+    import onnxruntime as ort
+
+    from vdeploy.quantize import model_batch_size
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    batch = model_batch_size(model, dynamic_default=len(calib))
+    return np.concatenate([session.run(None, feed)[0] for feed in calib.batches(batch)])
+
+
+def _ov_run(ov_model, calib: CalibrationData) -> np.ndarray:
+    """OpenVINO CPU at f32 inference precision (INT8 kernels where the model has FakeQuantize); the caller probed
+    this CPU first (cpu_features.probe: AMX SIGILL)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    batch = compiled.inputs[0].get_partial_shape()[0]
+    size = batch.get_length() if batch.is_static else len(calib)
+    outs = []
+    for feed in calib.batches(size):
+        outs.append(compiled(list(feed.values()))[compiled.outputs[0]])
+    return np.concatenate(outs)
+
+
+def _ov_child(ov_model, calib: CalibrationData, env: dict) -> np.ndarray:
+    """_ov_run in a child process under `env` (an ISA cap must be set before OpenVINO starts)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="vdeploy-int8-eval-") as tmp:
+        ov.save_model(ov_model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
+        np.savez(Path(tmp) / "in.npz", **calib.inputs)
+        code = ("import sys, numpy as np, openvino as ov; from vdeploy.calibration import CalibrationData; "
+                "from vdeploy.int8 import _ov_run; d = sys.argv[1]; a = np.load(d + '/in.npz'); "
+                "np.save(d + '/out.npy', _ov_run(ov.Core().read_model(d + '/m.xml'), "
+                "CalibrationData({k: a[k] for k in a.files}, 'eval')))")
+        done = subprocess.run([sys.executable, "-c", code, tmp], env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=600)
+        if done.returncode != 0:
+            from vdeploy.quantize import QuantizeError
+
+            raise QuantizeError(f"OpenVINO INT8 evaluation failed in a child process (exit {done.returncode}): "
+                                f"{done.stderr.strip()[-300:]}", "build with --int8-sensitive 0 to skip the gate search")
+        return np.load(Path(tmp) / "out.npy")

