@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vdeploy.backends.base import Int8Form
 from vdeploy.calibration import CalibrationData
 from vdeploy.quantize import Placement, name_nodes
 

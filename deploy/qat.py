@@ -93,15 +93,20 @@ def _torch_parts():
 
 def prepare(model, target=None, example_inputs=(), *, weight_bits: int = 8, form=None):
     """A copy of `model` (nn.Module) with fake-quant matching the target's INT8 form; run example_inputs once
-    so every range starts at the observed min/max (what PTQ would calibrate). `target`: a vdeploy Target or a
-    backend name; `form`: an int8.Int8Form to force one."""
+    so every range starts at the observed min/max (what PTQ would calibrate). `target`: a vdeploy Target, a target
+    name (`vdeploy targets`) or a backend name; `form`: an int8.Int8Form to force one."""
     import copy
 
+    from vdeploy.backends import backend_names
     from vdeploy.int8 import Int8Form, form_for_backend
 
     torch, nn, FakeQuantLayer = _torch_parts()
     if form is None:
         backend = getattr(target, "backend", target) or "onnxruntime"
+        if isinstance(backend, str) and backend not in backend_names():
+            from vdeploy.targets import load_catalog
+
+            backend = load_catalog().get(backend).backend  # a target name: its backend decides
         form = form_for_backend(str(backend))
     symmetric = Int8Form(form) is not Int8Form.ort_qdq
     qat = copy.deepcopy(model)

@@ -76,8 +76,12 @@ def test_auto_fallback_keeps_the_fewest_layers_float_until_the_gate_holds():
                             options=options)
     worst = plain["result"]["worst_sample_cosine"]
     assert worst < 0.99995
-    gate = Gate(1 - (1 - worst) / 3, 1.0)  # a gate the all-INT8 build misses by a measured margin
     options = Int8Options(sensitive=AUTO, smooth_alpha=-1, converge=False)
+    _, unreachable = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), Gate(1.0, 1.0),
+                                   options=options)
+    ceiling = max(p["worst_cosine"] for p in unreachable["fallback"]["probes"])  # every ranked layer float
+    assert ceiling > worst
+    gate = Gate((worst + ceiling) / 2, 1.0)  # halfway: the all-INT8 build misses it, all-float layers reach it
     quantized, info = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), gate,
                                     options=options)
     fallback = info["fallback"]
