@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def tensorrt_module():
     return tensorrt
 
 
-def engine_host() -> tuple[object | None, str]:
+def engine_host() -> tuple[Any, str]:
     """(tensorrt module, "") when this host can build and run engines, else (None, why not)."""
     trt = tensorrt_module()
     if trt is None:
@@ -258,7 +259,7 @@ class TensorRtSession:
             self._outputs[name] = torch.empty(tuple(self._engine.get_tensor_shape(name)), dtype=dtype, device="cuda")
             self._context.set_tensor_address(name, self._outputs[name].data_ptr())
         self._stream = torch.cuda.Stream()
-        self._held = []
+        self._held: list = []
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         self._held = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])).to("cuda") for n in self.input_names]

@@ -128,14 +128,14 @@ def _dims(shape: Shape) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, (int, np.integer)) and d > 0 else None for d in shape)
 
 
-def _single_input(shapes: Mapping[str, tuple], what: str) -> tuple[str, tuple]:
+def _single_input(shapes: Mapping[str, Shape], what: str) -> tuple[str, Shape]:
     if len(shapes) != 1:
         raise CalibrationError(f"{what} can only calibrate a model with one input; this one has {len(shapes)}",
                                f"pass a .npz with one array per input: {', '.join(shapes)}")
     return next(iter(shapes.items()))
 
 
-def _samples(array: np.ndarray, shape: tuple, name: str, path: Path) -> np.ndarray:
+def _samples(array: np.ndarray, shape: Shape, name: str, path: Path) -> np.ndarray:
     """Arrays stacked on the batch axis ([N, ...]); a single sample without its batch axis gains one."""
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == len(shape) - 1:
@@ -150,7 +150,7 @@ def _samples(array: np.ndarray, shape: tuple, name: str, path: Path) -> np.ndarr
     return array
 
 
-def _match_npz(arrays: dict, shapes: Mapping[str, tuple], path: Path, limit: int) -> dict[str, np.ndarray]:
+def _match_npz(arrays: dict, shapes: Mapping[str, Shape], path: Path, limit: int) -> dict[str, np.ndarray]:
     if len(shapes) == 1 and len(arrays) == 1:
         name, shape = next(iter(shapes.items()))
         return {name: _samples(next(iter(arrays.values())), shape, name, path)[:limit]}
@@ -165,14 +165,14 @@ def _match_npz(arrays: dict, shapes: Mapping[str, tuple], path: Path, limit: int
     return out
 
 
-def _images(folder: Path, shapes: Mapping[str, tuple], prep: Preprocessing, limit: int) -> CalibrationData:
+def _images(folder: Path, shapes: Mapping[str, Shape], prep: Preprocessing, limit: int) -> CalibrationData:
     from PIL import Image
 
     name, shape = _single_input(shapes, "a folder of images")
-    if len(shape) != 4 or shape[1] not in (1, 3) or shape[2] is None or shape[3] is None:
+    channels, height, width = (shape[1], shape[2], shape[3]) if len(shape) == 4 else (None, None, None)
+    if channels not in (1, 3) or not isinstance(height, int) or not isinstance(width, int) or min(height, width) <= 0:
         raise CalibrationError(f"input {name!r} has shape {shape}, not NCHW with 1 or 3 channels and a fixed size",
                                "pass --calib with a .npy/.npz of ready-made input tensors instead")
-    channels, height, width = shape[1], shape[2], shape[3]
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
     if not files:
         raise CalibrationError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
@@ -182,15 +182,14 @@ def _images(folder: Path, shapes: Mapping[str, tuple], prep: Preprocessing, limi
     batch = []
     for file in files:
         try:
-            with Image.open(file) as image:
-                image = image.convert("RGB" if channels == 3 else "L")
-                image = _resize(image, height, width, prep.crop_pct)
+            with Image.open(file) as opened:
+                image = _resize(opened.convert("RGB" if channels == 3 else "L"), height, width, prep.crop_pct)
         except OSError as exc:
             raise CalibrationError(f"cannot read image {file}: {exc}", "remove or replace the file") from None
         pixels = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 255.0
         batch.append(((pixels - mean) / std).transpose(2, 0, 1))
     data = np.stack(batch).astype(np.float32)
-    per_batch = shape[0] or 1
+    per_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
     data = data[:len(data) - len(data) % per_batch] if len(data) >= per_batch else data
     return CalibrationData({name: data}, f"images: {folder} ({len(files)} files)", None, prep.to_dict())
 

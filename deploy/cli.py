@@ -82,7 +82,7 @@ def build(
             outcomes = run_build(request, progress)
         if as_json:
             payload = [o.result.manifest if o.result else {"target": o.target, **o.error.as_dict()} for o in outcomes]
-            typer.echo(json.dumps(payload[0] if len(outcomes) == 1 else payload, indent=2))
+            typer.echo(json.dumps(payload[0] if len(outcomes) == 1 else payload, indent=2, allow_nan=False))
         else:
             from vdeploy.report import print_build, print_summary
 
@@ -217,7 +217,7 @@ def validate(
 
         report = api.validate(bundle, iters=iters).report
         if as_json:
-            typer.echo(json.dumps(report, indent=2))
+            typer.echo(json.dumps(report, indent=2, allow_nan=False))
         else:
             from vdeploy.report import print_validation
 
@@ -374,7 +374,8 @@ class _Progress:
     """Stage lines on stderr: a spinner and ticked stages with timings on a terminal, plain lines otherwise."""
 
     def __init__(self, quiet: bool):
-        self.quiet, self.status, self.current = quiet, None, None
+        self.quiet, self.status = quiet, None
+        self.current: tuple[str, float] | None = None
         if not quiet and sys.stderr.isatty():
             from rich.console import Console
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Ranking:
 @dataclass(frozen=True)
 class FallbackSearch:
     float_layers: tuple[str, ...]
-    result: object  # int8.GateResult of the chosen build (None if nothing was built)
+    result: Any  # int8.GateResult of the chosen build (None if nothing was built)
     model: object  # the chosen quantized model (None: keep the all-INT8 one)
     reached: bool
     probes: tuple[dict, ...]  # {"k", "worst_cosine", "holds"} in search order
@@ -122,7 +123,7 @@ def _with_costs(search: FallbackSearch, fp32_model, build, placement, eval_data,
     except Exception as exc:  # latency is a report figure; a failure to time must not fail the build
         return FallbackSearch(search.float_layers, search.result, search.model, search.reached, search.probes,
                               search.ranking, {"error": f"{type(exc).__name__}: {exc}"[:200]})
-    costs = {"source": f"measured here, p50 of {LATENCY_ITERS} interleaved runs", "ms": ms}
+    costs: dict[str, object] = {"source": f"measured here, p50 of {LATENCY_ITERS} interleaved runs", "ms": ms}
     if chosen is not None and search.float_layers:
         extra = ms["chosen"] - ms["int8_all"]
         costs["float_layers_cost_ms"] = round(extra, 4)
@@ -138,7 +139,7 @@ def _latencies(models: dict, eval_data: CalibrationData) -> dict[str, float]:
     """p50 ms of each model (onnx.ModelProto on ONNX Runtime, ov.Model on OpenVINO CPU), runs interleaved."""
     runners = {name: _runner(m) for name, m in models.items()}
     feed = next(eval_data.batches(1))
-    times = {name: [] for name in runners}
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for name, run in runners.items():
         for _ in range(3):
             run(feed)

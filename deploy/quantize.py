@@ -176,7 +176,7 @@ def quantize_onnx_qdq(model, calib: CalibrationData, placement: Placement = Plac
 
     model = name_nodes(model)
     exclude = list(placement.float_nodes(model))
-    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric}
+    extra: dict[str, object] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric}
     if placement.kind is PlacementKind.naive:
         extra["ForceQuantizeNoInputCheck"] = True
     if range_overrides:
@@ -216,7 +216,8 @@ def _unquantize_float_inputs(model, original, float_names: set[str]):
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    drop, dropped_inputs = set(), set()
+    drop: set[int] = set()
+    dropped_inputs: set[str] = set()
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         dqs = consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs) or outputs & {d.output[0] for d in dqs}:

@@ -97,10 +97,10 @@ def sample_specs(loaded: LoadedModel, inputs: tuple[InputSpec, ...], given=()) -
             raise InputSpecError(f"--input-spec names {name!r}, which is not a model input",
                                  f"the inputs are: {', '.join(specs)}")
         specs[name] = spec
-    for spec in inputs:
-        if specs[spec.name].kind is SampleKind.ids and not specs[spec.name].vocab:
-            raise InputSpecError(f"input {spec.name!r} is an integer ({spec.dtype}) input of unknown range",
-                                 f"give its vocabulary size: --input-spec {spec.name}:ids:VOCAB")
+    for inp in inputs:
+        if specs[inp.name].kind is SampleKind.ids and not specs[inp.name].vocab:
+            raise InputSpecError(f"input {inp.name!r} is an integer ({inp.dtype}) input of unknown range",
+                                 f"give its vocabulary size: --input-spec {inp.name}:ids:VOCAB")
     return specs
 
 
@@ -172,7 +172,9 @@ def samples_source(specs: dict[str, SampleSpec]) -> str:
 def check_finite_reference(reference: list[np.ndarray], loaded: LoadedModel, inputs: tuple[InputSpec, ...],
                            specs: dict[str, SampleSpec]) -> None:
     """Refuse seeded inputs that make the reference itself NaN (the gate would fail the build for the inputs),
-    naming the inputs the model wants positive but got otherwise, else every input drawn as noise."""
+    naming the inputs the model wants positive but got otherwise, else every input drawn as noise. An infinite
+    reference is refused too: no gate can judge against it (NaN and inf compare false, so it would pass)."""
+    _check_no_inf(reference, loaded)
     if not any(np.issubdtype(r.dtype, np.floating) and np.isnan(r).any() for r in reference):
         return
     hints = {spec.name: _from_model(loaded, spec) for spec in inputs}
@@ -185,6 +187,17 @@ def check_finite_reference(reference: list[np.ndarray], loaded: LoadedModel, inp
     raise InputSpecError(f"validation inputs produced NaN in the reference ({named})",
                          f"give the input its real range with --input-spec, e.g. --input-spec {suspects[0]}:positive "
                          f"({INPUT_SPEC_HELP})")
+
+
+def _check_no_inf(reference: list[np.ndarray], loaded: LoadedModel) -> None:
+    for index, out in enumerate(reference):
+        if np.issubdtype(out.dtype, np.floating) and np.isinf(out).any():
+            who = "PyTorch" if loaded.is_torch else "ONNX Runtime"
+            raise InputSpecError(
+                f"the {who} reference produced inf on the validation inputs (output {index}: "
+                f"{int(np.isinf(out).sum())} of {out.size} values): no numerics gate can judge against it",
+                "check the model for overflow (exp or division of large values), or give the inputs their real "
+                "range with --input-spec NAME:uniform:LO:HI")
 
 
 def reference_outputs(loaded: LoadedModel, samples: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -142,8 +142,8 @@ def _root_op(rule: RewriteRule) -> tuple[str, str] | None:
 def _by_name(rules: Sequence[RewriteRule]) -> list[tuple[str, tuple[RewriteRule, ...], frozenset | None]]:
     """Consecutive rules sharing a name (one rule's pattern variants) as (name, variants, root ops | None)."""
     groups = []
-    for name, variants in itertools.groupby(rules, key=lambda rule: rule.name):
-        variants = tuple(variants)
+    for name, grouped in itertools.groupby(rules, key=lambda rule: rule.name):
+        variants = tuple(grouped)
         roots = [_root_op(rule) for rule in variants]
         groups.append((name, variants, None if None in roots else frozenset(roots)))
     return groups

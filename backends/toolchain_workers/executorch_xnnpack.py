@@ -46,7 +46,7 @@ def quantized_program(program, example: tuple, calibration: list[np.ndarray]):
 def op_placement(edge_program) -> dict:
     """Ops of the lowered graph: each XNNPACK delegate call vs ops left to ExecuTorch's portable CPU kernels."""
     graph = edge_program.exported_program().graph_module.graph
-    delegated, portable = 0, Counter()
+    delegated, portable = 0, Counter[str]()
     for node in graph.nodes:
         if node.op != "call_function":
             continue
@@ -69,7 +69,7 @@ def main() -> None:
     program = torch.export.load(request["program"])
     samples = load_inputs(request["samples"])
     example = tuple(torch.from_numpy(a[:1]) for a in samples)
-    info = {}
+    info: dict[str, object] = {}
     if request["precision"] == "int8":
         calibration = load_inputs(request["calibration"])
         progress(f"quantizing with the XNNPACK quantizer (PT2E, {len(calibration[0])} calibration samples)")

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def main() -> int:
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     proto_in = sys.stdin.buffer
 
-    def send(header: dict, payload: list[np.ndarray] = ()) -> None:
+    def send(header: dict, payload: Sequence[np.ndarray] = ()) -> None:
         proto_out.write((json.dumps(header) + "\n").encode())
         for array in payload:
             proto_out.write(np.ascontiguousarray(array).tobytes())

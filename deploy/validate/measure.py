@@ -40,7 +40,7 @@ def measure(session, feeds: dict, *, warmup: int = 5, iters: int = 50, min_secon
     for _ in range(warmup):
         session.run(feeds)
     session.sync()
-    samples = []
+    samples: list[float] = []
     if power_meter is not None:
         power_meter.start()
     started = time.perf_counter()

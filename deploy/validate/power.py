@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from vdeploy.errors import VdeployError
 
@@ -70,6 +70,11 @@ class _Meter:
     """What the meters share: the one record start() hands to stop(), and the errors around it."""
 
     _run: dict | None = None
+    source: PowerSource
+    hint: str
+
+    def available(self) -> Availability:  # each meter says how it reads its device
+        raise NotImplementedError
 
     def _require(self) -> None:
         if not (ok := self.available()):
@@ -258,7 +263,7 @@ class TegrastatsMeter(_Meter):
     def start(self) -> None:
         self._require()
         proc = subprocess.Popen(self._argv(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        run = {"proc": proc, "readings": [], "t0": time.perf_counter()}
+        run: dict[str, Any] = {"proc": proc, "readings": [], "t0": time.perf_counter()}
         run["thread"] = threading.Thread(target=self._reader, args=(run,), daemon=True)
         run["thread"].start()
         self._run = run

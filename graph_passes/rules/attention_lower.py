@@ -68,7 +68,7 @@ attention_to_onnx_attention = pattern.RewriteRule(
 # --- com.microsoft::MultiHeadAttention --------------------------------------------------------------------------
 
 def _to_ort_mha_check(context, query, key, value, out, **_) -> bool:
-    _, bias = _scale_and_bias(out)
+    _scale, bias = _scale_and_bias(out)
     if _softcap(out) or not (rank(query) == rank(key) == rank(value) == 4) or not isinstance(query.shape[1], int):
         return False  # MultiHeadAttention has no softcap
     if query.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
