@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -35,16 +35,20 @@ def program_file(source, example: Sequence[np.ndarray], path: Path) -> Path:
     from vdeploy.errors import first_line
 
     if source is None or getattr(source, "format", None) is None or not source.is_torch:
-        raise BackendError("this target compiles from the PyTorch model, not from an ONNX file",
-                           "pass a PyTorch model (.pt2, TorchScript, --trust-pickle module or timm:NAME)")
+        raise BackendError(
+            "this target compiles from the PyTorch model, not from an ONNX file",
+            "pass a PyTorch model (.pt2, TorchScript, --trust-pickle module or timm:NAME)",
+        )
     program = source.program
     if program is None:
         args = tuple(torch.from_numpy(np.ascontiguousarray(a[:1])) for a in example)  # batch-stacked arrays
         try:
             program = torch.export.export(source.module, args)
         except Exception as exc:
-            raise BackendError(f"torch.export could not capture the model for the vendor toolchain: {first_line(exc)}",
-                               "save the model with torch.export.save (a .pt2) and build from that file") from None
+            raise BackendError(
+                f"torch.export could not capture the model for the vendor toolchain: {first_line(exc)}",
+                "save the model with torch.export.save (a .pt2) and build from that file",
+            ) from None
     torch.export.save(program, str(path))
     return path
 
@@ -79,17 +83,21 @@ class ServeSession:
         import tempfile  # the worker's stderr: never inside the bundle (its files are hashed)
 
         self._log = open(log or Path(tempfile.gettempdir()) / f"vdeploy-{kind}-serve-{os.getpid()}.log", "w")
-        self._proc = subprocess.Popen([str(venv / "bin" / "python"), str(worker), kind, str(path)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._log)
+        self._proc = subprocess.Popen(
+            [str(venv / "bin" / "python"), str(worker), kind, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
         self._header()  # {"ok": true, "ready": kind} once loaded
 
     def _header(self) -> dict:
         line = self._proc.stdout.readline()
         if not line:
             code = self._proc.wait()
-            raise BackendError(f"the {self._kind} runtime worker exited ({code}) before answering",
-                               f"see {self._log.name}")
+            raise BackendError(
+                f"the {self._kind} runtime worker exited ({code}) before answering", f"see {self._log.name}"
+            )
         header = json.loads(line)
         if not header.get("ok"):
             raise BackendError(f"{self._kind} runtime: {header.get('message', 'failed')}", "see the worker log")
@@ -97,8 +105,11 @@ class ServeSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # feeds come in graph-input order (positional inputs of the program)
-        arrays = [np.ascontiguousarray(feeds[n]) for n in self.input_names] if self.input_names else \
-            [np.ascontiguousarray(a) for a in feeds.values()]
+        arrays = (
+            [np.ascontiguousarray(feeds[n]) for n in self.input_names]
+            if self.input_names
+            else [np.ascontiguousarray(a) for a in feeds.values()]
+        )
         header = {"inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]}
         self._proc.stdin.write((json.dumps(header) + "\n").encode())
         for a in arrays:
@@ -115,7 +126,7 @@ class ServeSession:
     def sync(self) -> None:
         """run() returns when the worker has sent the outputs back: nothing is pending."""
 
-    def __enter__(self) -> "ServeSession":
+    def __enter__(self) -> ServeSession:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import enum
 import importlib
 import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel
@@ -37,15 +38,27 @@ class Artifact:
         return dict(self.details).get(key)
 
     def to_dict(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "entry": self.entry,
-                "files": list(self.files), "options": dict(self.options), "deferred": self.deferred,
-                "details": dict(self.details)}
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "entry": self.entry,
+            "files": list(self.files),
+            "options": dict(self.options),
+            "deferred": self.deferred,
+            "details": dict(self.details),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Artifact":
-        return cls(data["backend"], data["precision"], data["entry"], tuple(data["files"]),
-                   tuple(sorted(data.get("options", {}).items())), data.get("deferred", ""),
-                   tuple(data.get("details", {}).items()))
+    def from_dict(cls, data: dict) -> Artifact:
+        return cls(
+            data["backend"],
+            data["precision"],
+            data["entry"],
+            tuple(data["files"]),
+            tuple(sorted(data.get("options", {}).items())),
+            data.get("deferred", ""),
+            tuple(data.get("details", {}).items()),
+        )
 
 
 # Artifact.details keys the plan reads (all optional; anything else is shown as-is in the manifest):
@@ -95,7 +108,7 @@ class Session(Protocol):
 
     def sync(self) -> None: ...
 
-    def __enter__(self) -> "Session": ...
+    def __enter__(self) -> Session: ...
 
     def __exit__(self, *exc) -> None: ...
 
@@ -122,7 +135,7 @@ class BackendBase:
         raise NotImplementedError
 
     def host_latency_reason(self, artifact: Artifact) -> str | None:
-        """Why timing `artifact` on this host would not represent the device (then it is not timed); None if it would."""
+        """Why timing `artifact` on this host would not represent the device (then it is not timed), else None."""
         return None
 
     def prepare(self, artifact: Artifact, bundle_dir: Path) -> Artifact:

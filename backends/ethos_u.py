@@ -16,11 +16,24 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from vdeploy.backends.arm_toolchain import TOOLCHAIN, ServeSession, ordered, program_file, stacked, toolchains, write_inputs
+from vdeploy.backends.arm_toolchain import (
+    TOOLCHAIN,
+    ServeSession,
+    ordered,
+    program_file,
+    stacked,
+    toolchains,
+    write_inputs,
+)
 from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form
 from vdeploy.errors import BackendError
 
-VELA_MODEL, INT8_MODEL, SUMMARY, SIMULATED = "model_vela.tflite", "model_int8.tflite", "vela_summary.csv", "simulated.npz"
+VELA_MODEL, INT8_MODEL, SUMMARY, SIMULATED = (
+    "model_vela.tflite",
+    "model_int8.tflite",
+    "vela_summary.csv",
+    "simulated.npz",
+)
 
 
 class EthosUOptions(BaseModel):
@@ -65,22 +78,39 @@ class EthosUBackend(BackendBase):
                 "program": str(program_file(job.source, samples, work / "model.pt2")),
                 "calibration": str(write_inputs(ordered(calibration.inputs), work / "calibration.npz")),
                 "samples": str(write_inputs(samples, work / "samples.npz")),
-                "out_dir": str(job.out_dir), "work_dir": str(work / "work"), "simulated": SIMULATED,
-                "accelerator": options.accelerator_config, "system_config": options.system_config,
-                "memory_mode": options.memory_mode, "optimise": options.optimise,
+                "out_dir": str(job.out_dir),
+                "work_dir": str(work / "work"),
+                "simulated": SIMULATED,
+                "accelerator": options.accelerator_config,
+                "system_config": options.system_config,
+                "memory_mode": options.memory_mode,
+                "optimise": options.optimise,
             }
-            reply = toolchains().call(TOOLCHAIN, "ethos_u", request, timeout_s=options.timeout_s,
-                                      progress=job.progress, log=job.out_dir / "vela_worker.log")
+            reply = toolchains().call(
+                TOOLCHAIN,
+                "ethos_u",
+                request,
+                timeout_s=options.timeout_s,
+                progress=job.progress,
+                log=job.out_dir / "vela_worker.log",
+            )
         estimate = {k: v for k, v in reply["estimate"].items() if v is not None}
         placement = reply["placement"]
         counts = placement["counts"]
         estimate["npu_share_pct"] = round(100.0 * counts["NPU"] / max(1, counts["NPU"] + counts["CPU"]), 1)
         details = {
-            "estimate": {**estimate, "source": "vela-estimate", "accelerator": options.accelerator_config,
-                         "system_config": options.system_config, "memory_mode": options.memory_mode},
+            "estimate": {
+                **estimate,
+                "source": "vela-estimate",
+                "accelerator": options.accelerator_config,
+                "system_config": options.system_config,
+                "memory_mode": options.memory_mode,
+            },
             "placement": placement,
             "simulated": {"outputs": SIMULATED, "source": "litert-interpreter (INT8 .tflite that Vela compiled)"},
-            "quantization": reply["quantization"], "timings_s": reply["timings_s"], "vela_summary": reply["summary"],
+            "quantization": reply["quantization"],
+            "timings_s": reply["timings_s"],
+            "vela_summary": reply["summary"],
         }
         files = (VELA_MODEL, INT8_MODEL, SUMMARY, "vela.log", SIMULATED)
         return Artifact(self.name, "int8", VELA_MODEL, files, details=tuple(details.items()))
@@ -90,6 +120,7 @@ class EthosUBackend(BackendBase):
 
     def host_latency_reason(self, artifact: Artifact) -> str | None:
         accelerator = (artifact.detail("estimate") or {}).get("accelerator", "Ethos-U")
-        return (f"the {accelerator} NPU is not on this host: latency, cycles and SRAM are Vela's estimate; "
-                "the host runs the INT8 .tflite in LiteRT for numerics only")
-
+        return (
+            f"the {accelerator} NPU is not on this host: latency, cycles and SRAM are Vela's estimate; "
+            "the host runs the INT8 .tflite in LiteRT for numerics only"
+        )

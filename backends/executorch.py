@@ -16,7 +16,15 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from vdeploy.backends.arm_toolchain import TOOLCHAIN, ServeSession, ordered, program_file, stacked, toolchains, write_inputs
+from vdeploy.backends.arm_toolchain import (
+    TOOLCHAIN,
+    ServeSession,
+    ordered,
+    program_file,
+    stacked,
+    toolchains,
+    write_inputs,
+)
 from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form
 from vdeploy.errors import BackendError
 
@@ -50,24 +58,40 @@ class ExecuTorchBackend(BackendBase):
 
     def compile(self, job: CompileJob) -> Artifact:
         if job.precision not in ("fp32", "int8"):
-            raise BackendError(f"the ExecuTorch XNNPACK target builds fp32 or int8 (asked for {job.precision})",
-                               "build with --precision fp32 or int8")
+            raise BackendError(
+                f"the ExecuTorch XNNPACK target builds fp32 or int8 (asked for {job.precision})",
+                "build with --precision fp32 or int8",
+            )
         options: ExecuTorchOptions = job.options or ExecuTorchOptions()
         samples = stacked(job.samples)
         with tempfile.TemporaryDirectory(prefix="vdeploy-executorch-") as tmp:
             work = Path(tmp)
             job.progress("saving the PyTorch program for the arm toolchain (torch.export)")
-            request = {"program": str(program_file(job.source, samples, work / "model.pt2")),
-                       "samples": str(write_inputs(samples, work / "samples.npz")),
-                       "out_dir": str(job.out_dir), "pte": PTE, "precision": job.precision}
+            request = {
+                "program": str(program_file(job.source, samples, work / "model.pt2")),
+                "samples": str(write_inputs(samples, work / "samples.npz")),
+                "out_dir": str(job.out_dir),
+                "pte": PTE,
+                "precision": job.precision,
+            }
             if job.precision == "int8":
                 request["calibration"] = str(write_inputs(ordered(job.calibration().inputs), work / "calib.npz"))
-            reply = toolchains().call(TOOLCHAIN, "executorch_xnnpack", request, timeout_s=options.timeout_s,
-                                      progress=job.progress, log=job.out_dir / "executorch_worker.log")
+            reply = toolchains().call(
+                TOOLCHAIN,
+                "executorch_xnnpack",
+                request,
+                timeout_s=options.timeout_s,
+                progress=job.progress,
+                log=job.out_dir / "executorch_worker.log",
+            )
         shutil.copyfile(Path(__file__).with_name("executorch_files") / RUNNER, job.out_dir / RUNNER)
         placement = reply["placement"]
-        details = {"placement": placement, "quantization": reply["info"], "compile_s": reply["compile_s"],
-                   "device": {"arch": _arch(options.arch), "cpu": options.cpu}}
+        details = {
+            "placement": placement,
+            "quantization": reply["info"],
+            "compile_s": reply["compile_s"],
+            "device": {"arch": _arch(options.arch), "cpu": options.cpu},
+        }
         return Artifact(self.name, job.precision, PTE, (PTE, RUNNER), details=tuple(details.items()))
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> ServeSession:
@@ -77,9 +101,11 @@ class ExecuTorchBackend(BackendBase):
         device = (artifact.detail("device") or {}).get("arch", _host_arch())
         if device == _host_arch():
             return None
-        return (f"the .pte targets {device} and this host is {_host_arch()}: its numerics are checked here with "
-                "the x86 ExecuTorch runtime (same program, same XNNPACK operators), its latency only on the device "
-                "(python3 run_pte.py there, or vdeploy validate)")
+        return (
+            f"the .pte targets {device} and this host is {_host_arch()}: its numerics are checked here with "
+            "the x86 ExecuTorch runtime (same program, same XNNPACK operators), its latency only on the device "
+            "(python3 run_pte.py there, or vdeploy validate)"
+        )
 
 
 def _host_arch() -> str:

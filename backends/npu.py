@@ -11,7 +11,9 @@ from pathlib import Path
 from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form
 from vdeploy.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSession
 
-LATENCY_REASON = "an NPU hand-off is timed on the device after the vendor compiler runs; host CPU timings would not represent it"
+LATENCY_REASON = (
+    "an NPU hand-off is timed on the device after the vendor compiler runs; host CPU timings would not represent it"
+)
 
 
 class NpuBackend(BackendBase):

@@ -25,7 +25,7 @@ class OnnxRuntimeBackend(BackendBase):
         onnx.save(job.model, str(job.out_dir / "model.onnx"))
         return Artifact(self.name, job.precision, "model.onnx", ("model.onnx",))
 
-    def open(self, artifact: Artifact, bundle_dir: Path) -> "OnnxRuntimeSession":
+    def open(self, artifact: Artifact, bundle_dir: Path) -> OnnxRuntimeSession:
         return OnnxRuntimeSession(bundle_dir / artifact.entry)
 
 

@@ -43,8 +43,10 @@ class OpenVinoBackend(BackendBase):
             try:
                 ov_model = ov.convert_model(str(source))
             except Exception as exc:  # OpenVINO raises its own exception types from C++
-                raise BackendError(f"OpenVINO could not convert the model: {first_line(exc)}",
-                                   "run `vdeploy coverage` to see which ops the target lacks") from None
+                raise BackendError(
+                    f"OpenVINO could not convert the model: {first_line(exc)}",
+                    "run `vdeploy coverage` to see which ops the target lacks",
+                ) from None
         return self._save(ov_model, precision, out_dir)
 
     def _save(self, ov_model, precision: str, out_dir: Path) -> Artifact:
@@ -52,10 +54,11 @@ class OpenVinoBackend(BackendBase):
 
         ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         hint = INFERENCE_PRECISION[precision]
-        return Artifact(self.name, precision, "model.xml", ("model.xml", "model.bin"),
-                        (("INFERENCE_PRECISION_HINT", hint),))
+        return Artifact(
+            self.name, precision, "model.xml", ("model.xml", "model.bin"), (("INFERENCE_PRECISION_HINT", hint),)
+        )
 
-    def open(self, artifact: Artifact, bundle_dir: Path) -> "OpenVinoSession":
+    def open(self, artifact: Artifact, bundle_dir: Path) -> OpenVinoSession:
         return OpenVinoSession(bundle_dir / artifact.entry, dict(artifact.options))
 
 

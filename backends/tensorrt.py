@@ -25,8 +25,10 @@ from vdeploy.errors import BackendError
 ONNX, ENGINE, CACHE, SCRIPT = "model.onnx", "model.engine", "timing.cache", "build_engine.sh"
 NOT_INSTALLED = "tensorrt not installed on this host: engine build deferred to build_engine.sh on the device"
 NO_GPU = "tensorrt {version} imports but sees no CUDA GPU: engine build deferred to build_engine.sh on the device"
-NO_ENGINE_LATENCY = ("no TensorRT engine was built on this host: latency is measured on the device "
-                     "(`vdeploy validate` there); host CPU timings would not represent the GPU")
+NO_ENGINE_LATENCY = (
+    "no TensorRT engine was built on this host: latency is measured on the device "
+    "(`vdeploy validate` there); host CPU timings would not represent the GPU"
+)
 JETPACK_TRTEXEC_DIR = "/usr/src/tensorrt/bin"  # JetPack installs trtexec here, off the default PATH
 # Weakly typed builds (TensorRT without STRONGLY_TYPED): the builder precision flags each precision needs.
 # Q/DQ INT8 also allows FP16 so the layers left float can use it, as trtexec's --int8 --fp16.
@@ -36,8 +38,9 @@ WEAK_FLAGS = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}
 def trtexec_command(precision: str = "fp16") -> str:
     """The strongly typed trtexec line of build_engine.sh (run in the bundle directory)."""
     extra = " --noTF32" if precision == "fp32" else ""  # FP32 means FP32: no TF32 MatMul/Conv
-    return (f"trtexec --onnx={ONNX} --stronglyTyped --saveEngine={ENGINE} --timingCacheFile={CACHE}"
-            f"{extra} --skipInference")
+    return (
+        f"trtexec --onnx={ONNX} --stronglyTyped --saveEngine={ENGINE} --timingCacheFile={CACHE}{extra} --skipInference"
+    )
 
 
 def weakly_typed_command(precision: str) -> str:
@@ -48,23 +51,28 @@ def weakly_typed_command(precision: str) -> str:
 
 def build_script(precision: str) -> str:
     """build_engine.sh: bash that builds model.engine and timing.cache beside itself on the device."""
-    what = {"fp16": "FP16 compute with FP32 LayerNorm/Softmax/logits islands behind Casts",
-            "fp32": "FP32", "int8": "INT8 Q/DQ (symmetric, zero point 0); the layers between stay FP32"}[precision]
-    return "\n".join([
-        "#!/usr/bin/env bash",
-        "# Builds the TensorRT engine for this vdeploy bundle on the device (Jetson or NVIDIA GPU host).",
-        f"# model.onnx is strongly typed, precision {precision}: {what}.",
-        "# The precision lives in the graph, so no --fp16/--int8 flags (TensorRT 11 removed them).",
-        "# TensorRT 8.x (no --stronglyTyped) only, weakly typed with builder precision flags instead:",
-        f"#   {weakly_typed_command(precision)}",
-        "# Afterwards `vdeploy validate .` checks the engine against reference_io.npz, times it and reads",
-        "# tegrastats/NVML; `trtexec --loadEngine=model.engine` times it alone.",
-        "set -euo pipefail",
-        'cd "$(dirname "$0")"',
-        f'PATH="$PATH:{JETPACK_TRTEXEC_DIR}"',
-        trtexec_command(precision),
-        "",
-    ])
+    what = {
+        "fp16": "FP16 compute with FP32 LayerNorm/Softmax/logits islands behind Casts",
+        "fp32": "FP32",
+        "int8": "INT8 Q/DQ (symmetric, zero point 0); the layers between stay FP32",
+    }[precision]
+    return "\n".join(
+        [
+            "#!/usr/bin/env bash",
+            "# Builds the TensorRT engine for this vdeploy bundle on the device (Jetson or NVIDIA GPU host).",
+            f"# model.onnx is strongly typed, precision {precision}: {what}.",
+            "# The precision lives in the graph, so no --fp16/--int8 flags (TensorRT 11 removed them).",
+            "# TensorRT 8.x (no --stronglyTyped) only, weakly typed with builder precision flags instead:",
+            f"#   {weakly_typed_command(precision)}",
+            "# Afterwards `vdeploy validate .` checks the engine against reference_io.npz, times it and reads",
+            "# tegrastats/NVML; `trtexec --loadEngine=model.engine` times it alone.",
+            "set -euo pipefail",
+            'cd "$(dirname "$0")"',
+            f'PATH="$PATH:{JETPACK_TRTEXEC_DIR}"',
+            trtexec_command(precision),
+            "",
+        ]
+    )
 
 
 def write_build_script(out_dir: Path, precision: str) -> Path:
@@ -148,9 +156,11 @@ def build_engine(trt, onnx_path: Path, precision: str) -> Artifact:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = parser_errors(parser)
-        raise BackendError(f"the TensorRT {plan.version} ONNX parser reported {len(errors)} error(s): "
-                           + "; ".join(errors[:5]), "run `vdeploy coverage` for the op table; the op profile "
-                           "tensorrt-onnx-parser lists what the parser documents")
+        raise BackendError(
+            f"the TensorRT {plan.version} ONNX parser reported {len(errors)} error(s): " + "; ".join(errors[:5]),
+            "run `vdeploy coverage` for the op table; the op profile "
+            "tensorrt-onnx-parser lists what the parser documents",
+        )
     config = builder.create_builder_config()
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
@@ -162,8 +172,10 @@ def build_engine(trt, onnx_path: Path, precision: str) -> Artifact:
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BackendError(f"TensorRT {plan.version} could not build an engine from {onnx_path.name}",
-                           f"run `bash {SCRIPT}` in the bundle with trtexec --verbose to see the failing layer")
+        raise BackendError(
+            f"TensorRT {plan.version} could not build an engine from {onnx_path.name}",
+            f"run `bash {SCRIPT}` in the bundle with trtexec --verbose to see the failing layer",
+        )
     (bundle / ENGINE).write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     mode = "strongly typed" if plan.strongly_typed else "weakly typed: " + "+".join(plan.builder_flags or ("FP32",))
@@ -210,13 +222,24 @@ class TensorRtBackend(BackendBase):
         bundle_dir = Path(bundle_dir)
         engine = bundle_dir / ENGINE
         if engine.exists() and _loads(trt, engine):
-            return artifact if not artifact.deferred else Artifact(
-                self.name, artifact.precision, ENGINE, (ENGINE,), (("build", "found in the bundle"),
-                                                                   ("tensorrt", trt.__version__)))
+            return (
+                artifact
+                if not artifact.deferred
+                else Artifact(
+                    self.name,
+                    artifact.precision,
+                    ENGINE,
+                    (ENGINE,),
+                    (("build", "found in the bundle"), ("tensorrt", trt.__version__)),
+                )
+            )
         if not artifact.deferred:  # an engine the manifest hashes, built for another GPU or TensorRT
-            raise BackendError(f"TensorRT {trt.__version__} cannot load the bundle's {ENGINE} (built by another "
-                               "TensorRT version or for another GPU)", f"rebuild the bundle on this machine with "
-                               f"`vdeploy build`, or run {SCRIPT} here and use model.engine outside vdeploy")
+            raise BackendError(
+                f"TensorRT {trt.__version__} cannot load the bundle's {ENGINE} (built by another "
+                "TensorRT version or for another GPU)",
+                f"rebuild the bundle on this machine with "
+                f"`vdeploy build`, or run {SCRIPT} here and use model.engine outside vdeploy",
+            )
         return build_engine(trt, bundle_dir / ONNX, artifact.precision)
 
     def open(self, artifact: Artifact, bundle_dir: Path):
@@ -240,15 +263,20 @@ class TensorRtSession:
         import torch
 
         if not torch.cuda.is_available():
-            raise BackendError("the TensorRT session needs a CUDA build of torch for its I/O buffers",
-                               "install JetPack's torch wheel (Jetson) or a CUDA torch; or time the engine with "
-                               "`trtexec --loadEngine=model.engine`")
+            raise BackendError(
+                "the TensorRT session needs a CUDA build of torch for its I/O buffers",
+                "install JetPack's torch wheel (Jetson) or a CUDA torch; or time the engine with "
+                "`trtexec --loadEngine=model.engine`",
+            )
         self._torch = torch
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self._engine is None:
-            raise BackendError(f"TensorRT {trt.__version__} cannot load {engine_path.name} (built by another "
-                               "TensorRT or for another GPU)", "delete it and run `vdeploy validate` to rebuild")
+            raise BackendError(
+                f"TensorRT {trt.__version__} cannot load {engine_path.name} (built by another "
+                "TensorRT or for another GPU)",
+                "delete it and run `vdeploy validate` to rebuild",
+            )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = trt.TensorIOMode.INPUT
@@ -282,4 +310,3 @@ class TensorRtSession:
         self._context = self._engine = None
         self._outputs = {}
         self._held = []
-

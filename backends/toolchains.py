@@ -20,9 +20,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from vdeploy.errors import BackendError
 
@@ -72,9 +72,20 @@ TOOLCHAINS: dict[str, Toolchain] = {
     "rknn": Toolchain(
         name="rknn",
         no_deps=("rknn-toolkit2==2.5.0",),
-        requirements=("torch==2.13.0", "numpy==1.26.4", "onnx==1.18.0", "onnxruntime==1.26.0", "protobuf==4.25.4",
-                      "psutil==7.2.2", "ruamel.yaml==0.19.1", "scipy==1.17.1", "tqdm==4.70.1",
-                      "opencv-python==4.11.0.86", "fast-histogram==0.14", "setuptools==80.9.0"),
+        requirements=(
+            "torch==2.13.0",
+            "numpy==1.26.4",
+            "onnx==1.18.0",
+            "onnxruntime==1.26.0",
+            "protobuf==4.25.4",
+            "psutil==7.2.2",
+            "ruamel.yaml==0.19.1",
+            "scipy==1.17.1",
+            "tqdm==4.70.1",
+            "opencv-python==4.11.0.86",
+            "fast-histogram==0.14",
+            "setuptools==80.9.0",
+        ),
         probe=("rknn-toolkit2", "onnx", "onnxruntime", "numpy"),
     ),
     # Arm: Vela (Ethos-U), litert-torch + ai-edge-quantizer + LiteRT (PyTorch -> INT8 TFLite, host interpreter),
@@ -82,8 +93,15 @@ TOOLCHAINS: dict[str, Toolchain] = {
     # (numpy 2.1, protobuf 7); torch==2.13.0 is the local CPU wheel. 2.6 GB, ~9 min from PyPI here (2026-12-02).
     "arm": Toolchain(
         name="arm",
-        requirements=("torch==2.13.0", "ethos-u-vela==5.2.0", "litert-torch==0.10.0", "ai-edge-quantizer==0.10.0",
-                      "ai-edge-litert==2.3.0", "executorch==1.5.1", "tosa-tools==2026.8.0"),
+        requirements=(
+            "torch==2.13.0",
+            "ethos-u-vela==5.2.0",
+            "litert-torch==0.10.0",
+            "ai-edge-quantizer==0.10.0",
+            "ai-edge-litert==2.3.0",
+            "executorch==1.5.1",
+            "tosa-tools==2026.8.0",
+        ),
         probe=("ethos-u-vela", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "executorch", "torch"),
     ),
 }
@@ -116,8 +134,10 @@ def require(name: str | Toolchain) -> Path:
     """The toolchain's venv; ToolchainMissingError naming the install command when it is not there."""
     entry = toolchain(name)
     if not installed(entry):
-        raise ToolchainMissingError(f"the {entry.name} toolchain is not installed (looked in {venv_dir(entry)})",
-                                    f"run `vdeploy toolchain install {entry.name}`")
+        raise ToolchainMissingError(
+            f"the {entry.name} toolchain is not installed (looked in {venv_dir(entry)})",
+            f"run `vdeploy toolchain install {entry.name}`",
+        )
     return venv_dir(entry)
 
 
@@ -131,8 +151,10 @@ def install(name: str | Toolchain, progress: Progress = lambda _: None) -> Path:
     if installed(entry):
         return final
     if not entry.install_script.is_file():
-        raise ToolchainError(f"install script {entry.install_script} is missing",
-                             "install vdeploy from its repository checkout (pip install -e .)")
+        raise ToolchainError(
+            f"install script {entry.install_script} is missing",
+            "install vdeploy from its repository checkout (pip install -e .)",
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     log_path = final.parent / f"{final.name}.install.log"
@@ -140,20 +162,29 @@ def install(name: str | Toolchain, progress: Progress = lambda _: None) -> Path:
     pins.write_text("\n".join(entry.requirements) + "\n")
     nodeps = tmp / "vdeploy-no-deps.txt"
     nodeps.write_text("\n".join(entry.no_deps) + "\n")
-    env = {**os.environ, "PYTHON": getattr(sys, "_base_executable", sys.executable),
-           "VDEPLOY_REQUIREMENTS": str(pins), "VDEPLOY_NO_DEPS": str(nodeps)}
+    env = {
+        **os.environ,
+        "PYTHON": getattr(sys, "_base_executable", sys.executable),
+        "VDEPLOY_REQUIREMENTS": str(pins),
+        "VDEPLOY_NO_DEPS": str(nodeps),
+    }
     started = time.monotonic()
     progress(f"installing the {entry.name} toolchain into {final} (log: {log_path})")
     try:
         with open(log_path, "w") as log:
             code = _stream(["bash", str(entry.install_script), str(tmp)], None, env, log, progress, timeout_s=None)[0]
         if code != 0:
-            raise ToolchainError(f"installing the {entry.name} toolchain failed (exit {code})",
-                                 f"see {log_path}")
+            raise ToolchainError(f"installing the {entry.name} toolchain failed (exit {code})", f"see {log_path}")
         packages = _distributions(tmp / "bin" / "python")
-        record = {"name": entry.name, "pins": list(entry.requirements), "no_deps": list(entry.no_deps),
-                  "packages": packages, "install_s": round(time.monotonic() - started, 1),
-                  "size_mb": round(_size(tmp) / 1e6, 1), "python": _python_version(tmp / "bin" / "python")}
+        record = {
+            "name": entry.name,
+            "pins": list(entry.requirements),
+            "no_deps": list(entry.no_deps),
+            "packages": packages,
+            "install_s": round(time.monotonic() - started, 1),
+            "size_mb": round(_size(tmp) / 1e6, 1),
+            "python": _python_version(tmp / "bin" / "python"),
+        }
         (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
         try:
             tmp.rename(final)
@@ -180,8 +211,15 @@ def versions(name: str | Toolchain) -> dict[str, str]:
     return {p: packages[p.lower()] for p in entry.probe if p.lower() in packages}
 
 
-def call(name: str | Toolchain, worker: str, request: dict, *, timeout_s: float, progress: Progress = lambda _: None,
-         log: Path | None = None) -> dict:
+def call(
+    name: str | Toolchain,
+    worker: str,
+    request: dict,
+    *,
+    timeout_s: float,
+    progress: Progress = lambda _: None,
+    log: Path | None = None,
+) -> dict:
     """Run a worker in the toolchain's venv: the request as JSON on stdin, the reply from its last stdout line.
 
     The worker's stderr (and any stdout before the reply) goes to `log`; its "progress: ..." lines go to progress.
@@ -195,8 +233,14 @@ def call(name: str | Toolchain, worker: str, request: dict, *, timeout_s: float,
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     with open(log, "w") as log_file:
-        code, last = _stream([str(venv / "bin" / "python"), str(script)], json.dumps(request), env, log_file,
-                             progress, timeout_s=timeout_s)
+        code, last = _stream(
+            [str(venv / "bin" / "python"), str(script)],
+            json.dumps(request),
+            env,
+            log_file,
+            progress,
+            timeout_s=timeout_s,
+        )
     where = f"{entry.name} toolchain worker {worker}"
     if code is None:
         raise ToolchainError(f"{where} did not finish within {timeout_s:g} s (killed)", f"see its log {log}")
@@ -208,8 +252,10 @@ def call(name: str | Toolchain, worker: str, request: dict, *, timeout_s: float,
         how = f"died from signal {-code}" if code < 0 else f"exited {code}" if code else "gave no reply"
         raise ToolchainError(f"{where} {how} without a valid reply", f"see its log {log}")
     if not reply["ok"]:
-        raise ToolchainError(f"{entry.name}: {reply.get('message') or 'the worker reported a failure'}",
-                             reply.get("hint") or f"see the log {log}")
+        raise ToolchainError(
+            f"{entry.name}: {reply.get('message') or 'the worker reported a failure'}",
+            reply.get("hint") or f"see the log {log}",
+        )
     return reply
 
 
@@ -218,8 +264,16 @@ def _stream(argv, stdin_text, env, log_file, progress: Progress, *, timeout_s) -
 
     Returns (exit code or None on timeout, the last non-empty stdout line). Interrupts kill the whole group.
     """
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True, bufsize=1, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
     last = [""]
     lock = threading.Lock()
 
@@ -230,12 +284,14 @@ def _stream(argv, stdin_text, env, log_file, progress: Progress, *, timeout_s) -
                 log_file.flush()
             text = line.strip()
             if text.startswith(PROGRESS_PREFIX):
-                progress(text[len(PROGRESS_PREFIX):].strip())
+                progress(text[len(PROGRESS_PREFIX) :].strip())
             elif is_stdout and text:
                 last[0] = text
 
-    threads = [threading.Thread(target=pump, args=(proc.stdout, True), daemon=True),
-               threading.Thread(target=pump, args=(proc.stderr, False), daemon=True)]
+    threads = [
+        threading.Thread(target=pump, args=(proc.stdout, True), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, False), daemon=True),
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -267,15 +323,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _distributions(python: Path) -> dict[str, str]:
     """{name: version} of every distribution in a venv (what pip freeze lists; works without pip)."""
-    code = ("import importlib.metadata as m, json; "
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    code = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
 def _python_version(python: Path) -> str:
-    return subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def _size(path: Path) -> int:
@@ -284,5 +346,6 @@ def _size(path: Path) -> int:
 
 def listing() -> list[dict]:
     """One row per known toolchain: name, installed, venv path, recorded versions."""
-    return [{"name": n, "installed": installed(n), "venv": str(venv_dir(n)), "versions": versions(n)}
-            for n in TOOLCHAINS]
+    return [
+        {"name": n, "installed": installed(n), "venv": str(venv_dir(n)), "versions": versions(n)} for n in TOOLCHAINS
+    ]

@@ -15,11 +15,9 @@ import os
 import platform
 import shutil
 from pathlib import Path
-
-import numpy as np
-
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vdeploy.backends.base import Artifact, BackendBase, CompileJob, runtime_module
@@ -28,8 +26,10 @@ from vdeploy.errors import BackendError
 LIB, PARAMS, RUNNER, TUNING = "model.so", "params.bin", "run_tvm.py", "tuning"
 TRANSFORM = "main_transform_params"
 ARCH = {"aarch64": "aarch64", "arm64": "aarch64", "x86_64": "x86_64", "amd64": "x86_64"}
-UNTUNED = ("{count} of {tasks} kernels have no valid tuning record (--tune-trials {trials}): {names} run TVM's "
-           "unscheduled default code, often 50-100x slower than tuned")
+UNTUNED = (
+    "{count} of {tasks} kernels have no valid tuning record (--tune-trials {trials}): {names} run TVM's "
+    "unscheduled default code, often 50-100x slower than tuned"
+)
 
 
 def host_arch() -> str:
@@ -66,7 +66,7 @@ class TvmOptions(BaseModel):
     cross_cc: str | None = None  # the C compiler that links the .so for another architecture
 
     @model_validator(mode="after")
-    def _llvm(self) -> "TvmOptions":
+    def _llvm(self) -> TvmOptions:
         for target in (self.target, self.tune_on or {}):
             if target and target.get("kind") != "llvm":
                 raise ValueError("only LLVM CPU targets (kind: llvm) are supported by the tvm backend")
@@ -100,15 +100,25 @@ class TvmBackend(BackendBase):
         tune_target = tvm.target.Target(tune_on)
         with tune_target:
             mod = _prepare(mod)
-        tasks, database, report = tvm_tune.tune(mod, tune_target, trials=trials, seeds=seeds, progress=progress,
-                                                database_dir=tvm_tune.cache_dir(tune_target))
+        tasks, database, report = tvm_tune.tune(
+            mod,
+            tune_target,
+            trials=trials,
+            seeds=seeds,
+            progress=progress,
+            database_dir=tvm_tune.cache_dir(tune_target),
+        )
         shipped = tvm_tune.export_records(database, tasks, out_dir / TUNING)
         progress(f"compiling for {device.get('mtriple', 'this host')} ({device.get('mcpu', 'generic')})")
         with tvm.target.Target(device), tvm.transform.PassContext(opt_level=3), database:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-            mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
-                                            relax.transform.LiftTransformParams(),
-                                            relax.transform.FoldConstant()])(mod)
+            mod = tvm.transform.Sequential(
+                [
+                    relax.transform.SplitLayoutRewritePreproc(),
+                    relax.transform.LiftTransformParams(),
+                    relax.transform.FoldConstant(),
+                ]
+            )(mod)
         executable = _build(mod, device)
         arch = target_arch(device)
         _export(executable, out_dir / LIB, options.cross_cc if arch != host_arch() else None)
@@ -116,20 +126,36 @@ class TvmBackend(BackendBase):
         shutil.copyfile(Path(__file__).with_name("tvm_files") / RUNNER, out_dir / RUNNER)
         details = {**report.to_dict(), "records_shipped": shipped, "target": device, "tuned_on": tune_on}
         if report.untuned:
-            progress("warning: " + UNTUNED.format(count=report.untuned, tasks=report.tasks, trials=trials,
-                                                  names=", ".join(report.untuned_kernels[:3])
-                                                  + (" …" if report.untuned > 3 else "")))
-        return Artifact(self.name, precision, LIB, (LIB, PARAMS),  # what the device loads: the size budget's files
-                        options=(("arch", arch), ("inputs", json.dumps(input_names)),
-                                 ("num_threads", str(device.get("num-cores", 1)))),
-                        details=(("tuning", details),))
+            progress(
+                "warning: "
+                + UNTUNED.format(
+                    count=report.untuned,
+                    tasks=report.tasks,
+                    trials=trials,
+                    names=", ".join(report.untuned_kernels[:3]) + (" …" if report.untuned > 3 else ""),
+                )
+            )
+        return Artifact(
+            self.name,
+            precision,
+            LIB,
+            (LIB, PARAMS),  # what the device loads: the size budget's files
+            options=(
+                ("arch", arch),
+                ("inputs", json.dumps(input_names)),
+                ("num_threads", str(device.get("num-cores", 1))),
+            ),
+            details=(("tuning", details),),
+        )
 
     def host_latency_reason(self, artifact: Artifact) -> str | None:
         arch = artifact.option("arch")
         if arch == host_arch():
             return None
-        return (f"the {arch} artifact runs under qemu-user emulation on this {host_arch()} host: its timings would "
-                f"not represent the device (numerics are checked; run `vdeploy validate` on the board)")
+        return (
+            f"the {arch} artifact runs under qemu-user emulation on this {host_arch()} host: its timings would "
+            f"not represent the device (numerics are checked; run `vdeploy validate` on the board)"
+        )
 
     def run_many(self, session, samples):
         from vdeploy.backends.tvm_qemu import QemuSession
@@ -156,9 +182,11 @@ def import_onnx(model):
     try:
         mod = from_onnx(model, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises bare errors (NotImplementedError, KeyError, TVMError)
-        raise BackendError(f"TVM's ONNX frontend cannot import the legal graph: {type(exc).__name__}: "
-                           f"{str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}",
-                           "run `vdeploy coverage MODEL --target x86-cpu-tvm` and report the op") from None
+        raise BackendError(
+            f"TVM's ONNX frontend cannot import the legal graph: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}",
+            "run `vdeploy coverage MODEL --target x86-cpu-tvm` and report the op",
+        ) from None
     mod, params = relax.frontend.detach_params(mod)
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
@@ -180,27 +208,35 @@ def _build(mod, device: dict):
     try:
         return tvm.compile(mod, target=tvm.target.Target(device))
     except Exception as exc:
-        raise BackendError(f"TVM failed to compile for {device}: {str(exc).strip().splitlines()[-1][:200]}",
-                           "rerun with --tune-trials 0 to rule out a bad schedule; report the model") from None
+        raise BackendError(
+            f"TVM failed to compile for {device}: {str(exc).strip().splitlines()[-1][:200]}",
+            "rerun with --tune-trials 0 to rule out a bad schedule; report the model",
+        ) from None
 
 
 def _export(executable, path: Path, cross_cc: str | None) -> None:
     if cross_cc and shutil.which(cross_cc) is None:
-        raise BackendError(f"the cross compiler {cross_cc} is not installed",
-                           "run scripts/install_system_deps.sh (Debian: apt-get install gcc-aarch64-linux-gnu)")
+        raise BackendError(
+            f"the cross compiler {cross_cc} is not installed",
+            "run scripts/install_system_deps.sh (Debian: apt-get install gcc-aarch64-linux-gnu)",
+        )
     try:
         executable.export_library(str(path), **({"cc": cross_cc} if cross_cc else {}))
     except Exception as exc:
-        raise BackendError(f"linking {path.name} failed: {str(exc).strip().splitlines()[-1][:200]}",
-                           "check the C compiler named by tvm.cross_cc in targets.yaml") from None
+        raise BackendError(
+            f"linking {path.name} failed: {str(exc).strip().splitlines()[-1][:200]}",
+            "check the C compiler named by tvm.cross_cc in targets.yaml",
+        ) from None
 
 
 def _tuning_dir(path: Path) -> Path:
     """--tuning-db accepts a bundle or a tuning directory."""
     candidate = path / TUNING if (path / TUNING).is_dir() else path
     if not (candidate / "database_tuning_record.json").is_file():
-        raise BackendError(f"{path} holds no TVM tuning records (database_tuning_record.json)",
-                           "pass a TVM bundle directory or its tuning/ folder")
+        raise BackendError(
+            f"{path} holds no TVM tuning records (database_tuning_record.json)",
+            "pass a TVM bundle directory or its tuning/ folder",
+        )
     return candidate
 
 

@@ -54,8 +54,10 @@ def runner_problem() -> str | None:
     if have != want:
         return f"aarch64 TVM runner in {runtime_dir()} is for {have}, host has {want}; {INSTALL_HINT}"
     built_from = runtime_dir() / "runner.sha256"
-    if RUNNER_SRC.is_file() and (not built_from.is_file() or built_from.read_text().strip()
-                                 != hashlib.sha256(RUNNER_SRC.read_bytes()).hexdigest()):
+    if RUNNER_SRC.is_file() and (
+        not built_from.is_file()
+        or built_from.read_text().strip() != hashlib.sha256(RUNNER_SRC.read_bytes()).hexdigest()
+    ):
         return f"aarch64 TVM runner in {runtime_dir()} was built from an older runner.cc; {INSTALL_HINT}"
     return None
 
@@ -69,7 +71,8 @@ def _save(named: dict[str, np.ndarray], path: Path) -> None:
     import tvm
 
     tvm.runtime.save_param_dict_to_file(
-        {k: tvm.runtime.tensor(np.asarray(v, order="C")) for k, v in named.items()}, str(path))
+        {k: tvm.runtime.tensor(np.asarray(v, order="C")) for k, v in named.items()}, str(path)
+    )
 
 
 class QemuSession:
@@ -98,24 +101,41 @@ class QemuSession:
             raise BackendError(f"missing model inputs {missing}", f"feed every input of {self.input_names}")
         with tempfile.TemporaryDirectory(prefix="vdeploy-qemu-") as tmp:
             inputs, outputs = Path(tmp) / "inputs.bin", Path(tmp) / "outputs.bin"
-            _save({f"s{i}_in{j}": s[name] for i, s in enumerate(samples) for j, name in enumerate(self.input_names)},
-                  inputs)
-            cmd = ["qemu-aarch64", "-L", str(SYSROOT), str(runtime_dir() / "runner"), str(self.lib_path),
-                   str(self.params_path), str(inputs), str(outputs), str(warmup), str(iters)]
+            _save(
+                {f"s{i}_in{j}": s[name] for i, s in enumerate(samples) for j, name in enumerate(self.input_names)},
+                inputs,
+            )
+            cmd = [
+                "qemu-aarch64",
+                "-L",
+                str(SYSROOT),
+                str(runtime_dir() / "runner"),
+                str(self.lib_path),
+                str(self.params_path),
+                str(inputs),
+                str(outputs),
+                str(warmup),
+                str(iters),
+            ]
             env = dict(os.environ, TVM_NUM_THREADS=str(self.num_threads))
             try:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                raise BackendError(f"the aarch64 TVM runner under qemu took over {TIMEOUT_S} s on {len(samples)} samples",
-                                   "validate with fewer samples") from None
+                raise BackendError(
+                    f"the aarch64 TVM runner under qemu took over {TIMEOUT_S} s on {len(samples)} samples",
+                    "validate with fewer samples",
+                ) from None
             if proc.returncode != 0:
                 lines = [line for line in proc.stderr.splitlines() if line.strip()]
                 last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
-                raise BackendError(f"the aarch64 TVM module failed under qemu: {last}",
-                                   "check that the module was built for aarch64 with this apache-tvm version")
+                raise BackendError(
+                    f"the aarch64 TVM module failed under qemu: {last}",
+                    "check that the module was built for aarch64 with this apache-tvm version",
+                )
             found = tvm.runtime.load_param_dict_from_file(str(outputs))
-            self.last_latency_ms = [float(v) for line in proc.stdout.splitlines()
-                                    if line.startswith("latency_ms") for v in line.split()[1:]]
+            self.last_latency_ms = [
+                float(v) for line in proc.stdout.splitlines() if line.startswith("latency_ms") for v in line.split()[1:]
+            ]
         results = []
         for i in range(len(samples)):
             outs, k = [], 0
@@ -128,7 +148,7 @@ class QemuSession:
     def sync(self) -> None:
         pass  # every run waits for its qemu process
 
-    def __enter__(self) -> "QemuSession":
+    def __enter__(self) -> QemuSession:
         return self
 
     def __exit__(self, *exc) -> None:

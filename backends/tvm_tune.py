@@ -19,9 +19,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 RECORDS = ("database_workload.json", "database_tuning_record.json")
 BUILD_TIMEOUT_S = 20.0  # a kernel normally builds in 1-2 s; a pathological unrolling can take minutes
@@ -55,8 +55,15 @@ def cache_dir(tune_target) -> Path:
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path, ...] = (),
-         progress: Callable[[str], None] = lambda _: None):
+def tune(
+    mod,
+    tune_target,
+    *,
+    trials: int,
+    database_dir: Path,
+    seeds: tuple[Path, ...] = (),
+    progress: Callable[[str], None] = lambda _: None,
+):
     """Tune the tasks of `mod` with no measured candidate in `database_dir`. -> (tasks, database, report)
 
     A task measured before whose every candidate failed keeps TVM's default schedule (reported as untuned):
@@ -79,8 +86,17 @@ def tune(mod, tune_target, *, trials: int, database_dir: Path, seeds: tuple[Path
         trials_run = _tune_tasks(missing, tune_target, database, trials)
         tuned = sum(has_record(database, t) for t in missing)
     untuned = tuple(t.task_name for t in tasks if not has_record(database, t))
-    report = TuningReport(len(tasks), reused, tuned, trials_run, trials,
-                          time.monotonic() - started, str(database_dir), len(untuned), untuned)
+    report = TuningReport(
+        len(tasks),
+        reused,
+        tuned,
+        trials_run,
+        trials,
+        time.monotonic() - started,
+        str(database_dir),
+        len(untuned),
+        untuned,
+    )
     return tasks, database, report
 
 
@@ -98,15 +114,33 @@ def _tune_tasks(tasks, tune_target, database, trials: int) -> int:
     os.environ["TVM_NUM_THREADS"] = str(tune_target.attrs.get("num-cores", 1))
     with tempfile.TemporaryDirectory(prefix="vdeploy-tune-") as work_dir, contextlib.redirect_stdout(sys.stderr):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir, strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=128, init_min_unmeasured=32, genetic_num_iters=2), seed=0)
+            tasks,
+            work_dir,
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=128, init_min_unmeasured=32, genetic_num_iters=2
+            ),
+            seed=0,
+        )
         builder = pooled_builder()
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(
-            number=3, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False))
+        runner = ms.runner.LocalRunner(
+            timeout_sec=RUN_TIMEOUT_S,
+            evaluator_config=ms.runner.EvaluatorConfig(
+                number=3, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False
+            ),
+        )
         before = len(database)
-        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
-                           max_trials_per_task=trials, num_trials_per_iter=per_round, builder=builder,
-                           runner=runner, database=database, cost_model="xgb")
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=work_dir,
+            max_trials_global=trials,
+            max_trials_per_task=trials,
+            num_trials_per_iter=per_round,
+            builder=builder,
+            runner=runner,
+            database=database,
+            cost_model="xgb",
+        )
         return len(database) - before
 
 
@@ -119,11 +153,14 @@ def pooled_builder():
 
     class PooledBuilder(PyBuilder):
         def __init__(self):
-            self.pool = PopenPoolExecutor(max_workers=min(2, os.cpu_count() or 1), timeout=BUILD_TIMEOUT_S,
-                                          maximum_process_uses=RECYCLE_AFTER,
-                                          # untimed: the first build imports tvm.s_tir.tensor_intrin (20+ s
-                                          # on a loaded host), which made every build of a fresh worker time out
-                                          initializer=lambda: __import__("tvm.s_tir.tensor_intrin"))
+            self.pool = PopenPoolExecutor(
+                max_workers=min(2, os.cpu_count() or 1),
+                timeout=BUILD_TIMEOUT_S,
+                maximum_process_uses=RECYCLE_AFTER,
+                # untimed: the first build imports tvm.s_tir.tensor_intrin (20+ s
+                # on a loaded host), which made every build of a fresh worker time out
+                initializer=lambda: __import__("tvm.s_tir.tensor_intrin"),
+            )
 
         def build(self, build_inputs):
             args = [(None, None, b.mod, b.target, None) for b in build_inputs]
@@ -175,8 +212,9 @@ def merge(source, destination) -> None:
 def _commit(database, mod, record) -> None:
     """`record` (of another database) committed to `database` under the workload of `mod`."""
     workload = database.commit_workload(mod)
-    database.commit_tuning_record(type(record)(record.trace, workload, record.run_secs, record.target,
-                                               record.args_info))
+    database.commit_tuning_record(
+        type(record)(record.trace, workload, record.run_secs, record.target, record.args_info)
+    )
 
 
 def export_records(database, tasks, out_dir: Path) -> int:

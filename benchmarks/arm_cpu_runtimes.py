@@ -49,12 +49,23 @@ def main() -> None:
             ms = time_side_by_side(opened, feeds, {name: 20 for name in opened})
             for session in opened.values():
                 session.__exit__(None, None, None)
-            print(json.dumps({"model": model, "threads": int(os.environ["TVM_NUM_THREADS"]),
-                              **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
-                              "xnnpack_vs_ort": round(ms["xnnpack"] / ms["ort"], 2),
-                              **({"xnnpack_vs_tvm_tuned": round(ms["xnnpack"] / ms["tvm-tuned"], 2)}
-                                 if "tvm-tuned" in ms else {}),
-                              "build_s": {k: round(v, 1) for k, v in build_s.items()}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": model,
+                        "threads": int(os.environ["TVM_NUM_THREADS"]),
+                        **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
+                        "xnnpack_vs_ort": round(ms["xnnpack"] / ms["ort"], 2),
+                        **(
+                            {"xnnpack_vs_tvm_tuned": round(ms["xnnpack"] / ms["tvm-tuned"], 2)}
+                            if "tvm-tuned" in ms
+                            else {}
+                        ),
+                        "build_s": {k: round(v, 1) for k, v in build_s.items()},
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,19 @@ def main() -> None:
         for target in args.targets:
             with tempfile.TemporaryDirectory() as out:
                 started = time.perf_counter()
-                cmd = [sys.executable, "-m", "vdeploy", "build", f"timm:{model}", "--target", target, "--out", out,
-                       "--json", *(["--calib", args.calib] if args.calib else [])]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "vdeploy",
+                    "build",
+                    f"timm:{model}",
+                    "--target",
+                    target,
+                    "--out",
+                    out,
+                    "--json",
+                    *(["--calib", args.calib] if args.calib else []),
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 seconds = time.perf_counter() - started
             if proc.returncode not in (0, 3):
@@ -39,9 +50,12 @@ def main() -> None:
                 continue
             m = json.loads(proc.stdout)
             est, counts = m["artifact"]["details"]["estimate"], m["artifact"]["details"]["placement"]["counts"]
-            print(f"| {model} | {target} | {est['npu_share_pct']:.1f} % ({counts['NPU']}/{counts['NPU'] + counts['CPU']})"
-                  f" | {est['latency_ms']:.2f} | {est['sram_kb']:.0f} | {est.get('flash_kb', 0):.0f} |"
-                  f" {m['numerics']['cosine']:.4f} | {seconds:.0f} |", flush=True)
+            print(
+                f"| {model} | {target} | {est['npu_share_pct']:.1f} % ({counts['NPU']}/{counts['NPU'] + counts['CPU']})"
+                f" | {est['latency_ms']:.2f} | {est['sram_kb']:.0f} | {est.get('flash_kb', 0):.0f} |"
+                f" {m['numerics']['cosine']:.4f} | {seconds:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

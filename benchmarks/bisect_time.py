@@ -27,8 +27,11 @@ def main(runs: int) -> None:
         for _ in range(runs):
             start = time.perf_counter()
             report = bisect(str(path), "onnxruntime-cpu", samples=8)
-            print(f"{time.perf_counter() - start:.2f} s  {len(report.stages)} stages  first bad: "
-                  f"{report.first_bad_stage}", flush=True)
+            print(
+                f"{time.perf_counter() - start:.2f} s  {len(report.stages)} stages  first bad: "
+                f"{report.first_bad_stage}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

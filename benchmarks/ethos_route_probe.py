@@ -21,8 +21,11 @@ def main(path: str, accelerator: str = "ethos-u55-128") -> None:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     program = torch.export.load(path)
-    shape = next(n.meta["val"].shape for n in program.graph.nodes if n.op == "placeholder"
-                 and n.name in program.graph_signature.user_inputs)
+    shape = next(
+        n.meta["val"].shape
+        for n in program.graph.nodes
+        if n.op == "placeholder" and n.name in program.graph_signature.user_inputs
+    )
     rng = np.random.default_rng(0)
     calib = [torch.from_numpy(rng.standard_normal(tuple(shape)).astype(np.float32)) for _ in range(16)]
     started = time.monotonic()
@@ -36,17 +39,22 @@ def main(path: str, accelerator: str = "ethos-u55-128") -> None:
     with torch.no_grad():
         ref, got = program.module()(calib[0]), quantized(calib[0])
     cos = float(torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0))
-    edge = to_edge_transform_and_lower(torch.export.export(quantized, (calib[0],)),
-                                       partitioner=[EthosUPartitioner(spec)])
-    ops = Counter(getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph.nodes
-                  if n.op == "call_function")
+    edge = to_edge_transform_and_lower(
+        torch.export.export(quantized, (calib[0],)), partitioner=[EthosUPartitioner(spec)]
+    )
+    ops = Counter(
+        getattr(n.target, "__name__", str(n.target))
+        for n in edge.exported_program().graph.nodes
+        if n.op == "call_function"
+    )
     edge.to_executorch()
     seconds = time.monotonic() - started
     delegated = sum(v for k, v in ops.items() if "call_delegate" in k)
-    cpu = {k: v for k, v in ops.items() if "call_delegate" not in k and k != "getitem"
-           and "quantize" not in k}
-    print(f"{path} {accelerator}: build {seconds:.1f} s, delegate calls {delegated}, ops left to the CPU {cpu}, "
-          f"quantized-program cosine vs FP32 {cos:.4f}")
+    cpu = {k: v for k, v in ops.items() if "call_delegate" not in k and k != "getitem" and "quantize" not in k}
+    print(
+        f"{path} {accelerator}: build {seconds:.1f} s, delegate calls {delegated}, ops left to the CPU {cpu}, "
+        f"quantized-program cosine vs FP32 {cos:.4f}"
+    )
 
 
 if __name__ == "__main__":

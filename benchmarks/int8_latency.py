@@ -36,8 +36,11 @@ def _model(name: str, tmp: Path):
         else:
             from vdeploy.timm_compat import import_timm
 
-            module = import_timm().create_model({"deit_tiny": "deit_tiny_patch16_224",
-                                                 "swin_tiny": "swin_tiny_patch4_window7_224"}[name]).eval()
+            module = (
+                import_timm()
+                .create_model({"deit_tiny": "deit_tiny_patch16_224", "swin_tiny": "swin_tiny_patch4_window7_224"}[name])
+                .eval()
+            )
     path = tmp / f"{name}.pt2"
     torch.export.save(torch.export.export(module, (example,)), path)
     return path, calib
@@ -61,12 +64,22 @@ def main() -> None:
             built = {}
             for precision in ("fp32", "int8"):
                 start = time.perf_counter()
-                (outcome,) = build(BuildRequest(model=str(path), targets=(args.target,), out_dir=tmp / precision,
-                                                precision=precision, calib=calib, iters=3))
+                (outcome,) = build(
+                    BuildRequest(
+                        model=str(path),
+                        targets=(args.target,),
+                        out_dir=tmp / precision,
+                        precision=precision,
+                        calib=calib,
+                        iters=3,
+                    )
+                )
                 built[precision] = (outcome.result, time.perf_counter() - start)
             core = ov.Core()
-            compiled = {p: core.compile_model(str(r.bundle / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-                        for p, (r, _) in built.items()}
+            compiled = {
+                p: core.compile_model(str(r.bundle / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                for p, (r, _) in built.items()
+            }
             feed = np.load(built["int8"][0].bundle / "reference_io.npz")
             x = next(feed[k] for k in feed.files if k.startswith("input:"))[:1]
             times = {p: [] for p in compiled}
@@ -79,15 +92,30 @@ def main() -> None:
             m = built["int8"][0].manifest
             info = m["precision_info"]
             fallback = info.get("fallback", {})
-            rows.append((name, fp32, int8, int8 / fp32, m["numerics"]["cosine"], m["numerics"]["worst_sample_cosine"],
-                         m["numerics"].get("top1_agreement"), len(info.get("float_layers", [])),
-                         fallback.get("latency", {}).get("float_layers_cost_ms"), m["verdict"], built["int8"][1]))
+            rows.append(
+                (
+                    name,
+                    fp32,
+                    int8,
+                    int8 / fp32,
+                    m["numerics"]["cosine"],
+                    m["numerics"]["worst_sample_cosine"],
+                    m["numerics"].get("top1_agreement"),
+                    len(info.get("float_layers", [])),
+                    fallback.get("latency", {}).get("float_layers_cost_ms"),
+                    m["verdict"],
+                    built["int8"][1],
+                )
+            )
             print(rows[-1], flush=True)
     print(f"\n{args.target}, one interleaved run, p50 of {args.iters} (ms)")
     print("model      fp32    int8   ratio  cosine   worst    top1   float  cost_ms verdict build_s")
     for r in rows:
-        print(f"{r[0]:<10} {r[1]:6.2f} {r[2]:6.2f}  {r[3]:5.2f}  {r[4]:.4f}  {r[5]:.4f}  {r[6] if r[6] is None else round(r[6], 3)}"
-              f"  {r[7]:5d}  {r[8]}  {r[9]}  {r[10]:.0f}")
+        print(
+            f"{r[0]:<10} {r[1]:6.2f} {r[2]:6.2f}  {r[3]:5.2f}  {r[4]:.4f}  {r[5]:.4f}  "
+            f"{r[6] if r[6] is None else round(r[6], 3)}"
+            f"  {r[7]:5d}  {r[8]}  {r[9]}  {r[10]:.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,16 +36,16 @@ def export(depth: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(build_vit(depth=depth), (torch.randn(1, 3, 32, 32),), buffer, dynamo=False,
-                          opset_version=17)
+        torch.onnx.export(build_vit(depth=depth), (torch.randn(1, 3, 32, 32),), buffer, dynamo=False, opset_version=17)
     return onnx.load_from_string(buffer.getvalue())
 
 
 def op_sets() -> dict[str, frozenset]:
     catalog = load_catalog()
     ort_ops = catalog.op_set("onnxruntime-cpu")
-    gone = {OpId("", n) for n in ("MatMul", "Gemm", "LayerNormalization", "Softmax", "Erf", "Gelu",
-                                   "BatchNormalization")}
+    gone = {
+        OpId("", n) for n in ("MatMul", "Gemm", "LayerNormalization", "Softmax", "Erf", "Gelu", "BatchNormalization")
+    }
     sets = {"onnxruntime-cpu": ort_ops, "conv-only-npu": ort_ops - gone}
     if "ethos-u55" in catalog.data.op_profiles:
         sets["ethos-u55"] = catalog.op_set("ethos-u55")
@@ -68,8 +68,10 @@ def timed(proto: onnx.ModelProto, op_set: frozenset, runs: int = 3) -> tuple[flo
 def main(depths: tuple[int, ...]) -> None:
     sets = op_sets()
     print(f"{'depth':>5} {'nodes':>6}  " + "  ".join(f"{name:>38}" for name in sets))
-    print(f"{'':>5} {'':>6}  " + "  ".join(f"{'wall s':>7} {'cpu s':>6} {'cpu us/n':>8} {'rewrites':>8} {'after':>6}"
-                                         for _ in sets))
+    print(
+        f"{'':>5} {'':>6}  "
+        + "  ".join(f"{'wall s':>7} {'cpu s':>6} {'cpu us/n':>8} {'rewrites':>8} {'after':>6}" for _ in sets)
+    )
     for depth in depths:
         proto = export(depth)
         cells = []

@@ -69,23 +69,30 @@ def report(result: dict) -> None:
         print(f"probe {precision}: ok={probe['ok']} isa_cap={probe['isa_cap']} - {probe['reason']}")
         for attempt in probe["attempts"]:
             print(f"    cap={attempt['isa_cap']}: {attempt['outcome']}: {attempt['detail']}")
-    print(f"measured with env {result['isa_env'] or '(no ISA cap)'}; openvino {result['openvino']}, "
-          f"nncf {result['nncf']}, {result['threads']} threads, {result['rounds']} rounds x {result['runs']} runs, "
-          "variants interleaved\n")
+    print(
+        f"measured with env {result['isa_env'] or '(no ISA cap)'}; openvino {result['openvino']}, "
+        f"nncf {result['nncf']}, {result['threads']} threads, {result['rounds']} rounds x {result['runs']} runs, "
+        "variants interleaved\n"
+    )
     print(f"{'model':24} {'variant':10} {'p50 ms':>8} {'p90 ms':>8} {'x FP32':>7}  kernels (Conv/FC: count)")
     for model, rows in result["models"].items():
         base = rows["fp32"]["p50_ms"]
         for variant in VARIANTS:
             row = rows[variant]
             kernels = ", ".join(f"{k}: {n}" for k, n in sorted(row["kernels"].items()))
-            print(f"{model:24} {variant:10} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} {base / row['p50_ms']:6.2f}x"
-                  f"  {kernels}")
-        print(f"{'':24} speed-up vs FP32: BF16 {base / rows['bf16']['p50_ms']:.2f}x, INT8 (transformer-aware) "
-              f"{base / rows['int8']['p50_ms']:.2f}x, INT8 naive {base / rows['int8-naive']['p50_ms']:.2f}x "
-              f"(NNCF {rows['int8']['build_s']:.0f} s / {rows['int8-naive']['build_s']:.0f} s)\n")
+            print(
+                f"{model:24} {variant:10} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} {base / row['p50_ms']:6.2f}x"
+                f"  {kernels}"
+            )
+        print(
+            f"{'':24} speed-up vs FP32: BF16 {base / rows['bf16']['p50_ms']:.2f}x, INT8 (transformer-aware) "
+            f"{base / rows['int8']['p50_ms']:.2f}x, INT8 naive {base / rows['int8-naive']['p50_ms']:.2f}x "
+            f"(NNCF {rows['int8']['build_s']:.0f} s / {rows['int8-naive']['build_s']:.0f} s)\n"
+        )
 
 
 # ---- child: build and time -----------------------------------------------------------------------------------
+
 
 def measure(rounds: int, runs: int) -> dict:
     import nncf
@@ -119,7 +126,7 @@ def measure(rounds: int, runs: int) -> dict:
             request.infer({0: x})
     keys = list(compiled)
     for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate the order each round
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate the order each round
             request = compiled[key][1]
             for _ in range(runs):
                 start = time.perf_counter()
@@ -129,10 +136,19 @@ def measure(rounds: int, runs: int) -> dict:
     for (name, variant), samples in times.items():
         samples.sort()
         models.setdefault(name, {})[variant] = {
-            "p50_ms": statistics.median(samples), "p90_ms": samples[int(0.9 * (len(samples) - 1))],
-            "runs": len(samples), **meta[name, variant]}
-    return {"models": models, "openvino": ov.__version__.split("-")[0], "nncf": nncf.__version__,
-            "threads": compiled[keys[0]][0].get_property("INFERENCE_NUM_THREADS"), "rounds": rounds, "runs": runs}
+            "p50_ms": statistics.median(samples),
+            "p90_ms": samples[int(0.9 * (len(samples) - 1))],
+            "runs": len(samples),
+            **meta[name, variant],
+        }
+    return {
+        "models": models,
+        "openvino": ov.__version__.split("-")[0],
+        "nncf": nncf.__version__,
+        "threads": compiled[keys[0]][0].get_property("INFERENCE_NUM_THREADS"),
+        "rounds": rounds,
+        "runs": runs,
+    }
 
 
 def export(name: str):
@@ -147,8 +163,9 @@ def export(name: str):
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), buffer, dynamo=False, opset_version=17,
-                          input_names=["input"])
+        torch.onnx.export(
+            model, (torch.randn(1, 3, 224, 224),), buffer, dynamo=False, opset_version=17, input_names=["input"]
+        )
     return canonicalize(onnx.load_from_string(buffer.getvalue())).model
 
 
@@ -174,7 +191,7 @@ def sample_photo_crops(n: int):
     for i in range(n):
         photo = photos[i % len(photos)]
         top, left = rng.integers(0, photo.shape[0] - 224), rng.integers(0, photo.shape[1] - 224)
-        crop = photo[top:top + 224, left:left + 224].astype(np.float32) / 255.0
+        crop = photo[top : top + 224, left : left + 224].astype(np.float32) / 255.0
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         crops.append(((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))

@@ -27,9 +27,12 @@ VDEPLOY = [sys.executable, "-m", "vdeploy"]
 def build(model: str, target: str, out: Path, cache: Path, *extra: str) -> tuple[Path, float]:
     """Run `vdeploy build`; -> (bundle dir, wall seconds)."""
     started = time.perf_counter()
-    proc = subprocess.run([*VDEPLOY, "build", f"timm:{model}", "--target", target, "--out", str(out), "--json",
-                           "--iters", "5", *extra], capture_output=True, text=True,
-                          env={**os.environ, "VDEPLOY_CACHE": str(cache)})
+    proc = subprocess.run(
+        [*VDEPLOY, "build", f"timm:{model}", "--target", target, "--out", str(out), "--json", "--iters", "5", *extra],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VDEPLOY_CACHE": str(cache)},
+    )
     seconds = time.perf_counter() - started
     if proc.returncode not in (0, 3):
         sys.exit(f"build failed ({target}): {proc.stderr.strip().splitlines()[-1]}")
@@ -76,24 +79,39 @@ def main() -> None:
             tmp = Path(tmp)
             ort, _ = build(model, "onnxruntime-cpu", tmp / "out", tmp / "cache-unused")
             untuned, _ = build(model, "x86-cpu-tvm", tmp / "untuned", tmp / "cache-empty", "--tune-trials", "0")
-            tuned, first_s = build(model, "x86-cpu-tvm", tmp / "tuned", tmp / "cache", "--tune-trials",
-                                   str(args.trials))
-            _, rebuild_s = build(model, "x86-cpu-tvm", tmp / "rebuilt", tmp / "cache", "--tune-trials",
-                                 str(args.trials))
+            tuned, first_s = build(
+                model, "x86-cpu-tvm", tmp / "tuned", tmp / "cache", "--tune-trials", str(args.trials)
+            )
+            _, rebuild_s = build(
+                model, "x86-cpu-tvm", tmp / "rebuilt", tmp / "cache", "--tune-trials", str(args.trials)
+            )
             with np.load(ort / "reference_io.npz") as data:
                 feeds = {k.split(":", 1)[1]: data[k][0] for k in data.files if k.startswith("input:")}
             opened = sessions({"ort": ort, "tvm-untuned": untuned, "tvm-tuned": tuned})
             ms = time_side_by_side(opened, feeds, {"ort": 20, "tvm-untuned": 2, "tvm-tuned": 20})
             first, again = tuning(tuned), tuning(tmp / "rebuilt" / f"{model}-x86-cpu-tvm")
-            print(json.dumps({
-                "model": model, "threads": int(os.environ["TVM_NUM_THREADS"]),
-                "ort_ms": round(ms["ort"], 2), "tvm_untuned_ms": round(ms["tvm-untuned"], 2),
-                "tvm_tuned_ms": round(ms["tvm-tuned"], 2),
-                "ratio_untuned_vs_ort": round(ms["tvm-untuned"] / ms["ort"], 2),
-                "ratio_tuned_vs_ort": round(ms["tvm-tuned"] / ms["ort"], 2),
-                "tune_trials": args.trials, "trials_run": first["trials"], "tasks": first["tasks"],
-                "tuning_s": first["seconds"], "first_build_s": round(first_s, 1), "rebuild_s": round(rebuild_s, 1),
-                "rebuild_trials": again["trials"], "rebuild_speedup": round(first_s / rebuild_s, 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": model,
+                        "threads": int(os.environ["TVM_NUM_THREADS"]),
+                        "ort_ms": round(ms["ort"], 2),
+                        "tvm_untuned_ms": round(ms["tvm-untuned"], 2),
+                        "tvm_tuned_ms": round(ms["tvm-tuned"], 2),
+                        "ratio_untuned_vs_ort": round(ms["tvm-untuned"] / ms["ort"], 2),
+                        "ratio_tuned_vs_ort": round(ms["tvm-tuned"] / ms["ort"], 2),
+                        "tune_trials": args.trials,
+                        "trials_run": first["trials"],
+                        "tasks": first["tasks"],
+                        "tuning_s": first["seconds"],
+                        "first_build_s": round(first_s, 1),
+                        "rebuild_s": round(rebuild_s, 1),
+                        "rebuild_trials": again["trials"],
+                        "rebuild_speedup": round(first_s / rebuild_s, 1),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -55,12 +55,25 @@ class StatsResult:
     movement: tuple[float, ...]  # the largest relative range movement after each batch
 
     def to_dict(self) -> dict:
-        return {"samples_used": self.samples_used, "samples_given": self.samples_given, "converged": self.converged,
-                "batch": BATCH, "tolerance": CONVERGE_TOL, "movement": [round(m, 5) for m in self.movement]}
+        return {
+            "samples_used": self.samples_used,
+            "samples_given": self.samples_given,
+            "converged": self.converged,
+            "batch": BATCH,
+            "tolerance": CONVERGE_TOL,
+            "movement": [round(m, 5) for m in self.movement],
+        }
 
 
-def activation_stats(model, calib: CalibrationData, names: Iterable[str], *, converge: bool = True,
-                     tol: float = CONVERGE_TOL, min_samples: int = MIN_SAMPLES) -> StatsResult:
+def activation_stats(
+    model,
+    calib: CalibrationData,
+    names: Iterable[str],
+    *,
+    converge: bool = True,
+    tol: float = CONVERGE_TOL,
+    min_samples: int = MIN_SAMPLES,
+) -> StatsResult:
     """Statistics of the named float tensors (and of every compute-op input when names is empty)."""
     import onnxruntime as ort
 

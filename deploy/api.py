@@ -9,9 +9,10 @@ onnx.ModelProto. Every build option of the CLI is a keyword here (calib=, eval_d
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from vdeploy.errors import UsageError
 
@@ -45,8 +46,15 @@ class TargetInfo:
     description: str
 
 
-def request_for(model, targets: Iterable[str], *, example_inputs=None, budgets: dict | None = None,
-                out: str | Path = "out", **options):
+def request_for(
+    model,
+    targets: Iterable[str],
+    *,
+    example_inputs=None,
+    budgets: dict | None = None,
+    out: str | Path = "out",
+    **options,
+):
     """A BuildRequest from API arguments: `model` a path/timm:NAME or an in-memory model, the rest by name."""
     from vdeploy.pipeline import BuildRequest
 
@@ -54,8 +62,10 @@ def request_for(model, targets: Iterable[str], *, example_inputs=None, budgets: 
     known = {f.name for f in fields(BuildRequest)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"unknown build option(s): {', '.join(unknown)}",
-                          f"options: {', '.join(sorted(known - {'model', 'targets', 'source'}))}")
+        raise UsageError(
+            f"unknown build option(s): {', '.join(unknown)}",
+            f"options: {', '.join(sorted(known - {'model', 'targets', 'source'}))}",
+        )
     in_memory = not isinstance(model, (str, Path))
     name = name or (type(model).__name__.lower() if in_memory else str(model))
     for key in ("calib", "eval_data", "catalog"):
@@ -63,25 +73,41 @@ def request_for(model, targets: Iterable[str], *, example_inputs=None, budgets: 
             options[key] = Path(options[key])
     if options.get("input_shape") is not None:
         options["input_shape"] = tuple(options["input_shape"])
-    return BuildRequest(model=name if in_memory else str(model), targets=tuple(targets), out_dir=Path(out),
-                        budgets=tuple(sorted((budgets or {}).items())), source=model if in_memory else None,
-                        example_inputs=tuple(example_inputs) if example_inputs is not None else None, **options)
+    return BuildRequest(
+        model=name if in_memory else str(model),
+        targets=tuple(targets),
+        out_dir=Path(out),
+        budgets=tuple(sorted((budgets or {}).items())),
+        source=model if in_memory else None,
+        example_inputs=tuple(example_inputs) if example_inputs is not None else None,
+        **options,
+    )
 
 
 def _targets(target: str | Iterable[str]) -> tuple[str, ...]:
     return (target,) if isinstance(target, str) else tuple(target)
 
 
-def build(model: Any, target: str | Iterable[str], *, example_inputs=None, precision: str | None = None,
-          budgets: dict | None = None, out: str | Path = "out", progress: Progress = lambda _: None,
-          **options):
+def build(
+    model: Any,
+    target: str | Iterable[str],
+    *,
+    example_inputs=None,
+    precision: str | None = None,
+    budgets: dict | None = None,
+    out: str | Path = "out",
+    progress: Progress = lambda _: None,
+    **options,
+):
     """Build, validate and bundle `model` for one target (-> pipeline.BuildResult) or several (-> a list). A target that
     cannot be built raises its VdeployError (for several targets: the first, after the others were built)."""
-    from vdeploy.pipeline import BuildResult, build as run_build
+    from vdeploy.pipeline import BuildResult
+    from vdeploy.pipeline import build as run_build
 
     names = _targets(target)
-    request = request_for(model, names, example_inputs=example_inputs, budgets=budgets, out=out,
-                          precision=precision, **options)
+    request = request_for(
+        model, names, example_inputs=example_inputs, budgets=budgets, out=out, precision=precision, **options
+    )
     outcomes = run_build(request, progress)
     results: list[BuildResult] = [o.result for o in outcomes if o.result]
     errors = [o.error for o in outcomes if o.error]
@@ -90,13 +116,15 @@ def build(model: Any, target: str | Iterable[str], *, example_inputs=None, preci
     return results[0] if isinstance(target, str) and len(results) == 1 else results
 
 
-def coverage(model: Any, target: str | Iterable[str], *, example_inputs=None, progress: Progress = lambda _: None,
-             **options) -> dict:
+def coverage(
+    model: Any, target: str | Iterable[str], *, example_inputs=None, progress: Progress = lambda _: None, **options
+) -> dict:
     """{target: Coverage} — the plan up to legalization for each target: no reference run, nothing compiled."""
     from vdeploy.pipeline import coverage_for_targets
 
-    return coverage_for_targets(request_for(model, _targets(target), example_inputs=example_inputs, **options),
-                                progress)
+    return coverage_for_targets(
+        request_for(model, _targets(target), example_inputs=example_inputs, **options), progress
+    )
 
 
 def debug(model: Any, target: str, *, example_inputs=None, progress: Progress = lambda _: None, **options):
@@ -119,9 +147,18 @@ def targets(catalog: str | Path | None = None) -> list[TargetInfo]:
     from vdeploy.graph_passes.ops import CAPABILITY_DOMAIN
     from vdeploy.targets import load_catalog
 
-    return [TargetInfo(t.name, tuple(t.spec.aliases), t.backend, t.spec.op_profile,
-                       tuple(sorted(str(op) for op in t.op_set if op.domain != CAPABILITY_DOMAIN)),
-                       tuple(sorted(op.op_type for op in t.op_set if op.domain == CAPABILITY_DOMAIN)),
-                       tuple(sorted(str(op) for op in t.unknown)), tuple(p.value for p in t.spec.precisions),
-                       t.spec.budgets.model_dump(mode="json"), t.spec.description)
-            for t in load_catalog(catalog)]
+    return [
+        TargetInfo(
+            t.name,
+            tuple(t.spec.aliases),
+            t.backend,
+            t.spec.op_profile,
+            tuple(sorted(str(op) for op in t.op_set if op.domain != CAPABILITY_DOMAIN)),
+            tuple(sorted(op.op_type for op in t.op_set if op.domain == CAPABILITY_DOMAIN)),
+            tuple(sorted(str(op) for op in t.unknown)),
+            tuple(p.value for p in t.spec.precisions),
+            t.spec.budgets.model_dump(mode="json"),
+            t.spec.description,
+        )
+        for t in load_catalog(catalog)
+    ]

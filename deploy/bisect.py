@@ -76,9 +76,19 @@ class BisectReport:
         return data
 
 
-def bisect(model: str, target_name: str, *, precision: str | None = None, input_shape=None, trust_pickle=False,
-           catalog=None, specs: Sequence | None = None, samples: int = 8, request=None,
-           progress: Progress = lambda _: None) -> BisectReport:
+def bisect(
+    model: str,
+    target_name: str,
+    *,
+    precision: str | None = None,
+    input_shape=None,
+    trust_pickle=False,
+    catalog=None,
+    specs: Sequence | None = None,
+    samples: int = 8,
+    request=None,
+    progress: Progress = lambda _: None,
+) -> BisectReport:
     """Run the target's build plan once with a numerics instrument and report where numerics first leave the
     target's tolerance. `request` (a BuildRequest) carries every build option (--calib, --eval-data, ...), so the
     artifact judged is the one `vdeploy build` makes; `specs` replaces the legalization rule specs (tests)."""
@@ -89,8 +99,15 @@ def bisect(model: str, target_name: str, *, precision: str | None = None, input_
     from vdeploy.plan import Shared, default_instruments, plan, run_plan
 
     if request is None:
-        request = BuildRequest(model=model, targets=(target_name,), precision=precision, input_shape=input_shape,
-                               trust_pickle=trust_pickle, catalog=catalog, samples=samples)
+        request = BuildRequest(
+            model=model,
+            targets=(target_name,),
+            precision=precision,
+            input_shape=input_shape,
+            trust_pickle=trust_pickle,
+            catalog=catalog,
+            samples=samples,
+        )
     if specs is not None:
         request = dataclasses.replace(request, rule_specs=tuple(specs))
     request = dataclasses.replace(request, iters=0, warmup=0)  # numerics only: no timed runs
@@ -135,8 +152,15 @@ class NumericsInstrument(Instrument):
                 self._check("precision", lowered, {}, state, self._gate(state))
         elif stage.name == "compare":
             ok = _within(state.numerics, self._gate(state))
-            self.stages.append(StageResult("backend", state.numerics.rel_err, state.numerics.cosine, ok,
-                                           f"{state.backend.name} {state.backend.version()} ({state.outputs_source})"))
+            self.stages.append(
+                StageResult(
+                    "backend",
+                    state.numerics.rel_err,
+                    state.numerics.cosine,
+                    ok,
+                    f"{state.backend.name} {state.backend.version()} ({state.outputs_source})",
+                )
+            )
             if not ok and self.first_bad is None:
                 self.first_bad = "backend"  # node-level blame needs a graph; the backend is reported as a stage
 
@@ -180,8 +204,7 @@ class NumericsInstrument(Instrument):
         self._previous = graph
 
     def report(self, state, files: dict[str, str]) -> BisectReport:
-        return BisectReport(state.target.name, state.precision, tuple(self.stages), self.first_bad, self.blame,
-                            files)
+        return BisectReport(state.target.name, state.precision, tuple(self.stages), self.first_bad, self.blame, files)
 
 
 def _sha256(path: Path) -> str:
@@ -190,8 +213,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def blame_node(stage: str, before, after, samples: dict[str, np.ndarray], tolerance, new_rules=frozenset()
-               ) -> NodeBlame | None:
+def blame_node(
+    stage: str, before, after, samples: dict[str, np.ndarray], tolerance, new_rules=frozenset()
+) -> NodeBlame | None:
     """Compare every float value both graphs (onnx.ModelProto) compute under one name; return the first node of
     `after`, in topological order, whose output leaves `tolerance` relative to that value's scale. `new_rules`: the
     rules this stage fired; a node they made is named as `nearest_rule_node`."""
@@ -220,11 +244,19 @@ def _blame(stage: str, node, value: str, numerics, new_rules: frozenset, beyond_
     from vdeploy.graph_passes.rules.base import RULE_KEY
 
     rule_node = _nearest_rule_node(node, new_rules, RULE_KEY)
-    return NodeBlame(stage, value, numerics.rel_err, numerics.cosine, _ref(node, RULE_KEY),
-                     _ref(rule_node, RULE_KEY) if rule_node else None, beyond_tolerance)
+    return NodeBlame(
+        stage,
+        value,
+        numerics.rel_err,
+        numerics.cosine,
+        _ref(node, RULE_KEY),
+        _ref(rule_node, RULE_KEY) if rule_node else None,
+        beyond_tolerance,
+    )
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------
+
 
 def _run_graph(model, samples: dict[str, np.ndarray], named: bool = False):
     """ONNX Runtime, all graph optimisations off, sample by sample: a list of stacked outputs ([samples, *shape]),
@@ -269,8 +301,11 @@ def _compare(reference, outputs: list):
 
 
 def _within(numerics, tolerance) -> bool:
-    return (numerics.rel_err <= tolerance.max_rel_err and numerics.cosine >= tolerance.min_cosine
-            and numerics.worst_sample_cosine >= tolerance.min_cosine)  # int8 hook: the worst sample holds too
+    return (
+        numerics.rel_err <= tolerance.max_rel_err
+        and numerics.cosine >= tolerance.min_cosine
+        and numerics.worst_sample_cosine >= tolerance.min_cosine
+    )  # int8 hook: the worst sample holds too
 
 
 def _fired(fired: dict) -> str:
@@ -298,5 +333,8 @@ def _nearest_rule_node(node, rules: frozenset, key: str):
 
 
 def _ref(node, key: str) -> NodeRef:
-    return NodeRef(node.name or "", node.op_type if not node.domain else f"{node.domain}::{node.op_type}",
-                   node.metadata_props.get(key))
+    return NodeRef(
+        node.name or "",
+        node.op_type if not node.domain else f"{node.domain}::{node.op_type}",
+        node.metadata_props.get(key),
+    )

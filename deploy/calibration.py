@@ -22,8 +22,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_LIMIT = 256
 RANDOM_SAMPLES = 32
-RANDOM_WARNING = ("no calibration data given: INT8 ranges were computed from seeded random inputs, so the INT8 "
-                  "accuracy is not representative of real data; pass --calib with a folder of images or a .npy/.npz")
+RANDOM_WARNING = (
+    "no calibration data given: INT8 ranges were computed from seeded random inputs, so the INT8 "
+    "accuracy is not representative of real data; pass --calib with a folder of images or a .npy/.npz"
+)
 
 Shape = Sequence[int | str | None]  # a model input shape; str/None/<=0 for dynamic dimensions
 
@@ -42,10 +44,20 @@ class Preprocessing:
     source: str = "imagenet defaults"  # where the numbers came from, for the manifest
 
     def to_dict(self) -> dict:
-        resize = ("bilinear, straight to the input HxW" if self.crop_pct is None else
-                  f"bicubic, short side to H/{self.crop_pct}, centre crop to HxW")
-        return {"mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct, "source": self.source,
-                "resize": resize, "scale": "pixels / 255, then (x - mean) / std", "layout": "NCHW, RGB (or L)"}
+        resize = (
+            "bilinear, straight to the input HxW"
+            if self.crop_pct is None
+            else f"bicubic, short side to H/{self.crop_pct}, centre crop to HxW"
+        )
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+            "source": self.source,
+            "resize": resize,
+            "scale": "pixels / 255, then (x - mean) / std",
+            "layout": "NCHW, RGB (or L)",
+        }
 
 
 @dataclass(frozen=True)
@@ -65,15 +77,20 @@ class CalibrationData:
         n = len(self)
         stop = max(n - n % batch_size, min(n, batch_size))
         for start in range(0, stop, batch_size):
-            yield {name: array[start:start + batch_size] for name, array in self.inputs.items()}
+            yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
 
-    def head(self, n: int) -> "CalibrationData":
-        return CalibrationData({k: v[:n] for k, v in self.inputs.items()}, self.source, self.warning,
-                               self.preprocessing)
+    def head(self, n: int) -> CalibrationData:
+        return CalibrationData(
+            {k: v[:n] for k, v in self.inputs.items()}, self.source, self.warning, self.preprocessing
+        )
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "samples": len(self), "warning": self.warning,
-                "preprocessing": self.preprocessing}
+        return {
+            "source": self.source,
+            "samples": len(self),
+            "warning": self.warning,
+            "preprocessing": self.preprocessing,
+        }
 
 
 def input_shapes(model) -> dict[str, tuple]:
@@ -88,9 +105,14 @@ def input_shapes(model) -> dict[str, tuple]:
     return shapes
 
 
-def load_calibration(path: str | Path | None, shapes: Mapping[str, Shape], *,
-                     preprocessing: Preprocessing | None = None, limit: int = DEFAULT_LIMIT,
-                     seed: int = 0) -> CalibrationData:
+def load_calibration(
+    path: str | Path | None,
+    shapes: Mapping[str, Shape],
+    *,
+    preprocessing: Preprocessing | None = None,
+    limit: int = DEFAULT_LIMIT,
+    seed: int = 0,
+) -> CalibrationData:
     """Read --calib PATH (a folder of images, a .npy or .npz; None for seeded random data) for a model whose
     inputs have these shapes. At most `limit` samples are kept."""
     shapes = {name: _dims(shape) for name, shape in shapes.items()}
@@ -108,8 +130,10 @@ def load_calibration(path: str | Path | None, shapes: Mapping[str, Shape], *,
         with np.load(path) as archive:
             arrays = {key: archive[key] for key in archive.files}
         return CalibrationData(_match_npz(arrays, shapes, path, limit), f"npz: {path}")
-    raise CalibrationError(f"calibration path {path} is not a folder of images, a .npy or a .npz file",
-                           "pass --calib DIR (images), --calib FILE.npy or --calib FILE.npz")
+    raise CalibrationError(
+        f"calibration path {path} is not a folder of images, a .npy or a .npz file",
+        "pass --calib DIR (images), --calib FILE.npy or --calib FILE.npz",
+    )
 
 
 def random_calibration(shapes: Mapping[str, Shape], samples: int = RANDOM_SAMPLES, seed: int = 0) -> CalibrationData:
@@ -130,8 +154,10 @@ def _dims(shape: Shape) -> tuple[int | None, ...]:
 
 def _single_input(shapes: Mapping[str, Shape], what: str) -> tuple[str, Shape]:
     if len(shapes) != 1:
-        raise CalibrationError(f"{what} can only calibrate a model with one input; this one has {len(shapes)}",
-                               f"pass a .npz with one array per input: {', '.join(shapes)}")
+        raise CalibrationError(
+            f"{what} can only calibrate a model with one input; this one has {len(shapes)}",
+            f"pass a .npz with one array per input: {', '.join(shapes)}",
+        )
     return next(iter(shapes.items()))
 
 
@@ -143,8 +169,10 @@ def _samples(array: np.ndarray, shape: Shape, name: str, path: Path) -> np.ndarr
     fixed = [(i, d) for i, d in enumerate(shape) if d is not None and i > 0]
     if array.ndim != len(shape) or any(array.shape[i] != d for i, d in fixed):
         want = "x".join("N" if i == 0 else str(d or "?") for i, d in enumerate(shape))
-        raise CalibrationError(f"calibration array for input {name!r} in {path} has shape {array.shape}; "
-                               f"the model wants {want}", "save arrays shaped like the model input, samples first")
+        raise CalibrationError(
+            f"calibration array for input {name!r} in {path} has shape {array.shape}; the model wants {want}",
+            "save arrays shaped like the model input, samples first",
+        )
     if len(array) == 0:
         raise CalibrationError(f"calibration array for input {name!r} in {path} is empty", "add samples")
     return array
@@ -156,12 +184,15 @@ def _match_npz(arrays: dict, shapes: Mapping[str, Shape], path: Path, limit: int
         return {name: _samples(next(iter(arrays.values())), shape, name, path)[:limit]}
     missing = [name for name in shapes if name not in arrays]
     if missing:
-        raise CalibrationError(f"{path} has no array for input(s) {', '.join(missing)} (it has: "
-                               f"{', '.join(arrays) or 'nothing'})", "name the arrays after the model inputs")
+        raise CalibrationError(
+            f"{path} has no array for input(s) {', '.join(missing)} (it has: {', '.join(arrays) or 'nothing'})",
+            "name the arrays after the model inputs",
+        )
     out = {name: _samples(arrays[name], shape, name, path)[:limit] for name, shape in shapes.items()}
     if len({len(a) for a in out.values()}) != 1:
-        raise CalibrationError(f"the arrays in {path} hold different numbers of samples",
-                               "give every input the same number of samples")
+        raise CalibrationError(
+            f"the arrays in {path} hold different numbers of samples", "give every input the same number of samples"
+        )
     return out
 
 
@@ -171,12 +202,16 @@ def _images(folder: Path, shapes: Mapping[str, Shape], prep: Preprocessing, limi
     name, shape = _single_input(shapes, "a folder of images")
     channels, height, width = (shape[1], shape[2], shape[3]) if len(shape) == 4 else (None, None, None)
     if channels not in (1, 3) or not isinstance(height, int) or not isinstance(width, int) or min(height, width) <= 0:
-        raise CalibrationError(f"input {name!r} has shape {shape}, not NCHW with 1 or 3 channels and a fixed size",
-                               "pass --calib with a .npy/.npz of ready-made input tensors instead")
+        raise CalibrationError(
+            f"input {name!r} has shape {shape}, not NCHW with 1 or 3 channels and a fixed size",
+            "pass --calib with a .npy/.npz of ready-made input tensors instead",
+        )
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
     if not files:
-        raise CalibrationError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
-                               "point --calib at a folder of images, or at a .npy/.npz")
+        raise CalibrationError(
+            f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})",
+            "point --calib at a folder of images, or at a .npy/.npz",
+        )
     mean = _per_channel(prep.mean, channels, "mean")
     std = _per_channel(prep.std, channels, "std")
     batch = []
@@ -190,7 +225,7 @@ def _images(folder: Path, shapes: Mapping[str, Shape], prep: Preprocessing, limi
         batch.append(((pixels - mean) / std).transpose(2, 0, 1))
     data = np.stack(batch).astype(np.float32)
     per_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
-    data = data[:len(data) - len(data) % per_batch] if len(data) >= per_batch else data
+    data = data[: len(data) - len(data) % per_batch] if len(data) >= per_batch else data
     return CalibrationData({name: data}, f"images: {folder} ({len(files)} files)", None, prep.to_dict())
 
 
@@ -202,8 +237,9 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> np.ndarra
         return np.full(channels, values[0], dtype=np.float32)
     if channels == 1:  # a grey model with RGB statistics: use their mean
         return np.asarray([sum(values) / len(values)], dtype=np.float32)
-    raise CalibrationError(f"--{what} has {len(values)} values; the model has {channels} channels",
-                           f"pass one value or {channels} values")
+    raise CalibrationError(
+        f"--{what} has {len(values)} values; the model has {channels} channels", f"pass one value or {channels} values"
+    )
 
 
 def _resize(image, height: int, width: int, crop_pct: float | None):
@@ -212,7 +248,8 @@ def _resize(image, height: int, width: int, crop_pct: float | None):
     if crop_pct is None:
         return image.resize((width, height), Image.Resampling.BILINEAR)
     scale = max(height, width) / crop_pct / min(image.size)
-    resized = image.resize((max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))),
-                           Image.Resampling.BICUBIC)
+    resized = image.resize(
+        (max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))), Image.Resampling.BICUBIC
+    )
     left, top = (resized.size[0] - width) // 2, (resized.size[1] - height) // 2
     return resized.crop((left, top, left + width, top + height))

@@ -47,11 +47,14 @@ class PrecisionSupport:
         return {ISA_ENV: self.isa_cap} if self.ok and self.isa_cap else {}
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "ok": self.ok, "isa_cap": self.isa_cap, "reason": self.reason,
-                "inference_precision": self.inference_precision,
-                "attempts": [a.__dict__ for a in self.attempts]}
-
-
+        return {
+            "precision": self.precision,
+            "ok": self.ok,
+            "isa_cap": self.isa_cap,
+            "reason": self.reason,
+            "inference_precision": self.inference_precision,
+            "attempts": [a.__dict__ for a in self.attempts],
+        }
 
 
 def cpu_flags() -> frozenset[str]:
@@ -89,14 +92,18 @@ def probe(precision: str, timeout_s: float = 120.0) -> PrecisionSupport:
         attempt, used = _attempt(precision, cap, timeout_s)
         attempts.append(attempt)
         if attempt.outcome == "ok":
-            how = "with the runtime's default ISA" if cap is None else \
-                f"with {ISA_ENV}={cap}: the default ISA died ({attempts[0].detail})"
+            how = (
+                "with the runtime's default ISA"
+                if cap is None
+                else f"with {ISA_ENV}={cap}: the default ISA died ({attempts[0].detail})"
+            )
             return PrecisionSupport(True, cap, f"{precision} inference ran {how}", precision, used, tuple(attempts))
         if attempt.outcome != "signal":
             break  # an error or a wrong answer: a lower ISA will not fix it
     last = attempts[-1]
-    return PrecisionSupport(False, None, f"{precision} probe failed: {last.outcome}: {last.detail}", precision, None,
-                       tuple(attempts))
+    return PrecisionSupport(
+        False, None, f"{precision} probe failed: {last.outcome}: {last.detail}", precision, None, tuple(attempts)
+    )
 
 
 def _attempt(precision: str, cap: str | None, timeout_s: float) -> tuple[ProbeAttempt, str | None]:
@@ -104,8 +111,13 @@ def _attempt(precision: str, cap: str | None, timeout_s: float) -> tuple[ProbeAt
     if cap:
         env[ISA_ENV] = cap
     try:
-        proc = subprocess.run([sys.executable, "-m", "vdeploy.cpu_features", "--child", precision],
-                              capture_output=True, text=True, timeout=timeout_s, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vdeploy.cpu_features", "--child", precision],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return ProbeAttempt(cap, "timeout", f"no answer within {timeout_s:.0f} s"), None
     if proc.returncode < 0:
@@ -116,13 +128,16 @@ def _attempt(precision: str, cap: str | None, timeout_s: float) -> tuple[ProbeAt
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return ProbeAttempt(cap, "error", f"exit {proc.returncode}: {last[:200]}"), None
     result = json.loads(lines[-1])
-    detail = (f"max rel err {result['rel_err']:.2e}, compiled as {result['precision']}, "
-              f"kernels {', '.join(result.get('kernels', [])) or '?'}")
+    detail = (
+        f"max rel err {result['rel_err']:.2e}, compiled as {result['precision']}, "
+        f"kernels {', '.join(result.get('kernels', [])) or '?'}"
+    )
     outcome = "ok" if result["rel_err"] <= MAX_REL_ERR[precision] else "wrong"
     return ProbeAttempt(cap, outcome, detail), result["precision"]
 
 
 # ---- child side ---------------------------------------------------------------------------------------------
+
 
 def _child(precision: str) -> None:
     """Build Conv(3x3, 64ch, 56x56) -> Relu -> MatMul(3136x64 @ 64x512) (FakeQuantize'd for int8), compile,
@@ -144,13 +159,14 @@ def _child(precision: str) -> None:
     padded = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
     for i in range(3):
         for j in range(3):
-            conv_ref += np.einsum("oc,chw->ohw", w[:, :, i, j], padded[:, i:i + 56, j:j + 56])
+            conv_ref += np.einsum("oc,chw->ohw", w[:, :, i, j], padded[:, i : i + 56, j : j + 56])
     hidden = np.maximum(conv_ref, 0).reshape(64, -1)
     ref = hidden.T @ a.T  # (3136, 512): activations x constant weights, a FullyConnected for the CPU plugin
 
     param = ops.parameter(list(x.shape), np.float32, name="x")
-    conv = ops.convolution(fq(param, np.abs(x).max()), fq(ops.constant(w), np.abs(w).max()), [1, 1], [1, 1],
-                           [1, 1], [1, 1])
+    conv = ops.convolution(
+        fq(param, np.abs(x).max()), fq(ops.constant(w), np.abs(w).max()), [1, 1], [1, 1], [1, 1], [1, 1]
+    )
     flat = ops.reshape(ops.relu(conv), ops.constant(np.array([64, 56 * 56], np.int64)), False)
     out = ops.matmul(fq(flat, hidden.max()), fq(ops.constant(a), np.abs(a).max()), True, True)
     hint = "bf16" if precision == "bf16" else "f32"
@@ -166,7 +182,10 @@ def _kernels(compiled) -> set[str]:
     found = set()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        field = lambda key: info[key].astype(str) if key in info else "?"  # noqa: E731
+
+        def field(key, info=info):
+            return info[key].astype(str) if key in info else "?"
+
         if field("layerType") in ("Convolution", "FullyConnected", "MatMul"):
             found.add(f"{field('layerType')}:{field('primitiveType')}@{field('runtimePrecision')}")
     return found

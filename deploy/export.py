@@ -47,8 +47,10 @@ def export_onnx(loaded: LoadedModel, example_inputs: tuple, opset: int) -> Expor
     try:
         model = _legacy(loaded, example_inputs, legacy_opset)
     except Exception as exc:
-        raise ExportError(f"ONNX export failed with both exporters: {first_line(exc)}",
-                          "export the model to ONNX yourself and pass the .onnx file") from None
+        raise ExportError(
+            f"ONNX export failed with both exporters: {first_line(exc)}",
+            "export the model to ONNX yourself and pass the .onnx file",
+        ) from None
     got = default_opset(model)
     if got != opset:
         notes.append(f"legacy exporter produced opset {got} (asked for {opset})")
@@ -60,8 +62,9 @@ def _dynamo(loaded: LoadedModel, example_inputs: tuple, opset: int):
 
     subject = loaded.program if loaded.program is not None else loaded.module
     with _quiet():
-        program = torch.onnx.export(subject, example_inputs, dynamo=True, opset_version=opset,
-                                    verbose=False, external_data=False)
+        program = torch.onnx.export(
+            subject, example_inputs, dynamo=True, opset_version=opset, verbose=False, external_data=False
+        )
     return program.model_proto
 
 
@@ -72,8 +75,15 @@ def _legacy(loaded: LoadedModel, example_inputs: tuple, opset: int):
     names = [f"input_{i}" for i in range(len(example_inputs))] if len(example_inputs) > 1 else ["input"]
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         path = Path(tmp) / "model.onnx"
-        torch.onnx.export(loaded.module, example_inputs, str(path), dynamo=False, opset_version=opset,
-                          input_names=names, do_constant_folding=True)
+        torch.onnx.export(
+            loaded.module,
+            example_inputs,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=names,
+            do_constant_folding=True,
+        )
         return onnx.load(str(path))
 
 

@@ -13,7 +13,6 @@ Forms: ort_qdq (uint8 activations, int32 bias: ORT CPU), symmetric_qdq (int8 sym
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ class Gate:
     min_cosine: float
     max_rel_err: float
 
-    def check(self, reference: np.ndarray, outputs: np.ndarray) -> "GateResult":
+    def check(self, reference: np.ndarray, outputs: np.ndarray) -> GateResult:
         ref, out = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
         if not np.all(np.isfinite(out)):
             return GateResult(0.0, 0.0, float("inf"), self)
@@ -72,8 +71,7 @@ class GateResult:
 
     @property
     def holds(self) -> bool:
-        return (min(self.cosine, self.worst_cosine) >= self.gate.min_cosine
-                and self.rel_err <= self.gate.max_rel_err)
+        return min(self.cosine, self.worst_cosine) >= self.gate.min_cosine and self.rel_err <= self.gate.max_rel_err
 
     @property
     def shortfall(self) -> float:
@@ -81,8 +79,12 @@ class GateResult:
         return max(0.0, self.gate.min_cosine - min(self.cosine, self.worst_cosine))
 
     def to_dict(self) -> dict:
-        return {"cosine": round(self.cosine, 6), "worst_sample_cosine": round(self.worst_cosine, 6),
-                "rel_err": round(self.rel_err, 5), "holds": self.holds}
+        return {
+            "cosine": round(self.cosine, 6),
+            "worst_sample_cosine": round(self.worst_cosine, 6),
+            "rel_err": round(self.rel_err, 5),
+            "holds": self.holds,
+        }
 
 
 @dataclass(frozen=True)
@@ -95,18 +97,30 @@ class Int8Options:
     run_env: dict | None = None  # environment OpenVINO INT8 must run under here (an ISA cap): judged in a child
 
 
-def quantize_int8(model, calib: CalibrationData, form: Int8Form, placement: Placement, gate: Gate,
-                  progress: Callable[[str], None] = lambda _: None, options: Int8Options = Int8Options(),
-                  evaluate: Callable | None = None):
+def quantize_int8(
+    model,
+    calib: CalibrationData,
+    form: Int8Form,
+    placement: Placement,
+    gate: Gate,
+    progress: Callable[[str], None] = lambda _: None,
+    options: Int8Options = Int8Options(),
+    evaluate: Callable | None = None,
+):
     """(quantized model, info). `evaluate(quantized) -> outputs [n, ...]` runs the form's artifact on the first
     EVAL_SAMPLES calibration samples (default: ONNX Runtime for Q/DQ forms, OpenVINO CPU for NNCF)."""
     from vdeploy import int8_fallback
 
     started = time.perf_counter()
     model = name_nodes(model)
-    info: dict = {"form": form.value, "gate": {"min_cosine": gate.min_cosine, "max_rel_err": gate.max_rel_err,
-                                                "judged_on": f"first {min(EVAL_SAMPLES, len(calib))} calibration "
-                                                             "samples, worst sample and pooled"}}
+    info: dict = {
+        "form": form.value,
+        "gate": {
+            "min_cosine": gate.min_cosine,
+            "max_rel_err": gate.max_rel_err,
+            "judged_on": f"first {min(EVAL_SAMPLES, len(calib))} calibration samples, worst sample and pooled",
+        },
+    }
     calib = _converged(model, calib, options, info, progress)
     eval_data = calib.head(EVAL_SAMPLES)
     evaluate = evaluate or default_evaluator(form, eval_data, options.run_env)
@@ -119,28 +133,37 @@ def quantize_int8(model, calib: CalibrationData, form: Int8Form, placement: Plac
     sensitive = options.sensitive
     if isinstance(sensitive, int) and sensitive > 0:
         progress(f"measuring per-layer INT8 sensitivity (keeping the {sensitive} worst float)")
-        ranking = int8_fallback.rank_layers(prepared, calib, placement, eval_data, reference,
-                                            options.time_budget_s, progress)
+        ranking = int8_fallback.rank_layers(
+            prepared, calib, placement, eval_data, reference, options.time_budget_s, progress
+        )
         chosen = tuple(ranking.names[:sensitive])
         quantized, result = build(placement.keep_float(chosen)), None
         result = gate.check(reference, evaluate(quantized))
         info["fallback"] = {"mode": f"fixed {sensitive}", "ranking": ranking.to_dict(), "float_layers": list(chosen)}
         placement = placement.keep_float(chosen)
     elif sensitive == AUTO and not result.holds:
-        progress(f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f} < {gate.min_cosine}): "
-                 "searching the fewest layers to keep float")
-        search = int8_fallback.fewest_float_layers(prepared, calib, placement, gate, eval_data, reference, build,
-                                                   evaluate, options.time_budget_s, progress)
+        progress(
+            f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f} < {gate.min_cosine}): "
+            "searching the fewest layers to keep float"
+        )
+        search = int8_fallback.fewest_float_layers(
+            prepared, calib, placement, gate, eval_data, reference, build, evaluate, options.time_budget_s, progress
+        )
         info["fallback"] = search.to_dict()
-        quantized, result, placement = search.model or quantized, search.result or result, \
-            placement.keep_float(search.float_layers)
+        quantized, result, placement = (
+            search.model or quantized,
+            search.result or result,
+            placement.keep_float(search.float_layers),
+        )
     info["result"] = result.to_dict()
     info["float_layers"] = sorted(n for n in placement.keep_float_nodes if not n.startswith("vdeploy_smooth/"))
     info["placement"] = placement.to_dict()
     info["quantize_seconds"] = round(time.perf_counter() - started, 1)
     if not result.holds:
-        info["gate_missed_by"] = {"cosine": round(result.shortfall, 6),
-                                  "rel_err": round(max(0.0, result.rel_err - gate.max_rel_err), 6)}
+        info["gate_missed_by"] = {
+            "cosine": round(result.shortfall, 6),
+            "rel_err": round(max(0.0, result.rel_err - gate.max_rel_err), 6),
+        }
     return quantized, info
 
 
@@ -148,8 +171,12 @@ def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, 
     from vdeploy.activation_stats import activation_stats
 
     if not options.converge or len(calib) <= 16:
-        info["calibration_size"] = {"samples_used": len(calib), "samples_given": len(calib),
-                                    "converged": None, "why": "all samples (convergence off or <= 16 given)"}
+        info["calibration_size"] = {
+            "samples_used": len(calib),
+            "samples_given": len(calib),
+            "converged": None,
+            "why": "all samples (convergence off or <= 16 given)",
+        }
         return calib
     progress(f"measuring activation-range convergence on up to {len(calib)} calibration samples")
     stats = activation_stats(model, calib, [])
@@ -170,15 +197,27 @@ def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Opt
     return smoothed.model, placement.keep_float(smoothed.mul_nodes)
 
 
-def quantize_in_form(model, calib: CalibrationData, form: Int8Form, placement: Placement,
-                     options: Int8Options = Int8Options(), calibration_cache=None):
+def quantize_in_form(
+    model,
+    calib: CalibrationData,
+    form: Int8Form,
+    placement: Placement,
+    options: Int8Options = Int8Options(),
+    calibration_cache=None,
+):
     from vdeploy.quantize import quantize_onnx_qdq, quantize_openvino
 
     if form is Int8Form.nncf_openvino:
         alpha = NNCF_ALPHA if options.smooth_alpha is None else options.smooth_alpha
         return quantize_openvino(model, calib, placement, smooth_alpha=alpha)
-    return quantize_onnx_qdq(model, calib, placement, symmetric=form is Int8Form.symmetric_qdq,
-                             calibration_cache=calibration_cache, range_overrides=options.learned_ranges)
+    return quantize_onnx_qdq(
+        model,
+        calib,
+        placement,
+        symmetric=form is Int8Form.symmetric_qdq,
+        calibration_cache=calibration_cache,
+        range_overrides=options.learned_ranges,
+    )
 
 
 def reference_outputs(model, calib: CalibrationData) -> np.ndarray:
@@ -231,15 +270,21 @@ def _ov_child(ov_model, calib: CalibrationData, env: dict) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="vdeploy-int8-eval-") as tmp:
         ov.save_model(ov_model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
         np.savez(Path(tmp) / "in.npz", **calib.inputs)
-        code = ("import sys, numpy as np, openvino as ov; from vdeploy.calibration import CalibrationData; "
-                "from vdeploy.int8 import _ov_run; d = sys.argv[1]; a = np.load(d + '/in.npz'); "
-                "np.save(d + '/out.npy', _ov_run(ov.Core().read_model(d + '/m.xml'), "
-                "CalibrationData({k: a[k] for k in a.files}, 'eval')))")
-        done = subprocess.run([sys.executable, "-c", code, tmp], env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=600)
+        code = (
+            "import sys, numpy as np, openvino as ov; from vdeploy.calibration import CalibrationData; "
+            "from vdeploy.int8 import _ov_run; d = sys.argv[1]; a = np.load(d + '/in.npz'); "
+            "np.save(d + '/out.npy', _ov_run(ov.Core().read_model(d + '/m.xml'), "
+            "CalibrationData({k: a[k] for k in a.files}, 'eval')))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, tmp], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0:
             from vdeploy.quantize import QuantizeError
 
-            raise QuantizeError(f"OpenVINO INT8 evaluation failed in a child process (exit {done.returncode}): "
-                                f"{done.stderr.strip()[-300:]}", "build with --int8-sensitive 0 to skip the gate search")
+            raise QuantizeError(
+                f"OpenVINO INT8 evaluation failed in a child process (exit {done.returncode}): "
+                f"{done.stderr.strip()[-300:]}",
+                "build with --int8-sensitive 0 to skip the gate search",
+            )
         return np.load(Path(tmp) / "out.npy")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +34,13 @@ class Ranking:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {"measured_on": "ONNX Runtime Q/DQ (ranges calibrated once)", "layers_measured": len(self.measured),
-                "layers_unmeasured": self.unmeasured, "seconds": round(self.seconds, 1),
-                "top": list(self.measured[:10])}
+        return {
+            "measured_on": "ONNX Runtime Q/DQ (ranges calibrated once)",
+            "layers_measured": len(self.measured),
+            "layers_unmeasured": self.unmeasured,
+            "seconds": round(self.seconds, 1),
+            "top": list(self.measured[:10]),
+        }
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,26 @@ class FallbackSearch:
     costs: dict = field(default_factory=dict)  # latency figures
 
     def to_dict(self) -> dict:
-        return {"mode": "auto", "reached": self.reached, "float_layers": list(self.float_layers),
-                "probes": list(self.probes), "ranking": self.ranking.to_dict(), "latency": self.costs}
+        return {
+            "mode": "auto",
+            "reached": self.reached,
+            "float_layers": list(self.float_layers),
+            "probes": list(self.probes),
+            "ranking": self.ranking.to_dict(),
+            "latency": self.costs,
+        }
 
 
-def rank_layers(model, calib: CalibrationData, placement: Placement, eval_data: CalibrationData,
-                reference: np.ndarray, budget_s: float, progress) -> Ranking:
-    from vdeploy.int8 import _ort_run, Gate
+def rank_layers(
+    model,
+    calib: CalibrationData,
+    placement: Placement,
+    eval_data: CalibrationData,
+    reference: np.ndarray,
+    budget_s: float,
+    progress,
+) -> Ranking:
+    from vdeploy.int8 import Gate, _ort_run
 
     started = time.perf_counter()
     excluded = set(placement.float_nodes(model))
@@ -65,8 +82,11 @@ def rank_layers(model, calib: CalibrationData, placement: Placement, eval_data: 
     scores = []
     with tempfile.TemporaryDirectory(prefix="vdeploy-rank-") as tmp:
         cache = Path(tmp) / "ranges.json"
-        run = lambda p: gate.check(reference, _ort_run(quantize_onnx_qdq(  # noqa: E731
-            model, calib, p, calibration_cache=cache), eval_data)).worst_cosine
+
+        def run(p):
+            quantized = quantize_onnx_qdq(model, calib, p, calibration_cache=cache)
+            return gate.check(reference, _ort_run(quantized, eval_data)).worst_cosine
+
         baseline = run(placement)
         for i, name in enumerate(candidates):
             if time.perf_counter() - started > budget_s:
@@ -81,8 +101,18 @@ def rank_layers(model, calib: CalibrationData, placement: Placement, eval_data: 
     return Ranking(names, tuple(scores), len(candidates) - len(scores), time.perf_counter() - started)
 
 
-def fewest_float_layers(model, calib, placement: Placement, gate, eval_data, reference, build: Callable,
-                        evaluate: Callable, budget_s: float, progress) -> FallbackSearch:
+def fewest_float_layers(
+    model,
+    calib,
+    placement: Placement,
+    gate,
+    eval_data,
+    reference,
+    build: Callable,
+    evaluate: Callable,
+    budget_s: float,
+    progress,
+) -> FallbackSearch:
     """Binary search for the smallest k such that the k most sensitive layers float make the gate hold."""
     ranking = rank_layers(model, calib, placement, eval_data, reference, budget_s * 0.75, progress)
     probes, built = [], {}
@@ -121,8 +151,15 @@ def _with_costs(search: FallbackSearch, fp32_model, build, placement, eval_data,
             models["all_candidates_float"] = all_float
         ms = _latencies(models, eval_data)
     except Exception as exc:  # latency is a report figure; a failure to time must not fail the build
-        return FallbackSearch(search.float_layers, search.result, search.model, search.reached, search.probes,
-                              search.ranking, {"error": f"{type(exc).__name__}: {exc}"[:200]})
+        return FallbackSearch(
+            search.float_layers,
+            search.result,
+            search.model,
+            search.reached,
+            search.probes,
+            search.ranking,
+            {"error": f"{type(exc).__name__}: {exc}"[:200]},
+        )
     costs: dict[str, object] = {"source": f"measured here, p50 of {LATENCY_ITERS} interleaved runs", "ms": ms}
     if chosen is not None and search.float_layers:
         extra = ms["chosen"] - ms["int8_all"]
@@ -130,9 +167,13 @@ def _with_costs(search: FallbackSearch, fp32_model, build, placement, eval_data,
         costs["per_layer_ms"] = _split_by_macs(fp32_model, search.float_layers, extra)
         costs["per_layer_source"] = "the measured total split in proportion to each layer's MACs (estimate)"
     if not search.reached:
-        costs["cheapest_float_fallback"] = {"what": "FP32 build", "extra_ms_vs_int8": round(ms["fp32"] - ms["int8_all"], 4)}
-    return FallbackSearch(search.float_layers, search.result, search.model, search.reached, search.probes,
-                          search.ranking, costs)
+        costs["cheapest_float_fallback"] = {
+            "what": "FP32 build",
+            "extra_ms_vs_int8": round(ms["fp32"] - ms["int8_all"], 4),
+        }
+    return FallbackSearch(
+        search.float_layers, search.result, search.model, search.reached, search.probes, search.ranking, costs
+    )
 
 
 def _latencies(models: dict, eval_data: CalibrationData) -> dict[str, float]:
@@ -140,7 +181,7 @@ def _latencies(models: dict, eval_data: CalibrationData) -> dict[str, float]:
     runners = {name: _runner(m) for name, m in models.items()}
     feed = next(eval_data.batches(1))
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for name, run in runners.items():
+    for run in runners.values():
         for _ in range(3):
             run(feed)
     for _ in range(LATENCY_ITERS):

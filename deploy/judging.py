@@ -43,19 +43,34 @@ def power_figure(run) -> dict | None:
     return {**run.energy, "energy_mj": round(run.energy["joules"] / run.latency.runs * 1000.0, 4)}
 
 
-def figures_of_run(run, *, size_mb: float, host_reason: str | None, estimate: dict | None = None,
-                   top1_drop_pt: float | None = None, accuracy_reason: str | None = None) -> Figures:
+def figures_of_run(
+    run,
+    *,
+    size_mb: float,
+    host_reason: str | None,
+    estimate: dict | None = None,
+    top1_drop_pt: float | None = None,
+    accuracy_reason: str | None = None,
+) -> Figures:
     """Figures from a run of the artifact; an estimate ({"latency_ms", "source", "mean"?, "energy_mj"?}) stands in
     for latency or power only where nothing was measured, and is labelled with its source."""
-    figures = Figures(latency=run.latency, power=power_figure(run), size_mb=size_mb, peak_mem_mb=run.peak_rss_mb,
-                      top1_drop_pt=top1_drop_pt)
+    figures = Figures(
+        latency=run.latency,
+        power=power_figure(run),
+        size_mb=size_mb,
+        peak_mem_mb=run.peak_rss_mb,
+        top1_drop_pt=top1_drop_pt,
+    )
     if estimate is not None and figures.latency is None and estimate.get("latency_ms") is not None:
         figures.latency = Latency.from_samples([estimate["latency_ms"]])
         figures.latency_source = estimate.get("source", "estimate")
         figures.estimated.add("latency_ms")
     if estimate is not None and figures.power is None and estimate.get("mean") is not None:
-        figures.power = {"mean": estimate["mean"], "source": estimate.get("source", "estimate"),
-                         "energy_mj": estimate.get("energy_mj")}
+        figures.power = {
+            "mean": estimate["mean"],
+            "source": estimate.get("source", "estimate"),
+            "energy_mj": estimate.get("energy_mj"),
+        }
         figures.estimated.add("power_w")
     for name in ("sram_kb", "flash_kb"):
         if estimate is not None and estimate.get(name) is not None:
@@ -70,10 +85,23 @@ def figures_of_run(run, *, size_mb: float, host_reason: str | None, estimate: di
     return figures
 
 
-def judge_figures(budgets: Budgets, tolerance: Tolerance, numerics, figures: Figures, *, allow_estimates: bool,
-                  deferred: str = "") -> Judgement:
+def judge_figures(
+    budgets: Budgets, tolerance: Tolerance, numerics, figures: Figures, *, allow_estimates: bool, deferred: str = ""
+) -> Judgement:
     power = figures.power or {}
-    return judge(budgets, tolerance, numerics=numerics, latency=figures.latency, size_mb=figures.size_mb,
-                 power_w=power.get("mean"), missing=figures.missing, estimated=frozenset(figures.estimated),
-                 allow_estimates=allow_estimates, energy_mj=power.get("energy_mj"), peak_mem_mb=figures.peak_mem_mb,
-                 deferred=deferred, top1_drop_pt=figures.top1_drop_pt, extra=figures.extra)
+    return judge(
+        budgets,
+        tolerance,
+        numerics=numerics,
+        latency=figures.latency,
+        size_mb=figures.size_mb,
+        power_w=power.get("mean"),
+        missing=figures.missing,
+        estimated=frozenset(figures.estimated),
+        allow_estimates=allow_estimates,
+        energy_mj=power.get("energy_mj"),
+        peak_mem_mb=figures.peak_mem_mb,
+        deferred=deferred,
+        top1_drop_pt=figures.top1_drop_pt,
+        extra=figures.extra,
+    )

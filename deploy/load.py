@@ -63,10 +63,12 @@ def sha256_file(path: Path) -> str:
 
 def load_model(source: str, *, trust_pickle: bool = False) -> LoadedModel:
     if source.startswith(TIMM_PREFIX):
-        return _load_timm(source[len(TIMM_PREFIX):])
+        return _load_timm(source[len(TIMM_PREFIX) :])
     path = Path(source)
     if not path.is_file():
-        raise ModelLoadError(f"model file not found: {source}", "check the path (or use timm:NAME for a timm architecture)")
+        raise ModelLoadError(
+            f"model file not found: {source}", "check the path (or use timm:NAME for a timm architecture)"
+        )
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{source} is empty", "re-save the model")
     with path.open("rb") as f:
@@ -107,18 +109,23 @@ def _load_exported(path: Path) -> LoadedModel:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for damaged archives
-        raise ModelLoadError(f"{path} could not be loaded as a torch.export program: {first_line(exc)}",
-                             "re-export it with torch.export.save") from None
-    return _loaded(path, ModelFormat.exported_program, exported_inputs(program), module=program.module(),
-                   program=program)
+        raise ModelLoadError(
+            f"{path} could not be loaded as a torch.export program: {first_line(exc)}",
+            "re-export it with torch.export.save",
+        ) from None
+    return _loaded(
+        path, ModelFormat.exported_program, exported_inputs(program), module=program.module(), program=program
+    )
 
 
 def exported_inputs(program) -> list[InputSpec]:
     """The static user inputs of a torch.export program."""
     user_inputs = set(program.graph_signature.user_inputs)
-    return [InputSpec(node.name, tuple(int(d) for d in node.meta["val"].shape), _dtype_name(node.meta["val"].dtype))
-            for node in program.graph.nodes
-            if node.op == "placeholder" and node.name in user_inputs and _is_static(node.meta.get("val"))]
+    return [
+        InputSpec(node.name, tuple(int(d) for d in node.meta["val"].shape), _dtype_name(node.meta["val"].dtype))
+        for node in program.graph.nodes
+        if node.op == "placeholder" and node.name in user_inputs and _is_static(node.meta.get("val"))
+    ]
 
 
 def _load_torchscript(path: Path) -> LoadedModel:
@@ -127,8 +134,9 @@ def _load_torchscript(path: Path) -> LoadedModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
-        raise ModelLoadError(f"{path} could not be loaded as TorchScript: {first_line(exc)}",
-                             "re-save it with torch.jit.save") from None
+        raise ModelLoadError(
+            f"{path} could not be loaded as TorchScript: {first_line(exc)}", "re-save it with torch.jit.save"
+        ) from None
     return _loaded(path, ModelFormat.torchscript, module=module)
 
 
@@ -143,18 +151,23 @@ def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
         except pickle.UnpicklingError:
             raise ModelLoadError(
                 f"{path} holds pickled Python objects; loading it would run code from the file",
-                "pass --trust-pickle only if you trust its source, or save the model with torch.export.save") from None
+                "pass --trust-pickle only if you trust its source, or save the model with torch.export.save",
+            ) from None
         except Exception as exc:
             raise ModelLoadError(f"{path} is truncated or corrupt: {first_line(exc)}", "re-save the model") from None
-        raise ModelLoadError(f"{path} holds only tensors ({type(obj).__name__}), not a model architecture",
-                             "save the model itself with torch.export.save or torch.jit.save")
+        raise ModelLoadError(
+            f"{path} holds only tensors ({type(obj).__name__}), not a model architecture",
+            "save the model itself with torch.export.save or torch.jit.save",
+        )
     try:
         module = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ModelLoadError(f"{path} could not be unpickled: {first_line(exc)}", "re-save the model") from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"{path} unpickles to {type(module).__name__}, not an nn.Module",
-                             "save the module (torch.save(model)) or use torch.export.save")
+        raise ModelLoadError(
+            f"{path} unpickles to {type(module).__name__}, not an nn.Module",
+            "save the module (torch.save(model)) or use torch.export.save",
+        )
     return _loaded(path, ModelFormat.pickle, module=module.eval())
 
 
@@ -165,11 +178,15 @@ def _load_onnx(path: Path) -> LoadedModel:
     try:
         model = onnx.load(str(path))
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise ModelLoadError(f"{path} is not a recognised model file (not .pt2, TorchScript, pickle or ONNX: "
-                             f"{first_line(exc)})", "check that the file is complete and in a supported format") from None
+        raise ModelLoadError(
+            f"{path} is not a recognised model file (not .pt2, TorchScript, pickle or ONNX: {first_line(exc)})",
+            "check that the file is complete and in a supported format",
+        ) from None
     if not model.graph.node or not model.graph.output or not model.opset_import:
-        raise ModelLoadError(f"{path} is not a recognised model file (no ONNX graph in it)",
-                             "check that the file is complete and in a supported format")
+        raise ModelLoadError(
+            f"{path} is not a recognised model file (no ONNX graph in it)",
+            "check that the file is complete and in a supported format",
+        )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -206,8 +223,9 @@ def _load_timm(name: str) -> LoadedModel:
     cfg = module.pretrained_cfg or {}
     shape = (1, *cfg.get("input_size", (3, 224, 224)))
     mean_std = (tuple(cfg["mean"]), tuple(cfg["std"])) if "mean" in cfg and "std" in cfg else None
-    return LoadedModel(f"timm:{name}", name, ModelFormat.timm, None, (InputSpec("input", shape),),
-                       module=module, mean_std=mean_std)
+    return LoadedModel(
+        f"timm:{name}", name, ModelFormat.timm, None, (InputSpec("input", shape),), module=module, mean_std=mean_std
+    )
 
 
 def _is_static(val) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ def plan(target, request, *, until: str | None = None) -> list[Stage]:
     ]
     if until is not None:
         names = [stage.name for stage in full]
-        full = full[:names.index(until) + 1]
+        full = full[: names.index(until) + 1]
     if until in ("export", "legalize"):
         full = [stage for stage in full if stage.name != "reference"]  # coverage needs samples, not the reference
     return full
@@ -157,13 +158,30 @@ def resume_from(state: BuildState, stage_name: str, *, changes: dict | None = No
     """A copy of `state` to re-run the plan's stages from `stage_name` on, with `changes` applied (e.g. another
     request): the shared load/reference/exports are reused, what the stages after it fill is cleared."""
     fresh = copy.copy(state)
-    order = ["load", "reference", "export", "legalize", "check", "precision", "compile", "run", "compare",
-             "accuracy", "judge"]
-    products = {"export": ("exported", "canonical"), "legalize": ("legal", "legalized", "coverage"),
-                "precision": ("lowered",), "compile": ("backend", "options", "artifact"),
-                "run": ("run",), "compare": ("numerics",), "accuracy": ("accuracy",),
-                "judge": ("estimate", "figures", "judgement")}
-    for name in order[order.index(stage_name):]:
+    order = [
+        "load",
+        "reference",
+        "export",
+        "legalize",
+        "check",
+        "precision",
+        "compile",
+        "run",
+        "compare",
+        "accuracy",
+        "judge",
+    ]
+    products = {
+        "export": ("exported", "canonical"),
+        "legalize": ("legal", "legalized", "coverage"),
+        "precision": ("lowered",),
+        "compile": ("backend", "options", "artifact"),
+        "run": ("run",),
+        "compare": ("numerics",),
+        "accuracy": ("accuracy",),
+        "judge": ("estimate", "figures", "judgement"),
+    }
+    for name in order[order.index(stage_name) :]:
         for attr in products.get(name, ()):
             setattr(fresh, attr, None)
     fresh.timings = dict(state.timings)
@@ -174,4 +192,4 @@ def resume_from(state: BuildState, stage_name: str, *, changes: dict | None = No
 
 def stages_from(stages: list[Stage], name: str) -> list[Stage]:
     names = [stage.name for stage in stages]
-    return stages[names.index(name):]
+    return stages[names.index(name) :]

@@ -69,9 +69,11 @@ def _torch_parts():
                     self.hi.fill_(max(float(x.max()), 1e-6))
                     self.initialised.fill_(True)
             x = self._quant_input(x)
-            return self.layer._conv_forward(x, self.quantized_weight(), self.layer.bias) \
-                if isinstance(self.layer, nn.Conv2d) else nn.functional.linear(x, self.quantized_weight(),
-                                                                               self.layer.bias)
+            return (
+                self.layer._conv_forward(x, self.quantized_weight(), self.layer.bias)
+                if isinstance(self.layer, nn.Conv2d)
+                else nn.functional.linear(x, self.quantized_weight(), self.layer.bias)
+            )
 
         def _quant_input(self, x):
             if self.symmetric:
@@ -157,8 +159,14 @@ def to_float(qat):
         for name, child in module.named_children():
             if type(child).__name__ == "FakeQuantLayer":
                 lo, hi = child.learned_range()
-                ranges.append({"weight": fingerprint(child.layer.weight.detach().numpy()), "rmin": lo, "rmax": hi,
-                               "weight_bits": child.weight_bits})
+                ranges.append(
+                    {
+                        "weight": fingerprint(child.layer.weight.detach().numpy()),
+                        "rmin": lo,
+                        "rmax": hi,
+                        "weight_bits": child.weight_bits,
+                    }
+                )
                 setattr(module, name, child.layer)
             else:
                 unswap(child)

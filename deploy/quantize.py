@@ -24,13 +24,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from vdeploy.calibration import CalibrationData
 from vdeploy.errors import VdeployError
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})  # the "layers" sensitivity ranks
-FLOAT_ISLAND_TOKENS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "layer_norm", "softmax",
-                                 "ReduceMean", "ReduceSum", "ReduceMax"})  # passed to precision.fp32_islands
+FLOAT_ISLAND_TOKENS = frozenset(
+    {"LayerNormalization", "Softmax", "LogSoftmax", "layer_norm", "softmax", "ReduceMean", "ReduceSum", "ReduceMax"}
+)  # passed to precision.fp32_islands
 GELU_OPS = frozenset({"Gelu", "Erf", "FastGelu", "BiasGelu"})
 GELU_RULE_PREFIXES = ("gelu", "erf")
 # OpenVINO op types (after conversion from ONNX) of the float-sensitive ops, for NNCF's ignored scope.
@@ -58,30 +58,32 @@ class Placement:
     float_residual_adds: bool | None = None  # None: when the model has a LayerNorm or Softmax (transformer-aware)
 
     @classmethod
-    def transformer_aware(cls) -> "Placement":
+    def transformer_aware(cls) -> Placement:
         return cls(PlacementKind.transformer_aware)
 
     @classmethod
-    def naive(cls) -> "Placement":
+    def naive(cls) -> Placement:
         return cls(PlacementKind.naive)
 
     @classmethod
-    def for_target(cls, int8_everywhere: bool) -> "Placement":
+    def for_target(cls, int8_everywhere: bool) -> Placement:
         """NPU profiles that force INT8 everywhere get the naive placement; everything else is transformer-aware."""
         return cls.naive() if int8_everywhere else cls.transformer_aware()
 
-    def keep_float(self, names: Iterable[str]) -> "Placement":
+    def keep_float(self, names: Iterable[str]) -> Placement:
         return replace(self, keep_float_nodes=self.keep_float_nodes | frozenset(names))
 
-    def force_int8(self, names: Iterable[str]) -> "Placement":
+    def force_int8(self, names: Iterable[str]) -> Placement:
         return replace(self, force_int8_nodes=self.force_int8_nodes | frozenset(names))
 
     def float_nodes(self, model) -> tuple[str, ...]:
         """Names of the ONNX nodes (onnx.ModelProto, nodes named) this placement keeps float, in graph order."""
         unknown = sorted((self.keep_float_nodes | self.force_int8_nodes) - {n.name for n in model.graph.node})
         if unknown:
-            raise QuantizeError(f"per-layer override names no node of the model: {', '.join(unknown[:5])}",
-                                "use ONNX node names as `vdeploy coverage` or the manifest lists them")
+            raise QuantizeError(
+                f"per-layer override names no node of the model: {', '.join(unknown[:5])}",
+                "use ONNX node names as `vdeploy coverage` or the manifest lists them",
+            )
         names: set[str] = set(self.keep_float_nodes)
         if self.kind is PlacementKind.transformer_aware:
             names |= _transformer_float_nodes(model, self.float_residual_adds)
@@ -89,8 +91,12 @@ class Placement:
         return tuple(n.name for n in model.graph.node if n.name in names)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind.value, "keep_float_nodes": sorted(self.keep_float_nodes),
-                "force_int8_nodes": sorted(self.force_int8_nodes), "float_residual_adds": self.float_residual_adds}
+        return {
+            "kind": self.kind.value,
+            "keep_float_nodes": sorted(self.keep_float_nodes),
+            "force_int8_nodes": sorted(self.force_int8_nodes),
+            "float_residual_adds": self.float_residual_adds,
+        }
 
 
 def _transformer_float_nodes(model, residual_adds: bool | None) -> set[str]:
@@ -165,9 +171,17 @@ def _gelu_neighbours(erf) -> list:
 
 # ---- ONNX Runtime / TensorRT: Q/DQ ONNX -----------------------------------------------------------------------
 
-def quantize_onnx_qdq(model, calib: CalibrationData, placement: Placement = Placement(), *,
-                      symmetric: bool = False, per_channel: bool = True, calibration_cache: Path | None = None,
-                      range_overrides: dict | None = None):
+
+def quantize_onnx_qdq(
+    model,
+    calib: CalibrationData,
+    placement: Placement = Placement(),
+    *,
+    symmetric: bool = False,
+    per_channel: bool = True,
+    calibration_cache: Path | None = None,
+    range_overrides: dict | None = None,
+):
     """A QDQ INT8 copy of `model` (onnx.ModelProto). symmetric=False: uint8 activations, int32 biases (ORT CPU's
     fast path); symmetric=True: int8 symmetric activations and weights, float biases (TensorRT, NPU compilers).
     range_overrides: tensor name -> (rmin, rmax) used instead of calibrated ranges (QAT's learned ranges)."""
@@ -176,27 +190,44 @@ def quantize_onnx_qdq(model, calib: CalibrationData, placement: Placement = Plac
 
     model = name_nodes(model)
     exclude = list(placement.float_nodes(model))
-    extra: dict[str, object] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric}
+    extra: dict[str, object] = {
+        "ActivationSymmetric": symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": not symmetric,
+    }
     if placement.kind is PlacementKind.naive:
         extra["ForceQuantizeNoInputCheck"] = True
     if range_overrides:
         import numpy as np
 
         tensors = {i for n in model.graph.node for i in n.input} | {o for n in model.graph.node for o in n.output}
-        extra["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-                                         for name, (lo, hi) in range_overrides.items() if name in tensors}
+        extra["TensorQuantOverrides"] = {
+            name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+            for name, (lo, hi) in range_overrides.items()
+            if name in tensors
+        }
     with tempfile.TemporaryDirectory(prefix="vdeploy-qdq-") as tmp, _quiet_ort_quantization():
         out = Path(tmp) / "model.int8.onnx"
         try:
-            quantize_static(model, out, _Reader(calib, model_batch_size(model)), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, reduce_range=False,
-                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                            calibration_cache_path=calibration_cache)
+            quantize_static(
+                model,
+                out,
+                _Reader(calib, model_batch_size(model)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=False,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options=extra,
+                calibration_cache_path=calibration_cache,
+            )
         except Exception as exc:  # the quantizer raises assorted types from deep inside
-            raise QuantizeError(f"ONNX Runtime static quantization failed: {type(exc).__name__}: {exc}"[:400],
-                                "check the calibration data matches the model inputs") from None
+            raise QuantizeError(
+                f"ONNX Runtime static quantization failed: {type(exc).__name__}: {exc}"[:400],
+                "check the calibration data matches the model inputs",
+            ) from None
         quantized = onnx.load(str(out))
     return _unquantize_float_inputs(quantized, model, set(exclude)) if exclude else quantized
 
@@ -285,8 +316,15 @@ def _quiet_ort_quantization():
 
 # ---- OpenVINO: NNCF -------------------------------------------------------------------------------------------
 
-def quantize_openvino(model, calib: CalibrationData, placement: Placement = Placement(), *, subset_size: int = 300,
-                      smooth_alpha: float = 0.95):
+
+def quantize_openvino(
+    model,
+    calib: CalibrationData,
+    placement: Placement = Placement(),
+    *,
+    subset_size: int = 300,
+    smooth_alpha: float = 0.95,
+):
     """An INT8 ov.Model from `model` (onnx.ModelProto or ov.Model) via NNCF. Transformer-aware: an ignored scope
     of the float-sensitive ops and residual Adds, and model_type TRANSFORMER, when the model has transformer ops
     (MVN, Softmax, SDPA, Gelu; a pure CNN keeps NNCF's CNN defaults); naive: NNCF's defaults, nothing ignored.
@@ -306,13 +344,21 @@ def quantize_openvino(model, calib: CalibrationData, placement: Placement = Plac
     items = [feed[input_name] if len(feed) == 1 else feed for feed in calib.batches(batch_size)]
     try:
         with _quiet_nncf():
-            return nncf.quantize(model, nncf.Dataset(items), subset_size=min(subset_size, len(items)),
-                                 model_type=nncf.ModelType.TRANSFORMER if aware else None, ignored_scope=ignored,
-                                 advanced_parameters=nncf.AdvancedQuantizationParameters(
-                                     smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_alpha)))
+            return nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                subset_size=min(subset_size, len(items)),
+                model_type=nncf.ModelType.TRANSFORMER if aware else None,
+                ignored_scope=ignored,
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_alpha)
+                ),
+            )
     except Exception as exc:
-        raise QuantizeError(f"NNCF quantization failed: {type(exc).__name__}: {exc}"[:400],
-                            "check the calibration data matches the model inputs") from None
+        raise QuantizeError(
+            f"NNCF quantization failed: {type(exc).__name__}: {exc}"[:400],
+            "check the calibration data matches the model inputs",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -355,7 +401,8 @@ def _ov_float_names(ov_model, placement: Placement, onnx_names: Iterable[str], r
         if wanted and (name in wanted or name.split("/WithoutBiases")[0] in wanted):
             names.add(name)
         elif placement.kind is PlacementKind.transformer_aware and (
-                kind in OV_FLOAT_TYPES or (residual_adds and kind == "Add" and _ov_residual_add(op))):
+            kind in OV_FLOAT_TYPES or (residual_adds and kind == "Add" and _ov_residual_add(op))
+        ):
             names.add(name)
     return names
 

@@ -31,16 +31,23 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def resolve_inputs(loaded: LoadedModel, shape: tuple[int, ...] | None) -> tuple[InputSpec, ...]:
     if shape is None:
         if not loaded.inputs:
-            raise ModelLoadError(f"{loaded.format.value} files do not record the input shape",
-                                 "pass --input-shape, e.g. --input-shape 1,3,224,224")
+            raise ModelLoadError(
+                f"{loaded.format.value} files do not record the input shape",
+                "pass --input-shape, e.g. --input-shape 1,3,224,224",
+            )
         return loaded.inputs
     if len(loaded.inputs) > 1:
-        raise ModelLoadError(f"the model has {len(loaded.inputs)} inputs; --input-shape sets only one",
-                             "use a model file that records its input shapes (.pt2 or ONNX)")
+        raise ModelLoadError(
+            f"the model has {len(loaded.inputs)} inputs; --input-shape sets only one",
+            "use a model file that records its input shapes (.pt2 or ONNX)",
+        )
     recorded = loaded.inputs[0] if loaded.inputs else InputSpec("input", shape)
     if loaded.format is ModelFormat.onnx and recorded.shape != shape:
-        raise ModelLoadError(f"input shape {_fmt(shape)} does not fit the model: its ONNX input "
-                             f"{recorded.name!r} is fixed to {_fmt(recorded.shape)}", "drop --input-shape or re-export")
+        raise ModelLoadError(
+            f"input shape {_fmt(shape)} does not fit the model: its ONNX input "
+            f"{recorded.name!r} is fixed to {_fmt(recorded.shape)}",
+            "drop --input-shape or re-export",
+        )
     return (InputSpec(recorded.name, shape, recorded.dtype),)
 
 
@@ -61,8 +68,11 @@ class SampleSpec:
     why: str = ""  # where the spec comes from (--input-spec, or what in the model asked for it)
 
     def describe(self) -> str:
-        text = {SampleKind.uniform: f"uniform [{self.low:g}, {self.high:g})", SampleKind.ids: f"ids < {self.vocab}",
-                SampleKind.normal: "standard normal"}.get(self.kind, self.kind.value)
+        text = {
+            SampleKind.uniform: f"uniform [{self.low:g}, {self.high:g})",
+            SampleKind.ids: f"ids < {self.vocab}",
+            SampleKind.normal: "standard normal",
+        }.get(self.kind, self.kind.value)
         return text + (f" ({self.why})" if self.why else "")
 
 
@@ -94,18 +104,25 @@ def sample_specs(loaded: LoadedModel, inputs: tuple[InputSpec, ...], given=()) -
     for text in given:
         name, spec = parse_input_spec(text)
         if name not in specs:
-            raise InputSpecError(f"--input-spec names {name!r}, which is not a model input",
-                                 f"the inputs are: {', '.join(specs)}")
+            raise InputSpecError(
+                f"--input-spec names {name!r}, which is not a model input", f"the inputs are: {', '.join(specs)}"
+            )
         specs[name] = spec
     for inp in inputs:
         if specs[inp.name].kind is SampleKind.ids and not specs[inp.name].vocab:
-            raise InputSpecError(f"input {inp.name!r} is an integer ({inp.dtype}) input of unknown range",
-                                 f"give its vocabulary size: --input-spec {inp.name}:ids:VOCAB")
+            raise InputSpecError(
+                f"input {inp.name!r} is an integer ({inp.dtype}) input of unknown range",
+                f"give its vocabulary size: --input-spec {inp.name}:ids:VOCAB",
+            )
     return specs
 
 
-_POSITIVE_USES = {("BatchNormalization", 4): "BatchNormalization var", ("Sqrt", 0): "Sqrt input",
-                  ("Log", 0): "Log input", ("Reciprocal", 0): "Reciprocal input"}
+_POSITIVE_USES = {
+    ("BatchNormalization", 4): "BatchNormalization var",
+    ("Sqrt", 0): "Sqrt input",
+    ("Log", 0): "Log input",
+    ("Reciprocal", 0): "Reciprocal input",
+}
 
 
 def _from_model(loaded: LoadedModel, spec: InputSpec) -> SampleSpec:
@@ -136,8 +153,9 @@ def _gather_vocab(graph, name: str) -> int:
     return 0
 
 
-def make_samples(inputs: tuple[InputSpec, ...], count: int, specs: dict[str, SampleSpec] | None = None
-                 ) -> dict[str, np.ndarray]:
+def make_samples(
+    inputs: tuple[InputSpec, ...], count: int, specs: dict[str, SampleSpec] | None = None
+) -> dict[str, np.ndarray]:
     """Seeded samples, one batch per sample: {name: [count, *shape]}. Inputs without a spec are standard normal
     (the same draws as before specs existed, so default builds see the same inputs)."""
     rng = np.random.default_rng(SEED)
@@ -146,8 +164,10 @@ def make_samples(inputs: tuple[InputSpec, ...], count: int, specs: dict[str, Sam
         sample = (specs or {}).get(spec.name, SampleSpec())
         dims, dtype = (count, *spec.shape), np.dtype(spec.dtype)
         if sample.kind is SampleKind.normal and not np.issubdtype(dtype, np.floating):
-            raise ModelLoadError(f"input {spec.name!r} has dtype {spec.dtype}; standard-normal samples need a float "
-                                 "input", f"give it a range: --input-spec {spec.name}:ids:VOCAB or :mask")
+            raise ModelLoadError(
+                f"input {spec.name!r} has dtype {spec.dtype}; standard-normal samples need a float input",
+                f"give it a range: --input-spec {spec.name}:ids:VOCAB or :mask",
+            )
         if sample.kind is SampleKind.normal:
             array = rng.standard_normal(dims)
         elif sample.kind is SampleKind.uniform:
@@ -169,8 +189,9 @@ def samples_source(specs: dict[str, SampleSpec]) -> str:
     return "seeded: " + ", ".join(f"{name} {spec.describe()}" for name, spec in specs.items())
 
 
-def check_finite_reference(reference: list[np.ndarray], loaded: LoadedModel, inputs: tuple[InputSpec, ...],
-                           specs: dict[str, SampleSpec]) -> None:
+def check_finite_reference(
+    reference: list[np.ndarray], loaded: LoadedModel, inputs: tuple[InputSpec, ...], specs: dict[str, SampleSpec]
+) -> None:
     """Refuse seeded inputs that make the reference itself NaN (the gate would fail the build for the inputs),
     naming the inputs the model wants positive but got otherwise, else every input drawn as noise. An infinite
     reference is refused too: no gate can judge against it (NaN and inf compare false, so it would pass)."""
@@ -178,15 +199,20 @@ def check_finite_reference(reference: list[np.ndarray], loaded: LoadedModel, inp
     if not any(np.issubdtype(r.dtype, np.floating) and np.isnan(r).any() for r in reference):
         return
     hints = {spec.name: _from_model(loaded, spec) for spec in inputs}
-    suspects = [n for n, spec in specs.items()
-                if hints[n].kind is SampleKind.positive and spec.kind is not SampleKind.positive]
+    suspects = [
+        n for n, spec in specs.items() if hints[n].kind is SampleKind.positive and spec.kind is not SampleKind.positive
+    ]
     suspects = suspects or [n for n, spec in specs.items() if spec.kind in (SampleKind.normal, SampleKind.uniform)]
     suspects = suspects or list(specs)
-    named = "; ".join(f"{n} drawn as {specs[n].describe()}" + (f", but it is {hints[n].why}" if hints[n].why else "")
-                      for n in suspects)
-    raise InputSpecError(f"validation inputs produced NaN in the reference ({named})",
-                         f"give the input its real range with --input-spec, e.g. --input-spec {suspects[0]}:positive "
-                         f"({INPUT_SPEC_HELP})")
+    named = "; ".join(
+        f"{n} drawn as {specs[n].describe()}" + (f", but it is {hints[n].why}" if hints[n].why else "")
+        for n in suspects
+    )
+    raise InputSpecError(
+        f"validation inputs produced NaN in the reference ({named})",
+        f"give the input its real range with --input-spec, e.g. --input-spec {suspects[0]}:positive "
+        f"({INPUT_SPEC_HELP})",
+    )
 
 
 def _check_no_inf(reference: list[np.ndarray], loaded: LoadedModel) -> None:
@@ -197,7 +223,8 @@ def _check_no_inf(reference: list[np.ndarray], loaded: LoadedModel) -> None:
                 f"the {who} reference produced inf on the validation inputs (output {index}: "
                 f"{int(np.isinf(out).sum())} of {out.size} values): no numerics gate can judge against it",
                 "check the model for overflow (exp or division of large values), or give the inputs their real "
-                "range with --input-spec NAME:uniform:LO:HI")
+                "range with --input-spec NAME:uniform:LO:HI",
+            )
 
 
 def reference_outputs(loaded: LoadedModel, samples: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -218,8 +245,10 @@ def _torch_runner(loaded: LoadedModel):
                 result = loaded.module(*tensors)
         except Exception as exc:  # a shape mismatch surfaces as any of several torch errors
             shapes = " and ".join(_fmt(a.shape) for a in arrays)
-            raise ModelLoadError(f"input shape {shapes} does not fit the model: {first_line(exc, 200)}",
-                                 "pass the shape the model was built for with --input-shape") from None
+            raise ModelLoadError(
+                f"input shape {shapes} does not fit the model: {first_line(exc, 200)}",
+                "pass the shape the model was built for with --input-shape",
+            ) from None
         return [t.detach().float().numpy() if t.is_floating_point() else t.numpy() for t in _flatten(result)]
 
     return run
@@ -231,11 +260,14 @@ def _onnx_runner(loaded: LoadedModel):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(loaded.onnx_model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            loaded.onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
-        raise ModelLoadError(f"ONNX Runtime cannot run {loaded.source} as given: {first_line(exc, 200)}",
-                             "check the model with onnx.checker and onnxruntime first") from None
+        raise ModelLoadError(
+            f"ONNX Runtime cannot run {loaded.source} as given: {first_line(exc, 200)}",
+            "check the model with onnx.checker and onnxruntime first",
+        ) from None
     names = [i.name for i in session.get_inputs()]
     return lambda arrays: session.run(None, dict(zip(names, arrays)))
 

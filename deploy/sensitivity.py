@@ -32,12 +32,16 @@ class SensitivityReport:
     most_sensitive: tuple[str, ...]  # the n names asked for
 
     def to_dict(self) -> dict:
-        return {"baseline_cosine": self.baseline_cosine, "most_sensitive": list(self.most_sensitive),
-                "layers": [{"node": s.node, "cosine": s.cosine, "gain": s.gain} for s in self.layers]}
+        return {
+            "baseline_cosine": self.baseline_cosine,
+            "most_sensitive": list(self.most_sensitive),
+            "layers": [{"node": s.node, "cosine": s.cosine, "gain": s.gain} for s in self.layers],
+        }
 
 
-def sensitivity(model, calib: CalibrationData, eval_fn: Callable | None = None, n: int = 1,
-                placement: Placement = Placement()) -> SensitivityReport:
+def sensitivity(
+    model, calib: CalibrationData, eval_fn: Callable | None = None, n: int = 1, placement: Placement = Placement()
+) -> SensitivityReport:
     """Measure, layer by layer (Conv/ConvTranspose/MatMul/Gemm the placement quantizes), how much output cosine
     against FP32 comes back when that one layer stays float; return the n with the largest gain. Calibration runs
     once (its ranges are cached and reused); eval_fn(model_proto) -> outputs array defaults to ONNX Runtime CPU on

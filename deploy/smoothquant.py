@@ -32,8 +32,9 @@ class SmoothResult:
         return {"alpha": self.alpha, "tensors": len(self.smoothed), "detail": list(self.smoothed)[:64]}
 
 
-def smooth_quant(model, calib: CalibrationData, alpha: float = DEFAULT_ALPHA,
-                 min_ratio: float = MIN_OUTLIER_RATIO) -> SmoothResult:
+def smooth_quant(
+    model, calib: CalibrationData, alpha: float = DEFAULT_ALPHA, min_ratio: float = MIN_OUTLIER_RATIO
+) -> SmoothResult:
     """A copy of `model` (onnx.ModelProto, nodes named) with SmoothQuant scales on the outlier-heavy inputs."""
     import onnx
     from onnx import numpy_helper
@@ -78,9 +79,14 @@ def smooth_quant(model, calib: CalibrationData, alpha: float = DEFAULT_ALPHA,
             model.graph.initializer.append(new)
             node.input[0], node.input[1] = f"{mul_name}/out", new.name
         x_after = x_max / scale
-        smoothed.append({"tensor": tensor, "consumers": [n.name for n, _, _ in consumers],
-                         "outlier_ratio": round(ratio, 2),
-                         "outlier_ratio_after": round(float(x_after.max() / max(np.median(x_after), 1e-12)), 2)})
+        smoothed.append(
+            {
+                "tensor": tensor,
+                "consumers": [n.name for n, _, _ in consumers],
+                "outlier_ratio": round(ratio, 2),
+                "outlier_ratio_after": round(float(x_after.max() / max(np.median(x_after), 1e-12)), 2),
+            }
+        )
         muls.append(mul_name)
     _drop_unused_initializers(model)
     return SmoothResult(_topological(model), tuple(muls), tuple(smoothed), alpha)
@@ -109,8 +115,9 @@ def _topological(model):
                 order.append(nodes[j])
                 continue
             stack.append((j, True))
-            stack.extend((produced_by[x], False) for x in nodes[j].input if x in produced_by and
-                         produced_by[x] not in done)
+            stack.extend(
+                (produced_by[x], False) for x in nodes[j].input if x in produced_by and produced_by[x] not in done
+            )
 
     for i in range(len(nodes)):
         visit(i)

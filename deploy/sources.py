@@ -29,27 +29,39 @@ def load_object(obj: Any, example_inputs: tuple | None, *, name: str = "model") 
 
     if isinstance(obj, onnx.ModelProto):
         onnx_digest = hashlib.sha256(obj.SerializeToString()).hexdigest()
-        return LoadedModel(f"<onnx {name}>", name, ModelFormat.onnx, onnx_digest, tuple(onnx_inputs(obj)),
-                           onnx_model=obj)
+        return LoadedModel(
+            f"<onnx {name}>", name, ModelFormat.onnx, onnx_digest, tuple(onnx_inputs(obj)), onnx_model=obj
+        )
     if isinstance(obj, torch.nn.Module):
         if not example_inputs:
-            raise ModelLoadError("an in-memory nn.Module needs example_inputs to be exported",
-                                 "pass example_inputs=(torch.randn(1, 3, 224, 224),)")
+            raise ModelLoadError(
+                "an in-memory nn.Module needs example_inputs to be exported",
+                "pass example_inputs=(torch.randn(1, 3, 224, 224),)",
+            )
         obj = obj.eval()
         try:
             program = torch.export.export(obj, tuple(example_inputs))
         except Exception as exc:  # torch.export raises many types; the first line names the construct
-            raise ModelLoadError(f"torch.export could not capture the module: {first_line(exc)}",
-                                 "make forward() exportable, or pass an ExportedProgram or ONNX model") from None
+            raise ModelLoadError(
+                f"torch.export could not capture the module: {first_line(exc)}",
+                "make forward() exportable, or pass an ExportedProgram or ONNX model",
+            ) from None
     elif isinstance(obj, torch.export.ExportedProgram):
         program = obj
     else:
-        raise ModelLoadError(f"cannot build a {type(obj).__name__}",
-                             "pass an nn.Module, a torch.export.ExportedProgram, an onnx.ModelProto or a path")
+        raise ModelLoadError(
+            f"cannot build a {type(obj).__name__}",
+            "pass an nn.Module, a torch.export.ExportedProgram, an onnx.ModelProto or a path",
+        )
     digest = hashlib.sha256(program.graph_module.code.encode())  # the graph and every weight
     for key, value in sorted(program.state_dict.items()):
         digest.update(key.encode() + value.detach().contiguous().numpy().tobytes())
-    return LoadedModel(f"<in-memory {name}>", name, ModelFormat.exported_program, digest.hexdigest(),
-                       tuple(exported_inputs(program)),
-                       module=program.module(), program=program)
-
+    return LoadedModel(
+        f"<in-memory {name}>",
+        name,
+        ModelFormat.exported_program,
+        digest.hexdigest(),
+        tuple(exported_inputs(program)),
+        module=program.module(),
+        program=program,
+    )

@@ -12,15 +12,15 @@ import numpy as np
 from vdeploy.errors import UnsupportedOpsError
 from vdeploy.plan import BuildState
 
-
 # ---- load and reference (shared by every target of the model) --------------------------------------------------
+
 
 def load(state: BuildState) -> None:
     shared, request = state.shared, state.request
     if shared.loaded is not None:
         return
-    from vdeploy.sources import load_request
     from vdeploy import reference as ref
+    from vdeploy.sources import load_request
 
     shared.loaded = load_request(request, state.progress)
     inputs = shared.loaded_inputs = ref.resolve_inputs(shared.loaded, request.input_shape)
@@ -28,8 +28,9 @@ def load(state: BuildState) -> None:
     shared.samples = ref.make_samples(inputs, request.samples, shared.input_specs)
     shared.samples_source = ref.samples_source(shared.input_specs)
     if (request.eval_data or request.calib) and len(inputs) == 1:
-        shared.samples, shared.samples_source = _data_samples(request, inputs[0], request.samples,
-                                                              shared.loaded.mean_std)
+        shared.samples, shared.samples_source = _data_samples(
+            request, inputs[0], request.samples, shared.loaded.mean_std
+        )
 
 
 def _data_samples(request, spec, count: int, recorded_mean_std):
@@ -44,8 +45,12 @@ def _data_samples(request, spec, count: int, recorded_mean_std):
         from vdeploy.calibration import load_calibration
         from vdeploy.lower_precision import preprocessing_for
 
-        calib = load_calibration(request.calib, {spec.name: spec.shape}, limit=count,
-                                 preprocessing=preprocessing_for(request, recorded_mean_std))
+        calib = load_calibration(
+            request.calib,
+            {spec.name: spec.shape},
+            limit=count,
+            preprocessing=preprocessing_for(request, recorded_mean_std),
+        )
         data, where = next(iter(calib.inputs.values())), f"--calib {calib.source}"
     data = np.asarray(data, dtype=spec.dtype)[:count].reshape(-1, *spec.shape)
     return {spec.name: data}, f"first {len(data)} samples of {where}"
@@ -54,8 +59,11 @@ def _data_samples(request, spec, count: int, recorded_mean_std):
 def describe_reference(state: BuildState) -> str | None:
     if state.shared.reference is not None:
         return None
-    return "running the reference (PyTorch eager)" if state.shared.loaded.is_torch else \
-        "running the reference (ONNX Runtime)"
+    return (
+        "running the reference (PyTorch eager)"
+        if state.shared.loaded.is_torch
+        else "running the reference (ONNX Runtime)"
+    )
 
 
 def reference(state: BuildState) -> None:
@@ -68,6 +76,7 @@ def reference(state: BuildState) -> None:
 
 
 # ---- graphs --------------------------------------------------------------------------------------------------
+
 
 def describe_export(state: BuildState) -> str | None:
     opset = state.target.spec.opset
@@ -105,14 +114,17 @@ def legalize(state: BuildState) -> None:
             instrument.after_rules(family, model, fired, state)
 
     model = ir.serde.deserialize_model(state.canonical.model)
-    result = run_legalize(model, state.target.op_set, fallback=state.target.spec.fallback,
-                          specs=state.request.rule_specs,  # None: every rule family (ALL_SPECS)
-                          after_spec=after_family)
+    result = run_legalize(
+        model,
+        state.target.op_set,
+        fallback=state.target.spec.fallback,
+        specs=state.request.rule_specs,  # None: every rule family (ALL_SPECS)
+        after_spec=after_family,
+    )
     finish_legal(result.model)
     state.legal = ir.serde.serialize_model(result.model)
     state.legalized = result
-    state.coverage = coverage_of(state.canonical.model, state.legal, result, state.target.op_set,
-                                 state.target.unknown)
+    state.coverage = coverage_of(state.canonical.model, state.legal, result, state.target.op_set, state.target.unknown)
 
 
 def finish_legal(model) -> None:
@@ -126,18 +138,22 @@ def finish_legal(model) -> None:
 def check_legal(state: BuildState) -> None:
     if state.coverage.unsupported:
         name = state.target.name
-        raise UnsupportedOpsError(f"target {name} cannot run op(s) {', '.join(state.coverage.unsupported)}",
-                                  f"run `vdeploy coverage MODEL --target {name}` for the table")
+        raise UnsupportedOpsError(
+            f"target {name} cannot run op(s) {', '.join(state.coverage.unsupported)}",
+            f"run `vdeploy coverage MODEL --target {name}` for the table",
+        )
 
 
 def lower_precision(state: BuildState) -> None:
     from vdeploy.lower_precision import lower_precision as lower
 
-    state.lowered = lower(state.legal, state.target, state.precision, state.request, state.progress,
-                          state.shared.loaded.mean_std)
+    state.lowered = lower(
+        state.legal, state.target, state.precision, state.request, state.progress, state.shared.loaded.mean_std
+    )
 
 
 # ---- the artifact ----------------------------------------------------------------------------------------------
+
 
 def describe_compile(state: BuildState) -> str:
     from vdeploy.backends import backend_class
@@ -154,10 +170,20 @@ def compile_artifact(state: BuildState) -> None:
     state.backend = get_backend(state.target.backend)
     state.options = state.target.backend_options(request.backend_overrides())
     calibration = lowered.calibration
-    state.artifact = state.backend.compile(CompileJob(
-        lowered.model, state.precision, state.work_dir, state.target, state.options, state.progress, state.feeds,
-        calibration=(lambda: calibration) if calibration is not None else None, source=state.shared.loaded,
-        float_layers=lowered.float_layers))
+    state.artifact = state.backend.compile(
+        CompileJob(
+            lowered.model,
+            state.precision,
+            state.work_dir,
+            state.target,
+            state.options,
+            state.progress,
+            state.feeds,
+            calibration=(lambda: calibration) if calibration is not None else None,
+            source=state.shared.loaded,
+            float_layers=lowered.float_layers,
+        )
+    )
     if state.target.spec.handoff:
         (state.work_dir / "HANDOFF.txt").write_text(state.target.spec.handoff.strip() + "\n")
 
@@ -182,14 +208,29 @@ def run_artifact_stage(state: BuildState) -> None:
         with np.load(state.work_dir / simulated["outputs"]) as data:
             outputs = [data[f"out{i}"] for i in range(len(data.files))]
         state.outputs_source = simulated.get("source", "simulator")
-        timed = run_artifact(state.artifact, state.work_dir, state.feeds, warmup=state.request.warmup,
-                             iters=iters, env=state.lowered.run_env) if iters else None
-        state.run = RunResult(outputs, timed.latency if timed else None, timed.energy if timed else None,
-                              timed.power_reason if timed else "not timed on this host",
-                              timed.peak_rss_mb if timed else None)
+        timed = (
+            run_artifact(
+                state.artifact,
+                state.work_dir,
+                state.feeds,
+                warmup=state.request.warmup,
+                iters=iters,
+                env=state.lowered.run_env,
+            )
+            if iters
+            else None
+        )
+        state.run = RunResult(
+            outputs,
+            timed.latency if timed else None,
+            timed.energy if timed else None,
+            timed.power_reason if timed else "not timed on this host",
+            timed.peak_rss_mb if timed else None,
+        )
         return
-    state.run = run_artifact(state.artifact, state.work_dir, state.feeds, warmup=state.request.warmup, iters=iters,
-                             env=state.lowered.run_env)
+    state.run = run_artifact(
+        state.artifact, state.work_dir, state.feeds, warmup=state.request.warmup, iters=iters, env=state.lowered.run_env
+    )
 
 
 def compare_outputs(state: BuildState) -> None:
@@ -214,19 +255,21 @@ def accuracy(state: BuildState) -> None:
     from vdeploy.validate.accuracy import Accuracy, load_eval_data, top1
     from vdeploy.validate.isolate import run_artifact
 
-    (name, sample), = state.feeds.items()  # single-input image models
+    ((name, sample),) = state.feeds.items()  # single-input image models
     key = str(request.eval_data)
     if key not in state.shared.evaluation:  # the data and the reference's top-1 are the same for every target
         inputs, labels = load_eval_data(request.eval_data, name, tuple(sample.shape[1:]))
         ref = reference_outputs(state.shared.loaded, {name: inputs})[0]
         state.shared.evaluation[key] = (inputs, labels, top1(ref, labels))
     inputs, labels, reference_top1 = state.shared.evaluation[key]
-    out = run_artifact(state.artifact, state.work_dir, {name: inputs}, warmup=0, iters=0,
-                       env=state.lowered.run_env).outputs[0]
+    out = run_artifact(
+        state.artifact, state.work_dir, {name: inputs}, warmup=0, iters=0, env=state.lowered.run_env
+    ).outputs[0]
     state.accuracy = Accuracy(len(labels), reference_top1, top1(out, labels))
 
 
 # ---- judging -------------------------------------------------------------------------------------------------
+
 
 def judge_state(state: BuildState) -> None:
     from vdeploy.judging import figures_of_run, judge_figures
@@ -235,19 +278,28 @@ def judge_state(state: BuildState) -> None:
     state.estimate = state.artifact.detail("estimate") or roofline_estimate(state)
     accuracy_reason = None
     if state.request.eval_data is not None and state.accuracy is None:
-        accuracy_reason = f"top-1 needs the artifact run on the labelled data; {state.outputs_source} outputs " \
-                          "cover the validation samples only"
-    state.figures = figures_of_run(state.run, size_mb=files / 1e6,
-                                   host_reason=state.backend.host_latency_reason(state.artifact),
-                                   estimate=state.estimate,
-                                   top1_drop_pt=state.accuracy.drop_pt if state.accuracy else None,
-                                   accuracy_reason=accuracy_reason)
+        accuracy_reason = (
+            f"top-1 needs the artifact run on the labelled data; {state.outputs_source} outputs "
+            "cover the validation samples only"
+        )
+    state.figures = figures_of_run(
+        state.run,
+        size_mb=files / 1e6,
+        host_reason=state.backend.host_latency_reason(state.artifact),
+        estimate=state.estimate,
+        top1_drop_pt=state.accuracy.drop_pt if state.accuracy else None,
+        accuracy_reason=accuracy_reason,
+    )
     if state.lowered.warning:
         state.figures.missing["calibration"] = state.lowered.warning
-    state.judgement = judge_figures(state.request.budgets_for(state.target),
-                                    state.request.tolerance_for(state.target, state.precision), state.numerics,
-                                    state.figures, allow_estimates=state.target.spec.allow_estimates,
-                                    deferred=state.artifact.deferred)
+    state.judgement = judge_figures(
+        state.request.budgets_for(state.target),
+        state.request.tolerance_for(state.target, state.precision),
+        state.numerics,
+        state.figures,
+        allow_estimates=state.target.spec.allow_estimates,
+        deferred=state.artifact.deferred,
+    )
 
 
 def _artifact_bytes(state: BuildState) -> int:
@@ -269,6 +321,9 @@ def roofline_estimate(state: BuildState) -> dict | None:
     measured = state.run.latency
     if measured is not None:
         calibration = calibrate(measured.p50, cost, hardware, precision)
-        result["calibration"] = {"measured_p50_ms": round(measured.p50, 4), "efficiency": calibration.efficiency,
-                                 "error_pct": round(calibration.error_pct, 1)}
+        result["calibration"] = {
+            "measured_p50_ms": round(measured.p50, 4),
+            "efficiency": calibration.efficiency,
+            "error_pct": round(calibration.error_pct, 1),
+        }
     return result

@@ -21,8 +21,6 @@ from vdeploy.graph_passes.ops import OpId, OpSet  # noqa: F401  (re-exported: th
 DEFAULT_CATALOG = Path(__file__).with_name("targets.yaml")
 
 
-
-
 class Precision(str, enum.Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -83,7 +81,9 @@ class Hardware(_Strict):
 
 
 class PrecisionOptions(_Strict):
-    keep_fp32: list[str] = []  # FP16 builds: op types, node names or rule families kept FP32 (default: see precision.py)
+    keep_fp32: list[
+        str
+    ] = []  # FP16 builds: op types, node names or rule families kept FP32 (default: see precision.py)
     int8_everywhere: bool = False  # INT8 builds quantize every layer (NPU profiles); else transformer-aware placement
     int8_keep_float: list[str] = []  # ONNX node names never quantized
 
@@ -107,7 +107,7 @@ class TargetSpec(_Strict):
     sources: list[str] = []
 
     @model_validator(mode="after")
-    def _precisions_consistent(self) -> "TargetSpec":
+    def _precisions_consistent(self) -> TargetSpec:
         if self.default_precision not in self.precisions:
             raise ValueError(f"default_precision {self.default_precision.value} is not in precisions")
         missing = [p.value for p in self.precisions if p not in self.tolerances]
@@ -158,17 +158,21 @@ class Catalog:
         self._check_references()
 
     def _check_references(self) -> None:
-        for name, profile in self.data.op_profiles.items():
+        for name in self.data.op_profiles:
             self._resolve(name, ())
         seen: dict[str, str] = {}
         for name, spec in self.data.targets.items():
             if spec.op_profile not in self.data.op_profiles:
-                raise TargetError(f"{self.path}: target {name!r} names unknown op_profile {spec.op_profile!r}",
-                                  f"known profiles: {', '.join(sorted(self.data.op_profiles))}")
+                raise TargetError(
+                    f"{self.path}: target {name!r} names unknown op_profile {spec.op_profile!r}",
+                    f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
+                )
             for key in (name, *spec.aliases):
                 if key in seen:
-                    raise TargetError(f"{self.path}: name {key!r} is used by targets {seen[key]!r} and {name!r}",
-                                      "give each target and alias a unique name")
+                    raise TargetError(
+                        f"{self.path}: name {key!r} is used by targets {seen[key]!r} and {name!r}",
+                        "give each target and alias a unique name",
+                    )
                 seen[key] = name
 
     def _resolve(self, name: str, chain: tuple[str, ...]) -> frozenset:
@@ -176,8 +180,10 @@ class Catalog:
             raise TargetError(f"{self.path}: op profile cycle {' -> '.join((*chain, name))}", "remove the cycle")
         profile = self.data.op_profiles.get(name)
         if profile is None:
-            raise TargetError(f"{self.path}: op profile {chain[-1]!r} has unknown base {name!r}",
-                              f"known profiles: {', '.join(sorted(self.data.op_profiles))}")
+            raise TargetError(
+                f"{self.path}: op profile {chain[-1]!r} has unknown base {name!r}",
+                f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
+            )
         ops = set(self._resolve(profile.base, (*chain, name))) if profile.base else set()
         ops |= {OpId.parse(o) for o in (*profile.ops, *profile.add)}
         ops -= {OpId.parse(o) for o in profile.remove}
@@ -223,10 +229,10 @@ def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise TargetError(f"{path}: {loc}: {first['msg']}",
-                          f"{exc.error_count()} problem(s); see the schema in deploy/targets.py") from None
+        raise TargetError(
+            f"{path}: {loc}: {first['msg']}", f"{exc.error_count()} problem(s); see the schema in deploy/targets.py"
+        ) from None
     return Catalog(data, path)
-
 
 
 callable_as_api(__name__, "targets")  # vdeploy.targets() lists the catalogue; vdeploy.targets stays this module

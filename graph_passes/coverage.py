@@ -49,14 +49,24 @@ class Coverage:
         return tuple(op for op, s in self.status.items() if s is OpStatus.fallback)
 
     def table(self) -> list[dict]:
-        return [{"op": op, "before": self.ops_before.get(op, 0), "after": self.ops_after.get(op, 0),
-                 "status": status.value} for op, status in self.status.items()]
+        return [
+            {"op": op, "before": self.ops_before.get(op, 0), "after": self.ops_after.get(op, 0), "status": status.value}
+            for op, status in self.status.items()
+        ]
 
     def to_manifest(self) -> dict:
-        return {"ops_before": self.ops_before, "ops_after": self.ops_after, "fused": self.fused,
-                "decomposed": self.decomposed, "unsupported": list(self.unsupported), "rules": self.rules,
-                "fallback": list(self.fallback), "unknown": list(self.unknown), "approximations": self.approximations,
-                "status": {op: s.value for op, s in self.status.items()}}
+        return {
+            "ops_before": self.ops_before,
+            "ops_after": self.ops_after,
+            "fused": self.fused,
+            "decomposed": self.decomposed,
+            "unsupported": list(self.unsupported),
+            "rules": self.rules,
+            "fallback": list(self.fallback),
+            "unknown": list(self.unknown),
+            "approximations": self.approximations,
+            "status": {op: s.value for op, s in self.status.items()},
+        }
 
 
 def coverage_of(before, after, result, op_set: frozenset, unknown: frozenset = frozenset()) -> Coverage:
@@ -82,5 +92,12 @@ def coverage_of(before, after, result, op_set: frozenset, unknown: frozenset = f
             status[op] = OpStatus(made_by[op])
         else:
             status[op] = OpStatus.native
-    return Coverage(ops_before, ops_after, status, dict(result.fused), dict(result.decomposed), dict(result.rules),
-                    dict(result.approximations))
+    return Coverage(
+        ops_before,
+        ops_after,
+        status,
+        dict(result.fused),
+        dict(result.decomposed),
+        dict(result.rules),
+        dict(result.approximations),
+    )

@@ -109,12 +109,16 @@ def check_legal(model: ir.Model, usable: frozenset, fallback: bool) -> None:
     left = unsupported_ops(model, usable)
     internal = [op for op in left if op.startswith(INTERNAL_DOMAIN + "::")]
     if internal:
-        raise UnsupportedOpsError(f"internal ops survived legalization: {', '.join(internal)}",
-                                  "a lowering rule is missing for them; this is a vdeploy bug, please report it")
+        raise UnsupportedOpsError(
+            f"internal ops survived legalization: {', '.join(internal)}",
+            "a lowering rule is missing for them; this is a vdeploy bug, please report it",
+        )
     if left and not fallback:
         note = f" ({RANK4_MATMUL_NOTE})" if "MatMul" in left and OpId("", "MatMul") in usable else ""
-        raise UnsupportedOpsError(f"ops outside the target's op set remain after legalization: {', '.join(left)}{note}",
-                                  "choose a target that allows CPU fallback, or one whose op set has these ops")
+        raise UnsupportedOpsError(
+            f"ops outside the target's op set remain after legalization: {', '.join(left)}{note}",
+            "choose a target that allows CPU fallback, or one whose op set has these ops",
+        )
 
 
 def _apply(model: ir.Model, name: str, variants: Sequence[RewriteRule]) -> int:
@@ -177,8 +181,14 @@ def run_to_fixpoint(model: ir.Model, rules: Sequence[RewriteRule], counts: Count
     return total
 
 
-def legalize(model: ir.Model, op_set: frozenset, *, fallback: bool = False, specs: Sequence | None = None,
-             after_spec: Callable[[str, ir.Model, dict[str, int]], None] | None = None) -> LegalizeResult:
+def legalize(
+    model: ir.Model,
+    op_set: frozenset,
+    *,
+    fallback: bool = False,
+    specs: Sequence | None = None,
+    after_spec: Callable[[str, ir.Model, dict[str, int]], None] | None = None,
+) -> LegalizeResult:
     """Rewrite `model` in place so that its ops fit `op_set`; report counts and leftovers (never raises for them:
     the Legalize pass's ensures() does). `after_spec(family, model, fired)` is called after each rule family
     (a numerics instrument checks the graph there; `fired`: that family's rule -> rewrites)."""

@@ -13,7 +13,7 @@ class OpId(NamedTuple):
     op_type: str
 
     @classmethod
-    def parse(cls, text: str) -> "OpId":
+    def parse(cls, text: str) -> OpId:
         """'LayerNormalization' -> ('', ...); 'com.microsoft::Gelu' -> ('com.microsoft', 'Gelu')."""
         domain, _, op_type = text.rpartition("::")
         domain = "" if domain in ("", "ai.onnx") else domain

@@ -25,8 +25,18 @@ import onnx_ir.passes.common as common_passes
 from vdeploy.graph_passes.rules.base import RULE_KEY
 
 LOGITS = "logits"  # keep_fp32 token: the producer of each graph output
-REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceSumSquare",
-                        "ReduceLogSumExp", "ReduceProd"})
+REDUCTIONS = frozenset(
+    {
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceL2",
+        "ReduceSumSquare",
+        "ReduceLogSumExp",
+        "ReduceProd",
+    }
+)
 DEFAULT_KEEP_FP32 = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax", *REDUCTIONS,  # op types
     "layer_norm", "softmax",  # rule families (their decompositions stay FP32 as a whole)
@@ -86,6 +96,7 @@ class Fp16Islands(ir.passes.InPlacePass):
 
 
 # ---- choosing the islands ---------------------------------------------------------------------------------------
+
 
 def fp32_islands(model: ir.Model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32) -> list[ir.Node]:
     """The float nodes that keep_fp32 keeps (with decomposition chains and logits), in graph order. Also the
@@ -170,6 +181,7 @@ def _all_uses_want_fp16(node: ir.Node, half: set[ir.Node]) -> bool:
 
 # ---- rewriting --------------------------------------------------------------------------------------------------
 
+
 def _to_half_tensor(tensor: ir.TensorProtocol, name: str | None = None) -> ir.Tensor:
     array = tensor.numpy().astype(np.float16)
     return ir.Tensor(array, name=name if name is not None else tensor.name)
@@ -208,8 +220,12 @@ def _convert_initializers(graph: ir.Graph, half: set[ir.Node]) -> None:
             value.type = ir.TensorType(F16)
             continue
         twin_name = _unique(f"{value.name}_fp16", names)
-        twin = ir.Value(name=twin_name, shape=value.shape, type=ir.TensorType(F16),
-                        const_value=_to_half_tensor(value.const_value, twin_name))
+        twin = ir.Value(
+            name=twin_name,
+            shape=value.shape,
+            type=ir.TensorType(F16),
+            const_value=_to_half_tensor(value.const_value, twin_name),
+        )
         graph.register_initializer(twin)
         for use in half_uses:
             use.node.replace_input_with(use.idx, twin)
@@ -242,8 +258,14 @@ def _was_converted(value: ir.Value, half: set[ir.Node]) -> bool:
 def _cast(graph: ir.Graph, value: ir.Value, to: ir.DataType, names: set[str], before: ir.Node) -> ir.Value:
     suffix = "fp16" if to == F16 else "fp32"
     out = ir.Value(name=_unique(f"{value.name}_{suffix}", names), shape=value.shape, type=ir.TensorType(to))
-    node = ir.Node("", "Cast", [value], [ir.AttrInt64("to", int(to))], outputs=[out],
-                   name=_unique(f"{value.name}_cast_{suffix}", names))
+    node = ir.Node(
+        "",
+        "Cast",
+        [value],
+        [ir.AttrInt64("to", int(to))],
+        outputs=[out],
+        name=_unique(f"{value.name}_cast_{suffix}", names),
+    )
     graph.insert_before(before, node)
     return out
 
@@ -258,8 +280,16 @@ def _cast_outputs(graph: ir.Graph) -> int:
         name = value.name
         value.name = _unique(f"{name}_fp16", names)
         out = ir.Value(name=name, shape=value.shape, type=ir.TensorType(F32))
-        graph.append(ir.Node("", "Cast", [value], [ir.AttrInt64("to", int(F32))], outputs=[out],
-                             name=_unique(f"{name}_cast_fp32", names)))
+        graph.append(
+            ir.Node(
+                "",
+                "Cast",
+                [value],
+                [ir.AttrInt64("to", int(F32))],
+                outputs=[out],
+                name=_unique(f"{name}_cast_fp32", names),
+            )
+        )
         graph.outputs[i] = out
         count += 1
     return count

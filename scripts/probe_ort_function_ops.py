@@ -14,7 +14,6 @@ import warnings
 
 import numpy as np
 
-
 RANDOM_OPS = ("Bernoulli",)
 
 
@@ -33,8 +32,11 @@ def function_ops() -> set[str]:
 def kernel_ops() -> set[str]:
     from onnxruntime.capi.onnxruntime_pybind11_state import get_all_opkernel_def
 
-    return {k.op_name for k in get_all_opkernel_def()
-            if k.provider == "CPUExecutionProvider" and k.domain in ("", "ai.onnx")}
+    return {
+        k.op_name
+        for k in get_all_opkernel_def()
+        if k.provider == "CPUExecutionProvider" and k.domain in ("", "ai.onnx")
+    }
 
 
 def as_array(value) -> np.ndarray:
@@ -64,8 +66,13 @@ def runs_in_ort(case) -> bool:
                     same = all(np.allclose(g, w, rtol=1e-3, atol=1e-5) for g, w in zip(got, want))
                     if len(got) != len(want) or not same:
                         return False
-                elif not np.allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64),
-                                   rtol=max(case.rtol, 1e-3), atol=max(case.atol, 1e-5), equal_nan=True):
+                elif not np.allclose(
+                    np.asarray(got, dtype=np.float64),
+                    np.asarray(want, dtype=np.float64),
+                    rtol=max(case.rtol, 1e-3),
+                    atol=max(case.atol, 1e-5),
+                    equal_nan=True,
+                ):
                     return False
         return True
     except Exception:  # noqa: BLE001 (ORT raises Fail/InvalidGraph/NotImplemented/...: all mean "does not run")
@@ -92,6 +99,8 @@ if __name__ == "__main__":
     import onnxruntime
 
     ops = probe()
-    print(f"# onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}: {len(ops)} function ops ORT runs",
-          file=sys.stderr)
+    print(
+        f"# onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}: {len(ops)} function ops ORT runs",
+        file=sys.stderr,
+    )
     print(", ".join(ops))

@@ -27,8 +27,14 @@ def selected(cases) -> list:
     """The families the issue names, at opset <= 23, without onnx's own *_expanded variants (the function bodies
     of the same ops: legalization's decompositions are what is under test) and without the bfloat16 cases (ONNX
     Runtime 1.31's CPU provider has no bfloat16 Expand/Add kernels, so not even the unchanged graph runs here)."""
-    return [c for c in cases if FAMILIES.match(c.name) and "_expanded" not in c.name and "_bf16" not in c.name
-            and max(o.version for o in c.model.opset_import if o.domain in ("", "ai.onnx")) <= MAX_OPSET]
+    return [
+        c
+        for c in cases
+        if FAMILIES.match(c.name)
+        and "_expanded" not in c.name
+        and "_bf16" not in c.name
+        and max(o.version for o in c.model.opset_import if o.domain in ("", "ai.onnx")) <= MAX_OPSET
+    ]
 
 
 class Outcome(NamedTuple):

@@ -26,9 +26,25 @@ def digits_files(tmp_path_factory):
 @pytest.mark.parametrize("target", ["onnxruntime-cpu", "x86-cpu"])
 def test_int8_top1_drop_is_measured_and_gated(cli, digits_files, tmp_path, target):
     files, fp32_accuracy = digits_files
-    result = cli("build", files / "digits_cnn.pt2", "--target", target, "--precision", "int8", "--out", tmp_path,
-                 "--calib", files / "calib.npy", "--eval-data", files / "eval.npz", "--max-top1-drop", "1.0",
-                 "--iters", 3, "--json")
+    result = cli(
+        "build",
+        files / "digits_cnn.pt2",
+        "--target",
+        target,
+        "--precision",
+        "int8",
+        "--out",
+        tmp_path,
+        "--calib",
+        files / "calib.npy",
+        "--eval-data",
+        files / "eval.npz",
+        "--max-top1-drop",
+        "1.0",
+        "--iters",
+        3,
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     accuracy = result.json["accuracy"]
     assert accuracy["samples"] == 450
@@ -38,15 +54,37 @@ def test_int8_top1_drop_is_measured_and_gated(cli, digits_files, tmp_path, targe
 
 def test_zero_drop_gate_holds_for_fp32_is_kept_by_validate_and_is_unverified_without_data(cli, digits_files, tmp_path):
     files, _ = digits_files
-    args = ("build", files / "digits_cnn.pt2", "--target", "onnxruntime-cpu", "--out", tmp_path, "--iters", 3,
-            "--json", "--eval-data", files / "eval.npz")
+    args = (
+        "build",
+        files / "digits_cnn.pt2",
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        3,
+        "--json",
+        "--eval-data",
+        files / "eval.npz",
+    )
     exact = cli(*args, "--max-top1-drop", "0")
     assert exact.exit_code == 0 and exact.json["accuracy"]["top1_drop_pt"] == 0  # FP32 ORT == PyTorch labels
     assert exact.json["verdict"] == "pass"
     validated = cli("validate", tmp_path / "digits_cnn-onnxruntime-cpu", "--json", "--iters", 3)
     assert validated.exit_code == 0 and validated.json["verdict"] == "pass", validated.json["reason"]
-    unverified = cli("build", files / "digits_cnn.pt2", "--target", "onnxruntime-cpu", "--out", tmp_path / "u",
-                     "--iters", 3, "--json", "--max-top1-drop", "0.5")
+    unverified = cli(
+        "build",
+        files / "digits_cnn.pt2",
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path / "u",
+        "--iters",
+        3,
+        "--json",
+        "--max-top1-drop",
+        "0.5",
+    )
     assert unverified.json["verdict"] == "unverified"
     assert any(u.startswith("max_top1_drop:") for u in unverified.json["reason"]["unverified"])
 
@@ -56,6 +94,7 @@ def test_eval_data_without_labels_is_a_clear_error(cli, digits_files, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, inputs=np.zeros((4, 1, 8, 8), np.float32))
     out = tmp_path / "out"
-    result = cli("build", files / "digits_cnn.pt2", "--target", "onnxruntime-cpu", "--out", out, "--json",
-                 "--eval-data", bad)
+    result = cli(
+        "build", files / "digits_cnn.pt2", "--target", "onnxruntime-cpu", "--out", out, "--json", "--eval-data", bad
+    )
     assert result.exit_code == 1 and "labels" in result.stderr and not out.exists()

@@ -35,8 +35,20 @@ def trained(tmp_path_factory):
 
 def test_build_timm_arch_from_state_dict(cli, trained, tmp_path):
     model, root = trained
-    result = cli("build", "--arch", ARCH, "--weights", root / "sd.pt", "--target", "onnxruntime-cpu",
-                 "--out", tmp_path, "--iters", 2, "--json")
+    result = cli(
+        "build",
+        "--arch",
+        ARCH,
+        "--weights",
+        root / "sd.pt",
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        2,
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     manifest = result.json
     assert manifest["verdict"] == "pass" and manifest["inputs"][0]["shape"] == [1, 3, 160, 160]  # pretrained_cfg
@@ -78,7 +90,8 @@ def test_factory_arch_is_imported_only_when_given(cli, tmp_path, monkeypatch):
         "import torch\n"
         "def build():\n"
         "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),\n"
-        "                               torch.nn.Linear(4 * 6 * 6, 5))\n")
+        "                               torch.nn.Linear(4 * 6 * 6, 5))\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     torch.manual_seed(1)
@@ -86,8 +99,17 @@ def test_factory_arch_is_imported_only_when_given(cli, tmp_path, monkeypatch):
 
     sys.path.insert(0, str(tmp_path))
     torch.save(importlib.import_module("mynets.small").build().state_dict(), tmp_path / "w.pt")
-    result = cli("coverage", "w.pt", "--arch", "mynets.small:build", "--input-shape", "1,3,8,8",
-                 "--target", "onnxruntime-cpu", "--json")
+    result = cli(
+        "coverage",
+        "w.pt",
+        "--arch",
+        "mynets.small:build",
+        "--input-shape",
+        "1,3,8,8",
+        "--target",
+        "onnxruntime-cpu",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     assert result.json["onnxruntime-cpu"]["unsupported"] == []
     missing = cli("coverage", "w.pt", "--arch", "mynets.nope:build", "--target", "onnxruntime-cpu")

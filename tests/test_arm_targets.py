@@ -21,11 +21,13 @@ VELA_CRASH = pytest.mark.xfail(strict=True, reason="Vela 5.2.0 SIGSEGV on Mobile
 # the CPU. The ONNX op profile cannot see that layout choice (ReduceMean/GlobalAveragePool are on the NPU list).
 LAYOUT_GAP = pytest.mark.xfail(strict=True, reason="NCHW MEAN from litert-torch runs on the CPU; profile says NPU")
 # ONNX ops our coverage leaves on fallback although Vela runs their TFLite form on the NPU: the class-token pick
-# x[:, 0] exports as Gather (constant index) and converts to STRIDED_SLICE. Legalization has no Gather -> Slice rule yet.
+# x[:, 0] exports as Gather (constant index) and converts to STRIDED_SLICE.
+# Legalization has no Gather -> Slice rule yet.
 KNOWN_COVERAGE_GAP = {"Gather"}
 
-pytestmark = pytest.mark.skipif(not toolchains.installed("arm"),
-                                reason="the arm toolchain is not installed: run `vdeploy toolchain install arm`")
+pytestmark = pytest.mark.skipif(
+    not toolchains.installed("arm"), reason="the arm toolchain is not installed: run `vdeploy toolchain install arm`"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,11 @@ def ethos_builds(saved_pt2, tmp_path_factory):
     out = tmp_path_factory.mktemp("ethos")
     results = {}
     for name in GOLDEN:
-        run = CliRunner().invoke(app, ["build", str(saved_pt2(name)), "--target", "ethos-u55-128", "--out", str(out),
-                                       "--json"], catch_exceptions=False)
+        run = CliRunner().invoke(
+            app,
+            ["build", str(saved_pt2(name)), "--target", "ethos-u55-128", "--out", str(out), "--json"],
+            catch_exceptions=False,
+        )
         results[name] = (run.exit_code, run.stdout, run.stderr, out / f"{name}-ethos-u55-128")
     return results
 
@@ -72,8 +77,9 @@ def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
     assert not manifest["violations"] and manifest["verdict"] == "unverified"  # Vela's estimate never passes alone
 
 
-@pytest.mark.parametrize("name", ["vit", pytest.param("mobilevit", marks=VELA_CRASH),
-                                  pytest.param("cnn", marks=LAYOUT_GAP)])
+@pytest.mark.parametrize(
+    "name", ["vit", pytest.param("mobilevit", marks=VELA_CRASH), pytest.param("cnn", marks=LAYOUT_GAP)]
+)
 def test_ethos_op_profile_predicts_velas_placement(ethos_builds, name):
     """Ops our coverage sends to the Cortex-M are the ops Vela leaves on the CPU (bar the named Gather gap)."""
     import json
@@ -83,8 +89,11 @@ def test_ethos_op_profile_predicts_velas_placement(ethos_builds, name):
     manifest = json.loads(stdout)
     vela_cpu = {lay["op"] for lay in manifest["artifact"]["details"]["placement"]["layers"] if lay["device"] == "CPU"}
     ours = set(manifest["coverage"]["fallback"])
-    assert not vela_cpu, [(lay["op"], lay["reason"]) for lay in manifest["artifact"]["details"]["placement"]["layers"]
-                          if lay["device"] == "CPU"]
+    assert not vela_cpu, [
+        (lay["op"], lay["reason"])
+        for lay in manifest["artifact"]["details"]["placement"]["layers"]
+        if lay["device"] == "CPU"
+    ]
     assert ours <= KNOWN_COVERAGE_GAP, f"profile predicts CPU ops Vela runs on the NPU: {ours - KNOWN_COVERAGE_GAP}"
 
 
@@ -96,8 +105,9 @@ def test_ethos_targets_in_catalogue_are_int8_only():
     assert catalog.get("ethos-u55").name == "ethos-u55-128"
 
 
-@pytest.mark.parametrize("name, target", [("vit", "x86-cpu-xnnpack"), ("mobilevit", "x86-cpu-xnnpack"),
-                                          ("cnn", "arm-cortex-a76-xnnpack")])
+@pytest.mark.parametrize(
+    "name, target", [("vit", "x86-cpu-xnnpack"), ("mobilevit", "x86-cpu-xnnpack"), ("cnn", "arm-cortex-a76-xnnpack")]
+)
 def test_xnnpack_pte_matches_pytorch_within_fp32_gate(cli, saved_pt2, tmp_path, name, target):
     """The .pte runs in the x86 ExecuTorch runtime (arm venv); the aarch64 target's host timing does not count."""
     result = cli("build", saved_pt2(name), "--target", target, "--out", tmp_path, "--json", "--iters", 5)

@@ -49,9 +49,12 @@ def test_truncated_onnx(cli, tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     data = helper.make_model(graph, ir_version=10).SerializeToString()
     path = tmp_path / "cut.onnx"
     path.write_bytes(data[: len(data) - 9])
@@ -132,14 +135,22 @@ def test_torchscript_without_shape_asks_for_one(cli, tmp_path):
     assert_clean_failure(build(cli, path, out), out, "--input-shape")
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("targets: [unclosed", "not valid YAML"),
-    ("op_profiles: {}\ntargets:\n  t: {description: d, backend: gpu9000, op_profile: p, precisions: [fp32], "
-     "tolerances: {fp32: {max_rel_err: 0.001, min_cosine: 0.99}}}", "backend"),
-    ("op_profiles:\n  p: {source: s, ops: [Relu]}\ntargets:\n  t: {description: d, backend: onnxruntime, "
-     "op_profile: nope, precisions: [fp32], tolerances: {fp32: {max_rel_err: 0.001, min_cosine: 0.99}}}",
-     "unknown op_profile 'nope'"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("targets: [unclosed", "not valid YAML"),
+        (
+            "op_profiles: {}\ntargets:\n  t: {description: d, backend: gpu9000, op_profile: p, precisions: [fp32], "
+            "tolerances: {fp32: {max_rel_err: 0.001, min_cosine: 0.99}}}",
+            "backend",
+        ),
+        (
+            "op_profiles:\n  p: {source: s, ops: [Relu]}\ntargets:\n  t: {description: d, backend: onnxruntime, "
+            "op_profile: nope, precisions: [fp32], tolerances: {fp32: {max_rel_err: 0.001, min_cosine: 0.99}}}",
+            "unknown op_profile 'nope'",
+        ),
+    ],
+)
 def test_bad_targets_yaml(cli, saved_pt2, tmp_path, text, needle):
     catalog = tmp_path / "targets.yaml"
     catalog.write_text(text)

@@ -31,8 +31,12 @@ def _wrong_epsilon(op, x, scale, bias, y, **_):
 
 
 _BROKEN_RULE = RewriteRule(_layer_norm, _wrong_epsilon, _not_broken_yet, name="broken_layer_norm_epsilon")
-BROKEN = RuleSpec(name="broken_layer_norm", big_op=OpId("", "LayerNormalization"),
-                  fuse_rules=(_BROKEN_RULE,), decompose_rules=(_BROKEN_RULE,))
+BROKEN = RuleSpec(
+    name="broken_layer_norm",
+    big_op=OpId("", "LayerNormalization"),
+    fuse_rules=(_BROKEN_RULE,),
+    decompose_rules=(_BROKEN_RULE,),
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,11 @@ def test_clean_build_holds_everywhere_and_cli_exits_0(cli, vit):
     data = result.json
     assert data["first_bad_stage"] is None and data["first_bad_node"] is None
     assert all(stage["ok"] for stage in data["stages"])
-    assert [s["name"] for s in data["stages"]][:3] == ["export", "canonicalize", "legalize:attention_normalize+attention"]
+    assert [s["name"] for s in data["stages"]][:3] == [
+        "export",
+        "canonicalize",
+        "legalize:attention_normalize+attention",
+    ]
 
 
 def test_cli_exits_3_when_a_stage_leaves_tolerance(cli, vit, tmp_path):

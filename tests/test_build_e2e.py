@@ -7,8 +7,25 @@ import hashlib
 import numpy as np
 import pytest
 
-MANIFEST_KEYS = {"target", "backend", "precision", "model", "files", "inputs", "outputs", "coverage", "numerics",
-                 "latency_ms", "power_w", "size_mb", "budgets", "violations", "verdict", "toolchain", "reason"}
+MANIFEST_KEYS = {
+    "target",
+    "backend",
+    "precision",
+    "model",
+    "files",
+    "inputs",
+    "outputs",
+    "coverage",
+    "numerics",
+    "latency_ms",
+    "power_w",
+    "size_mb",
+    "budgets",
+    "violations",
+    "verdict",
+    "toolchain",
+    "reason",
+}
 COVERAGE_KEYS = {"ops_before", "ops_after", "fused", "decomposed", "unsupported", "rules"}
 
 
@@ -61,8 +78,19 @@ def test_reference_io_reproduces_outputs(cli, saved_pt2, tmp_path):
 
 
 def test_impossible_latency_budget_fails_with_exit_3(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "x86-cpu", "--out", tmp_path, "--iters", 5,
-                 "--max-latency-ms", "0.001", "--json")
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "x86-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        5,
+        "--max-latency-ms",
+        "0.001",
+        "--json",
+    )
     assert result.exit_code == 3, result.stderr
     manifest = result.json
     assert manifest["verdict"] == "fail"
@@ -72,8 +100,19 @@ def test_impossible_latency_budget_fails_with_exit_3(cli, saved_pt2, tmp_path):
 
 
 def test_power_budget_without_a_meter_is_unverified(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "onnxruntime-cpu", "--out", tmp_path, "--iters", 5,
-                 "--max-power-w", "5", "--json")
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        5,
+        "--max-power-w",
+        "5",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     assert result.json["verdict"] == "unverified"
     assert any(item.startswith("power_w:") for item in result.json["reason"]["unverified"])
@@ -92,8 +131,7 @@ def test_rebuild_replaces_the_bundle(cli, saved_pt2, tmp_path):
 def test_human_report_shows_coverage_numerics_latency(cli, saved_pt2, tmp_path):
     result = cli("build", saved_pt2("vit"), "--target", "x86-cpu", "--out", tmp_path, "--iters", 5)
     assert result.exit_code == 0, result.stderr
-    for text in ("operator coverage", "LayerNormalization", "numerics vs reference", "latency: p50",
-                 "verdict: PASS"):
+    for text in ("operator coverage", "LayerNormalization", "numerics vs reference", "latency: p50", "verdict: PASS"):
         assert text in result.stdout
     assert "PASS" in (tmp_path / "vit-x86-cpu" / "report.html").read_text()
 
@@ -112,8 +150,19 @@ targets:
     budgets: {peak_mem_mb: 1}
     tolerances: {fp32: {max_rel_err: 1.0e-4, min_cosine: 0.9999}}
 """)
-    result = cli("build", saved_pt2("cnn"), "--target", "tight", "--out", tmp_path / "out", "--iters", 3, "--json",
-                 "--targets-file", catalog)
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "tight",
+        "--out",
+        tmp_path / "out",
+        "--iters",
+        3,
+        "--json",
+        "--targets-file",
+        catalog,
+    )
     assert result.exit_code == 3, result.stderr
     manifest = result.json
     assert manifest["peak_mem_mb"] > 10  # a Python process with ONNX Runtime loaded

@@ -34,6 +34,7 @@ def test_manifest_lists_files_with_hashes(tmp_path):
         (writer.tmp / "sub" / "x.txt").write_text("abc")
         files = writer.file_entries()
         final = writer.finish({"files": files})
-    assert files == [{"path": "sub/x.txt", "bytes": 3,
-                      "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]
+    assert files == [
+        {"path": "sub/x.txt", "bytes": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+    ]
     assert read_manifest(final)["files"] == files

@@ -25,8 +25,11 @@ def test_help_lists_commands():
 def test_real_stderr_is_one_line(tmp_path):
     path = tmp_path / "weights.pt"
     path.write_bytes(b"\x80\x04K\x01.")  # a pickle of the int 1: tensors only, no model
-    proc = subprocess.run([VDEPLOY, "build", str(path), "--target", "x86-cpu", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [VDEPLOY, "build", str(path), "--target", "x86-cpu", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     error_lines = [line for line in proc.stderr.splitlines() if not line.startswith("vdeploy: ")]
     assert error_lines == [line for line in error_lines if line.startswith("model: ")] and len(error_lines) == 1

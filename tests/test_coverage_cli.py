@@ -32,8 +32,19 @@ def test_coverage_all_targets_matrix(cli, saved_pt2):
 
 
 def test_multi_target_build_writes_one_bundle_each(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "x86-cpu", "--target", "onnxruntime-cpu",
-                 "--out", tmp_path, "--iters", 3, "--json")
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "x86-cpu",
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        3,
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     manifests = result.json
     assert [m["target"] for m in manifests] == ["x86-cpu", "onnxruntime-cpu"]
@@ -41,7 +52,19 @@ def test_multi_target_build_writes_one_bundle_each(cli, saved_pt2, tmp_path):
 
 
 def test_multi_target_exit_code_is_the_worst(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "x86-cpu", "--target", "onnxruntime-cpu",
-                 "--out", tmp_path, "--iters", 3, "--max-latency-ms", "0.001")
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "x86-cpu",
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        3,
+        "--max-latency-ms",
+        "0.001",
+    )
     assert result.exit_code == 3
     assert "build summary" in result.stdout and result.stdout.count("FAIL") >= 2

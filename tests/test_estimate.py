@@ -9,26 +9,44 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vdeploy.errors import TargetError
 from vdeploy.targets import Hardware, Precision
-from vdeploy.validate.estimate import (LAYERNORM_PER_ELEMENT, LAYERNORM_PER_ROW, SOFTMAX_PER_ELEMENT, Cost, OpCost,
-                                       calibrate, count_cost, estimate)
+from vdeploy.validate.estimate import (
+    LAYERNORM_PER_ELEMENT,
+    LAYERNORM_PER_ROW,
+    SOFTMAX_PER_ELEMENT,
+    Cost,
+    OpCost,
+    calibrate,
+    count_cost,
+    estimate,
+)
 from vdeploy.validate.power import PowerSource
 
 F32 = 4  # bytes per float32 element
-HW = Hardware(peak_gops={Precision.fp32: 1000.0}, mem_bw_gbs=100.0, idle_w=5.0, active_w=15.0, efficiency=0.5,
-              source="round test figures")
+HW = Hardware(
+    peak_gops={Precision.fp32: 1000.0},
+    mem_bw_gbs=100.0,
+    idle_w=5.0,
+    active_w=15.0,
+    efficiency=0.5,
+    source="round test figures",
+)
 
 
 def _model(nodes, inputs, outputs, weights=(), opset=18) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in weights]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
 def test_matmul_1x197x192_by_192x576():
-    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", [1, 197, 192])], ["y"],
-                   [("w", [192, 576])])
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", [1, 197, 192])], ["y"], [("w", [192, 576])])
     cost = count_cost(model)
     # out [1, 197, 576], K = 192, a multiply-add = 2 FLOPs
     assert cost.flops == 2 * 197 * 576 * 192 == 43_573_248
@@ -60,8 +78,11 @@ def test_layernorm_over_1x197x192():
 
 
 def test_weights_are_read_once_and_unknown_ops_are_listed():
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y0"]),
-             helper.make_node("Mystery", ["y0"], ["y"], domain="example.custom")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("MatMul", ["h", "w"], ["y0"]),
+        helper.make_node("Mystery", ["y0"], ["y"], domain="example.custom"),
+    ]
     model = _model(nodes, [("x", [4, 8])], ["y"], [("w", [8, 8])])
     model.opset_import.append(helper.make_opsetid("example.custom", 1))
     cost = count_cost(model)
@@ -83,13 +104,19 @@ def test_fused_attention_counts_like_its_decomposition():
     b, h, s, d = 1, 3, 197, 64
     qkv = [(n, [b, h, s, d]) for n in "qkv"]
     fused = _model([helper.make_node("Attention", ["q", "k", "v"], ["y"])], qkv, ["y"], opset=23)
-    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [d ** -0.5])
-    decomposed = _model([helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-                         helper.make_node("MatMul", ["q", "kt"], ["s"]),
-                         helper.make_node("Constant", [], ["c"], value=scale),
-                         helper.make_node("Mul", ["s", "c"], ["ss"]),
-                         helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
-                         helper.make_node("MatMul", ["p", "v"], ["y"])], qkv, ["y"])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [d**-0.5])
+    decomposed = _model(
+        [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+            helper.make_node("MatMul", ["q", "kt"], ["s"]),
+            helper.make_node("Constant", [], ["c"], value=scale),
+            helper.make_node("Mul", ["s", "c"], ["ss"]),
+            helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["y"]),
+        ],
+        qkv,
+        ["y"],
+    )
     scores = b * h * s * s
     by_hand = 2 * scores * d + scores * (1 + SOFTMAX_PER_ELEMENT) + 2 * scores * d
     assert count_cost(fused).flops == count_cost(decomposed).flops == by_hand
@@ -97,8 +124,10 @@ def test_fused_attention_counts_like_its_decomposition():
 
 def test_bilinear_resize_counts_four_taps():
     sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 2, 8, 8])
-    nodes = [helper.make_node("Constant", [], ["s"], value=sizes),
-             helper.make_node("Resize", ["x", "", "", "s"], ["y"], mode="linear")]
+    nodes = [
+        helper.make_node("Constant", [], ["s"], value=sizes),
+        helper.make_node("Resize", ["x", "", "", "s"], ["y"], mode="linear"),
+    ]
     cost = count_cost(_model(nodes, [("x", [1, 2, 4, 4])], ["y"]))
     assert cost.flops == 2 * (2 * 8 * 8) * 2**2  # 2 FLOPs per tap, 2 taps on each of the 2 resized axes
     assert cost.uncounted == ()
@@ -144,8 +173,11 @@ def test_missing_precision_is_a_target_error():
 
 
 def test_calibrate_round_trip_and_reported_error():
-    ops = (OpCost("mm", "MatMul", 4 * 10**9, 10**7), OpCost("add", "Add", 10**6, 4 * 10**7),
-           OpCost("ln", "LayerNormalization", 10**7, 2 * 10**6))
+    ops = (
+        OpCost("mm", "MatMul", 4 * 10**9, 10**7),
+        OpCost("add", "Add", 10**6, 4 * 10**7),
+        OpCost("ln", "LayerNormalization", 10**7, 2 * 10**6),
+    )
     cost = Cost(sum(o.flops for o in ops), sum(o.bytes for o in ops), ops)
     measured = estimate(cost, HW, "fp32", efficiency=0.23).latency_ms
     efficiency, error_pct = calibrate(measured, cost, HW, "fp32")
@@ -167,8 +199,9 @@ def test_deit_tiny_flops_match_timms_published_macs():
     except ImportError as exc:
         pytest.skip(f"timm not importable: {exc}")
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
-    proto = torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), dynamo=True, opset_version=18,
-                              verbose=False).model_proto
+    proto = torch.onnx.export(
+        model, (torch.randn(1, 3, 224, 224),), dynamo=True, opset_version=18, verbose=False
+    ).model_proto
     cost = count_cost(proto)
     assert cost.uncounted == ()
     published = 2 * 1.26e9  # timm's model card: 1.3 GMACs (fvcore: 1.26 G) at 224x224; a MAC is 2 FLOPs

@@ -15,8 +15,19 @@ def test_torchscript_goes_through_the_legacy_exporter(cli, tmp_path):
     build_fn, shape = GOLDEN["mobilevit"]
     path = tmp_path / "mobilevit.ts"
     torch.jit.save(torch.jit.trace(build_fn(seed=0), torch.randn(shape)), str(path))
-    result = cli("build", path, "--target", "x86-cpu", "--out", tmp_path / "out", "--iters", 3, "--json",
-                 "--input-shape", ",".join(map(str, shape)))
+    result = cli(
+        "build",
+        path,
+        "--target",
+        "x86-cpu",
+        "--out",
+        tmp_path / "out",
+        "--iters",
+        3,
+        "--json",
+        "--input-shape",
+        ",".join(map(str, shape)),
+    )
     assert result.exit_code == 0, result.stderr
     manifest = result.json
     assert manifest["model"]["format"] == "torchscript"

@@ -20,9 +20,12 @@ from vdeploy.reference import SampleKind, make_samples, parse_input_spec, sample
 def bn_onnx(tmp_path_factory):
     """ONNX's test_batchnorm_example graph: every BatchNormalization operand, var included, is a graph input."""
     names = {"x": [2, 3, 4, 5], "s": [3], "bias": [3], "mean": [3], "var": [3]}
-    graph = helper.make_graph([helper.make_node("BatchNormalization", list(names), ["y"])], "bn",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, d) for n, d in names.items()],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 5])])
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", list(names), ["y"])],
+        "bn",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, d) for n, d in names.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 5])],
+    )
     path = tmp_path_factory.mktemp("bn") / "bn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8), str(path))
     return path
@@ -57,14 +60,23 @@ def test_parse_input_spec():
 def test_specs_from_the_model_ids_mask_positive(tmp_path):
     """int64 ids indexing a Gather table get ids below its row count; an int *mask* input gets 0/1."""
     table = numpy_helper.from_array(np.zeros((7, 4), np.float32), "table")
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
-             helper.make_node("Mul", ["emb", "m3"], ["y"])]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
+        helper.make_node("Mul", ["emb", "m3"], ["y"]),
+    ]
     axis = numpy_helper.from_array(np.array([-1], np.int64), "axis")
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5]),
-                                           helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])], [table, axis])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, 5]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])],
+        [table, axis],
+    )
     path = tmp_path / "ids.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
     loaded = load_model(str(path))

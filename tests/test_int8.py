@@ -35,8 +35,15 @@ def test_gate_holds_for_the_worst_sample_not_only_pooled():
     manifest = report.to_manifest()
     assert manifest["worst_sample"] == {"output": "y", "index": 5}
     assert manifest["per_output"][0]["per_sample"]["max_abs_sample"] == 5
-    judgement = judge(Budgets(), Tolerance(max_rel_err=0.9, min_cosine=0.95), numerics=report, latency=None,
-                      size_mb=1, power_w=None, missing={})
+    judgement = judge(
+        Budgets(),
+        Tolerance(max_rel_err=0.9, min_cosine=0.95),
+        numerics=report,
+        latency=None,
+        size_mb=1,
+        power_w=None,
+        missing={},
+    )
     assert [v.budget for v in judgement.violations] == ["min_cosine_worst_sample"]
 
 
@@ -47,6 +54,7 @@ def test_int8_sensitive_option_parses_auto_and_counts():
 
 
 # ---- calibration size by convergence --------------------------------------------------------------------------
+
 
 def test_calibration_stops_when_ranges_stop_moving():
     from vdeploy.activation_stats import activation_stats
@@ -63,7 +71,8 @@ def test_calibration_stops_when_ranges_stop_moving():
 
 # ---- accuracy-aware fallback ----------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _vit_case():
     trained = trained_digits("vit")
     return digits_onnx("vit"), CalibrationData({"input": trained.x_train.numpy()[:64]}, "digits x_train")
@@ -72,18 +81,21 @@ def _vit_case():
 def test_auto_fallback_keeps_the_fewest_layers_float_until_the_gate_holds():
     model, calib = _vit_case()
     options = Int8Options(sensitive=0, smooth_alpha=-1, converge=False)
-    _, plain = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), Gate(0.5, 1.0),
-                            options=options)
+    _, plain = quantize_int8(
+        model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), Gate(0.5, 1.0), options=options
+    )
     worst = plain["result"]["worst_sample_cosine"]
     assert worst < 0.99995
     options = Int8Options(sensitive=AUTO, smooth_alpha=-1, converge=False)
-    _, unreachable = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), Gate(1.0, 1.0),
-                                   options=options)
+    _, unreachable = quantize_int8(
+        model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), Gate(1.0, 1.0), options=options
+    )
     ceiling = max(p["worst_cosine"] for p in unreachable["fallback"]["probes"])  # every ranked layer float
     assert ceiling > worst
     gate = Gate((worst + ceiling) / 2, 1.0)  # halfway: the all-INT8 build misses it, all-float layers reach it
-    quantized, info = quantize_int8(model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), gate,
-                                    options=options)
+    quantized, info = quantize_int8(
+        model, calib, Int8Form.ort_qdq, Placement.transformer_aware(), gate, options=options
+    )
     fallback = info["fallback"]
     assert fallback["reached"] and info["result"]["holds"] and info["result"]["worst_sample_cosine"] >= gate.min_cosine
     k = len(fallback["float_layers"])
@@ -106,6 +118,7 @@ def test_unreachable_gate_says_by_how_much_and_what_float_costs():
 
 # ---- a real pretrained transformer encoder --------------------------------------------------------------------
 
+
 def test_minilm_int8_holds_by_default_on_both_cpu_targets(tmp_path):
     """all-MiniLM-L6-v2 (real weights, real sentences), 64 calibration samples, default flags: cosine >= 0.99 vs
     FP32 PyTorch, pooled and for the worst sample, on x86-cpu (NNCF) and onnxruntime-cpu (Q/DQ + SmoothQuant)."""
@@ -115,8 +128,14 @@ def test_minilm_int8_holds_by_default_on_both_cpu_targets(tmp_path):
     np.save(tmp_path / "calib.npy", embeddings[:64])
     program = torch.export.export(minilm_encoder(), (torch.from_numpy(embeddings[:1]),))
     torch.export.save(program, tmp_path / "minilm.pt2")
-    request = BuildRequest(model=str(tmp_path / "minilm.pt2"), targets=("onnxruntime-cpu", "x86-cpu"),
-                           out_dir=tmp_path / "out", precision="int8", calib=tmp_path / "calib.npy", iters=5)
+    request = BuildRequest(
+        model=str(tmp_path / "minilm.pt2"),
+        targets=("onnxruntime-cpu", "x86-cpu"),
+        out_dir=tmp_path / "out",
+        precision="int8",
+        calib=tmp_path / "calib.npy",
+        iters=5,
+    )
     for outcome in build(request):
         manifest = outcome.result.manifest
         numerics, info = manifest["numerics"], manifest["precision_info"]
@@ -138,6 +157,7 @@ def test_minilm_int8_holds_by_default_on_both_cpu_targets(tmp_path):
 
 # ---- QAT ------------------------------------------------------------------------------------------------------
 
+
 def test_qat_recovers_what_aggressive_ptq_loses_on_digits(tmp_path):
     """Aggressive placement: 4-bit per-channel weights + 8-bit activations on every Conv/Linear of the digits CNN.
     PTQ (ranges from min/max, no training) vs a 2-epoch QAT run, same fake-quant, same test set. (At plain INT8 no
@@ -148,8 +168,9 @@ def test_qat_recovers_what_aggressive_ptq_loses_on_digits(tmp_path):
 
     trained, split = trained_digits("cnn"), load_split()
     example = (trained.x_train[:256],)
-    ptq_drop = trained.accuracy - accuracy(qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).eval(),
-                                           trained.x_test, trained.y_test)
+    ptq_drop = trained.accuracy - accuracy(
+        qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).eval(), trained.x_test, trained.y_test
+    )
     model = qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
@@ -179,16 +200,27 @@ def test_build_keeps_the_learned_ranges(tmp_path):
             layer.hi.mul_(0.5)
     qat.save(model, tmp_path / "qat.pt2", (trained.x_test[:1],))
     np.save(tmp_path / "calib.npy", trained.x_train.numpy()[:32])
-    request = BuildRequest(model=str(tmp_path / "qat.pt2"), targets=("onnxruntime-cpu",), out_dir=tmp_path / "out",
-                           precision="int8", calib=tmp_path / "calib.npy", iters=2, int8_sensitive=0)
+    request = BuildRequest(
+        model=str(tmp_path / "qat.pt2"),
+        targets=("onnxruntime-cpu",),
+        out_dir=tmp_path / "out",
+        precision="int8",
+        calib=tmp_path / "calib.npy",
+        iters=2,
+        int8_sensitive=0,
+    )
     (outcome,) = build(request)
     info = outcome.result.manifest["precision_info"]["qat"]
     layers = len(qat.fake_quant_layers(model))
     assert info["applied"] and info["layers_recorded"] == layers and info["tensors_matched"] >= layers - 1
     built = onnx.load(outcome.result.bundle / "model.onnx")
     inits = {t.name: numpy_helper.to_array(t) for t in built.graph.initializer}
-    learned = sorted(round((r[1] - r[0]) / 255, 6) for r in
-                     (layer.learned_range() for layer in qat.fake_quant_layers(model)))
-    scales = {round(float(inits[q.input[1]]), 6) for q in built.graph.node if q.op_type == "QuantizeLinear"
-              and q.input[1] in inits and inits[q.input[1]].size == 1}
+    learned = sorted(
+        round((r[1] - r[0]) / 255, 6) for r in (layer.learned_range() for layer in qat.fake_quant_layers(model))
+    )
+    scales = {
+        round(float(inits[q.input[1]]), 6)
+        for q in built.graph.node
+        if q.op_type == "QuantizeLinear" and q.input[1] in inits and inits[q.input[1]].size == 1
+    }
     assert sum(s in scales for s in learned) >= layers - 1

@@ -9,17 +9,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from vdeploy.backends.base import CompileJob
 from vdeploy.backends import get_backend
+from vdeploy.backends.base import CompileJob
 from vdeploy.errors import BackendError
 from vdeploy.validate.isolate import run_artifact
 
 
 def _matmul_model():
     w = helper.make_tensor("w", TensorProto.FLOAT, [64, 64], np.random.default_rng(0).standard_normal(4096))
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [w],
+    )
     return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
 
 

@@ -43,8 +43,12 @@ def allowed(module: str, layer: str) -> bool:
 def test_no_upward_imports(layer):
     files = sorted((ROOT / layer).rglob("*.py"))
     assert files
-    bad = [f"{path.relative_to(ROOT)}:{line}: {module}" for path in files for line, module in vdeploy_imports(path)
-           if not allowed(module, layer)]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in files
+        for line, module in vdeploy_imports(path)
+        if not allowed(module, layer)
+    ]
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 

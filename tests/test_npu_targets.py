@@ -6,8 +6,6 @@ import numpy as np
 import onnx
 import pytest
 
-
-
 # ethos-u55 is now an INT8 target compiled by Vela: tests/test_arm_targets.py
 
 
@@ -28,8 +26,13 @@ def test_hailo_refuses_what_its_documents_exclude(cli, tmp_path):
 
     k = numpy_helper.from_array(np.array([2], np.int64), "k")
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("TopK", ["r", "k"], ["v", "i"])]
-    graph = helper.make_graph(nodes, "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2])], [k])
+    graph = helper.make_graph(
+        nodes,
+        "topk",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2])],
+        [k],
+    )
     path = tmp_path / "topk.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
     result = cli("build", path, "--target", "hailo-8", "--out", tmp_path / "out", "--json")
@@ -54,16 +57,28 @@ targets:
 """
 
 
-@pytest.mark.parametrize("allow, power_budget, verdict, code", [
-    ("false", 5, "unverified", 0),  # an estimate never passes a budget silently
-    ("true", 5, "pass", 0),
-    ("true", 0.5, "fail", 3),  # below the board's idle power: the estimate must violate it
-])
+@pytest.mark.parametrize(
+    "allow, power_budget, verdict, code",
+    [
+        ("false", 5, "unverified", 0),  # an estimate never passes a budget silently
+        ("true", 5, "pass", 0),
+        ("true", 0.5, "fail", 3),  # below the board's idle power: the estimate must violate it
+    ],
+)
 def test_power_budget_from_an_estimate(cli, saved_pt2, tmp_path, allow, power_budget, verdict, code):
     catalog = tmp_path / "targets.yaml"
     catalog.write_text(CATALOG.replace("ALLOW", allow).replace("POWER", str(power_budget)))
-    result = cli("build", saved_pt2("cnn"), "--target", "dev-board", "--out", tmp_path / "out", "--json",
-                 "--targets-file", catalog)
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "dev-board",
+        "--out",
+        tmp_path / "out",
+        "--json",
+        "--targets-file",
+        catalog,
+    )
     assert result.exit_code == code, result.stderr
     manifest = result.json
     assert manifest["verdict"] == verdict
@@ -77,14 +92,27 @@ def test_power_budget_from_an_estimate(cli, saved_pt2, tmp_path, allow, power_bu
 
 def test_estimate_is_calibrated_where_latency_is_measured(cli, saved_pt2, tmp_path):
     catalog = tmp_path / "targets.yaml"
-    catalog.write_text(CATALOG.replace("ALLOW", "false").replace("POWER", "5").replace("backend: npu",
-                                                                                          "backend: onnxruntime"))
-    result = cli("build", saved_pt2("cnn"), "--target", "dev-board", "--out", tmp_path / "out", "--json",
-                 "--iters", 5, "--targets-file", catalog)
+    catalog.write_text(
+        CATALOG.replace("ALLOW", "false").replace("POWER", "5").replace("backend: npu", "backend: onnxruntime")
+    )
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "dev-board",
+        "--out",
+        tmp_path / "out",
+        "--json",
+        "--iters",
+        5,
+        "--targets-file",
+        catalog,
+    )
     manifest = result.json
     calibration = manifest["estimate"]["calibration"]
     assert calibration["measured_p50_ms"] == manifest["latency_ms"]["p50"]  # the real measurement, not the estimate
     assert 0 < calibration["efficiency"] <= 1
     estimated = manifest["estimate"]["latency_ms"]
-    assert calibration["error_pct"] == pytest.approx(100 * (estimated - calibration["measured_p50_ms"])
-                                                     / calibration["measured_p50_ms"], rel=5e-3, abs=0.1)
+    assert calibration["error_pct"] == pytest.approx(
+        100 * (estimated - calibration["measured_p50_ms"]) / calibration["measured_p50_ms"], rel=5e-3, abs=0.1
+    )

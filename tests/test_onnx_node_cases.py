@@ -56,9 +56,14 @@ ATTENTION_KEPT = {
 }
 SOFTMAX_PARTS = ("Div", "Exp", "ReduceMax", "ReduceSum", "Sub")  # the decomposed Softmax, unknown on hailo-8
 LEGAL = ("legal", ())
-ETHOS_U = {"ethos-u55-128": "ethos-u55", "ethos-u65-256": "ethos-u55", "ethos-u85-256": "ethos-u55",
-           # ExecuTorch targets carry the onnxruntime-cpu profile (coverage only: they compile the PyTorch program)
-           "arm-cortex-a76-xnnpack": "onnxruntime-cpu", "x86-cpu-xnnpack": "onnxruntime-cpu"}
+ETHOS_U = {
+    "ethos-u55-128": "ethos-u55",
+    "ethos-u65-256": "ethos-u55",
+    "ethos-u85-256": "ethos-u55",
+    # ExecuTorch targets carry the onnxruntime-cpu profile (coverage only: they compile the PyTorch program)
+    "arm-cortex-a76-xnnpack": "onnxruntime-cpu",
+    "x86-cpu-xnnpack": "onnxruntime-cpu",
+}
 
 
 def expected(name: str, target: str) -> tuple[str, tuple[str, ...] | None]:
@@ -71,22 +76,31 @@ def expected(name: str, target: str) -> tuple[str, tuple[str, ...] | None]:
             return ("fallback" if target in FALLBACK_TARGETS else "refused"), ("Attention",)
         return ("unknown", None) if target == "hailo-8" else LEGAL  # decomposed: MatMul/Softmax parts are unknown
     if name.startswith("test_layer_normalization"):  # W, B are graph inputs here: no constant scale to decompose
-        return {"ethos-u55": ("fallback", ("LayerNormalization",)),
-                "hailo-8": ("unknown", ("LayerNormalization",))}.get(target, LEGAL)
+        return {
+            "ethos-u55": ("fallback", ("LayerNormalization",)),
+            "hailo-8": ("unknown", ("LayerNormalization",)),
+        }.get(target, LEGAL)
     if name.startswith("test_batchnorm"):  # mean/var are graph inputs: nothing to fold
-        return {"ethos-u55": ("fallback", ("BatchNormalization",)),
-                "hailo-8": ("unknown", ("BatchNormalization",))}.get(target, LEGAL)
+        return {
+            "ethos-u55": ("fallback", ("BatchNormalization",)),
+            "hailo-8": ("unknown", ("BatchNormalization",)),
+        }.get(target, LEGAL)
     if name.startswith("test_softmax"):
         return ("unknown", SOFTMAX_PARTS) if target == "hailo-8" else LEGAL
     if name.startswith(("test_gelu", "test_erf", "test_gemm")):
         return LEGAL  # hailo-8, ethos-u55: GELU / Erf through the documented approximations
     if name == "test_matmulinteger":
-        return {"jetson-orin-nano": ("refused", ("MatMulInteger",)), "nvidia-gpu": ("refused", ("MatMulInteger",)),
-                "rk3588-npu": ("fallback", ("MatMulInteger",)), "ethos-u55": ("fallback", ("MatMulInteger",)),
-                "hailo-8": ("refused", ("MatMulInteger",))}.get(target, LEGAL)
+        return {
+            "jetson-orin-nano": ("refused", ("MatMulInteger",)),
+            "nvidia-gpu": ("refused", ("MatMulInteger",)),
+            "rk3588-npu": ("fallback", ("MatMulInteger",)),
+            "ethos-u55": ("fallback", ("MatMulInteger",)),
+            "hailo-8": ("refused", ("MatMulInteger",)),
+        }.get(target, LEGAL)
     if name == "test_matmul_bcast":  # split into rank 3 everywhere without MatMulRank4; b's batch dims are Expanded
-        return {"ethos-u55": ("fallback", ("Expand",)),
-                "hailo-8": ("unknown", ("Expand", "MatMul", "Reshape"))}.get(target, LEGAL)
+        return {"ethos-u55": ("fallback", ("Expand",)), "hailo-8": ("unknown", ("Expand", "MatMul", "Reshape"))}.get(
+            target, LEGAL
+        )
     if name in ("test_matmul_4d", "test_matmul_4d_1d"):
         return ("unknown", ("MatMul", "Reshape")) if target == "hailo-8" else LEGAL
     if name.startswith("test_matmul"):
@@ -125,10 +139,15 @@ def test_node_cases_legalize_or_are_refused(cases, target):
 
 
 def _matmul_model(a_shape, b_shape) -> onnx.ModelProto:
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape),
-                               helper.make_tensor_value_info("b", TensorProto.FLOAT, b_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "mm",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, b_shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 

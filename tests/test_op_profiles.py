@@ -46,6 +46,7 @@ def catalog():
 # onnxruntime-cpu == installed ORT CPU kernel registry
 # --------------------------------------------------------------------------------------------------------------
 
+
 def test_onnxruntime_cpu_profile_matches_installed_kernel_registry():
     from onnxruntime.capi.onnxruntime_pybind11_state import get_all_opkernel_def
 
@@ -80,8 +81,9 @@ def test_function_ops_in_the_profile_run_in_ort(onnx_node_cases):
     profile = {op.op_type for op in catalog().op_set("onnxruntime-cpu") if op.domain == ""}
     listed = profile - kernel_ops() - {"Constant"}
     for op in sorted(listed):
-        cases = [c for c in onnx_node_cases if "_expanded" not in c.name
-                 and {n.op_type for n in c.model.graph.node} == {op}]
+        cases = [
+            c for c in onnx_node_cases if "_expanded" not in c.name and {n.op_type for n in c.model.graph.node} == {op}
+        ]
         assert cases and any(runs_in_ort(c) for c in cases), op
     assert "Bernoulli" not in profile
 
@@ -115,8 +117,7 @@ class Case(NamedTuple):
 
 def f32(*shape, value=None):
     rng = np.random.default_rng(0)
-    return (np.full(shape, value, np.float32) if value is not None
-            else rng.standard_normal(shape).astype(np.float32))
+    return np.full(shape, value, np.float32) if value is not None else rng.standard_normal(shape).astype(np.float32)
 
 
 def i64(*values):
@@ -177,8 +178,12 @@ def _cases() -> list[Case]:
         Case("BiasGelu", (S, f32(32)), domain="com.microsoft"),
         Case("FastGelu", (S, f32(32)), domain="com.microsoft"),
         Case("SkipLayerNormalization", (S, S, f32(32), f32(32)), {"epsilon": 1e-5}, domain="com.microsoft"),
-        Case("FusedConv", (X4, f32(8, C4, 3, 3), f32(8)), {"activation": "Relu", "pads": [1, 1, 1, 1]},
-             domain="com.microsoft"),
+        Case(
+            "FusedConv",
+            (X4, f32(8, C4, 3, 3), f32(8)),
+            {"activation": "Relu", "pads": [1, 1, 1, 1]},
+            domain="com.microsoft",
+        ),
         Case("FusedGemm", ((2, 8), f32(8, 4), f32(4)), {"activation": "Relu"}, domain="com.microsoft"),
         Case("MultiHeadAttention", (S, S, S), {"num_heads": 2}, domain="com.microsoft"),
         # ---- ops the profile omits (OpenVINO 2026.4.1 has no conversion rule for them) ----
@@ -234,9 +239,30 @@ def test_openvino_cases_cover_both_outcomes():
     unlisted = [c.label for c in CASES if c.op_id not in profile]
     assert len(listed) >= 25, listed
     assert unlisted, "no case for an op the openvino-cpu profile omits"
-    for required in ("Conv", "MatMul", "Gemm", "LayerNormalization", "Softmax", "Erf", "Gelu", "Transpose",
-                     "Reshape", "ReduceMean", "BatchNormalization", "Sigmoid", "Add", "Mul", "Div", "Sqrt", "Pow",
-                     "Concat", "Slice", "Gather", "Resize", "GlobalAveragePool"):
+    for required in (
+        "Conv",
+        "MatMul",
+        "Gemm",
+        "LayerNormalization",
+        "Softmax",
+        "Erf",
+        "Gelu",
+        "Transpose",
+        "Reshape",
+        "ReduceMean",
+        "BatchNormalization",
+        "Sigmoid",
+        "Add",
+        "Mul",
+        "Div",
+        "Sqrt",
+        "Pow",
+        "Concat",
+        "Slice",
+        "Gather",
+        "Resize",
+        "GlobalAveragePool",
+    ):
         assert required in listed, f"{required} must be checked and listed"
 
 
@@ -256,12 +282,14 @@ def test_openvino_profile_is_honest(case: Case, tmp_path: Path):
     else:
         assert not accepted, f"openvino-cpu omits {case.label} but openvino.convert_model converts it"
         assert "No conversion rule found" in message, (
-            f"{case.label} was rejected for another reason than a missing conversion rule:\n{message[:800]}")
+            f"{case.label} was rejected for another reason than a missing conversion rule:\n{message[:800]}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
 # NPU profiles and all profiles
 # --------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NPU_PROFILES)
 def test_npu_profile_lacks_a_transformer_op(name: str):

@@ -32,10 +32,24 @@ def calib(tmp_path_factory):
 def test_plan_names_the_stages_in_order():
     target = load_catalog().get(ORT)
     names = [s.name for s in plan(target, BuildRequest(model="m", targets=(ORT,)))]
-    assert names == ["load", "reference", "export", "legalize", "check", "precision", "compile", "run", "compare",
-                     "accuracy", "judge"]
-    assert [s.name for s in plan(target, BuildRequest(model="m", targets=(ORT,)), until="legalize")] == \
-        ["load", "export", "legalize"]  # coverage: no reference run, nothing compiled
+    assert names == [
+        "load",
+        "reference",
+        "export",
+        "legalize",
+        "check",
+        "precision",
+        "compile",
+        "run",
+        "compare",
+        "accuracy",
+        "judge",
+    ]
+    assert [s.name for s in plan(target, BuildRequest(model="m", targets=(ORT,)), until="legalize")] == [
+        "load",
+        "export",
+        "legalize",
+    ]  # coverage: no reference run, nothing compiled
 
 
 def test_debug_judges_the_artifact_build_makes_for_int8_with_calib(vit, calib, tmp_path):
@@ -93,8 +107,15 @@ def test_resume_from_reuses_the_shared_work_and_changes_one_choice(vit, tmp_path
     state.work_dir = tmp_path / "fp32"
     state.work_dir.mkdir()
     run_plan(stages, state, ())
-    fp16 = resume_from(state, "precision", changes={"precision": "fp16", "work_dir": tmp_path / "fp16",
-                                                   "request": dataclasses.replace(request, precision="fp16")})
+    fp16 = resume_from(
+        state,
+        "precision",
+        changes={
+            "precision": "fp16",
+            "work_dir": tmp_path / "fp16",
+            "request": dataclasses.replace(request, precision="fp16"),
+        },
+    )
     fp16.work_dir.mkdir()
     run_plan(stages_from(stages, "precision"), fp16, ())
     assert len(exports) == 1 and fp16.legal is state.legal
@@ -109,16 +130,16 @@ def test_api_builds_an_in_memory_module_for_x86_and_jetson(tmp_path):
 
     module = build_vit(seed=0)
     example = (torch.randn(1, 3, 32, 32),)
-    results = vdeploy.build(module, ["x86-cpu", "jetson"], example_inputs=example, out=tmp_path, iters=2,
-                            name="golden_vit")
+    results = vdeploy.build(
+        module, ["x86-cpu", "jetson"], example_inputs=example, out=tmp_path, iters=2, name="golden_vit"
+    )
     assert [r.target for r in results] == ["x86-cpu", "jetson-orin-nano"]
     x86, jetson = results
     assert x86.verdict == "pass" and x86.backend == "openvino" and x86.numerics["cosine"] > 0.9999
     assert x86.bundle == tmp_path / "golden_vit-x86-cpu" and (x86.bundle / "manifest.json").is_file()
     assert jetson.precision == "fp16" and jetson.verdict == "unverified"  # engine built on the device
     assert x86.manifest["model"]["path"] == "<in-memory golden_vit>"
-    again = vdeploy.build(module, "x86-cpu", example_inputs=example, out=tmp_path / "again", iters=2,
-                          name="golden_vit")
+    again = vdeploy.build(module, "x86-cpu", example_inputs=example, out=tmp_path / "again", iters=2, name="golden_vit")
     assert again.manifest["model"]["sha256"] == x86.manifest["model"]["sha256"]  # same weights, same digest
 
 

@@ -24,29 +24,48 @@ from pathlib import Path
 import pytest
 
 from vdeploy.backends import get_backend
-from vdeploy.validate.power import (Availability, Energy, MeterError, NvmlMeter, PowerMeter, PowerSource, RaplMeter,
-                                    TegrastatsMeter, parse_tegrastats, pick_meter)
+from vdeploy.validate.power import (
+    Availability,
+    Energy,
+    MeterError,
+    NvmlMeter,
+    PowerMeter,
+    PowerSource,
+    RaplMeter,
+    TegrastatsMeter,
+    parse_tegrastats,
+    pick_meter,
+)
 
 # Jetson Orin Nano, L4T 36.4 (kernel 5.15.148-tegra), idle; from a public system dump.
-ORIN_NANO = ("01-04-2025 16:02:59 RAM 1273/7620MB (lfb 1x4MB) SWAP 286/3810MB (cached 1MB) "
-             "CPU [0%@1036,0%@1036,1%@1036,0%@1036,0%@729,0%@729] GR3D_FREQ 0% cpu@45.875C soc2@45.843C "
-             "soc0@44.843C gpu@45.437C tj@46.312C soc1@46.312C VDD_IN 4968mW/4968mW VDD_CPU_GPU_CV 436mW/436mW "
-             "VDD_SOC 1708mW/1708mW")
+ORIN_NANO = (
+    "01-04-2025 16:02:59 RAM 1273/7620MB (lfb 1x4MB) SWAP 286/3810MB (cached 1MB) "
+    "CPU [0%@1036,0%@1036,1%@1036,0%@1036,0%@729,0%@729] GR3D_FREQ 0% cpu@45.875C soc2@45.843C "
+    "soc0@44.843C gpu@45.437C tj@46.312C soc1@46.312C VDD_IN 4968mW/4968mW VDD_CPU_GPU_CV 436mW/436mW "
+    "VDD_SOC 1708mW/1708mW"
+)
 # Jetson Nano (L4T 32), POM_* rails without units; rbonghi/jetson_stats tests/tegrastats.
-NANO = ("RAM 1180/3965MB (lfb 1x2MB) SWAP 149/1024MB (cached 7MB) IRAM 0/252kB(lfb 252kB) "
-        "CPU [30%@1036,33%@1036,28%@1036,26%@1036] EMC_FREQ 10%@1600 GR3D_FREQ 0%@76 NVENC 716 NVDEC 716 APE 25 "
-        "PLL@57C CPU@60.5C PMIC@100C GPU@59C AO@65C thermal@59.75C POM_5V_IN 4520/4680 POM_5V_GPU 0/0 "
-        "POM_5V_CPU 1078/1205")
+NANO = (
+    "RAM 1180/3965MB (lfb 1x2MB) SWAP 149/1024MB (cached 7MB) IRAM 0/252kB(lfb 252kB) "
+    "CPU [30%@1036,33%@1036,28%@1036,26%@1036] EMC_FREQ 10%@1600 GR3D_FREQ 0%@76 NVENC 716 NVDEC 716 APE 25 "
+    "PLL@57C CPU@60.5C PMIC@100C GPU@59C AO@65C thermal@59.75C POM_5V_IN 4520/4680 POM_5V_GPU 0/0 "
+    "POM_5V_CPU 1078/1205"
+)
 # Jetson TX2 (L4T 32.2); FindHao/tx-utils issue #3.
-TX2 = ("RAM 2020/7852MB (lfb 1164x4MB) CPU [9%@345,21%@345,25%@345,3%@345,1%@345,1%@345] EMC_FREQ 0% GR3D_FREQ 0% "
-       "PLL@42.5C MCPU@42.5C PMIC@100C Tboard@40C GPU@41C BCPU@42.5C thermal@41.9C Tdiode@41.25C "
-       "VDD_SYS_GPU 153/158 VDD_SYS_SOC 536/547 VDD_4V0_WIFI 633/527 VDD_IN 3140/3208 VDD_SYS_CPU 536/590 "
-       "VDD_SYS_DDR 557/601")
+TX2 = (
+    "RAM 2020/7852MB (lfb 1164x4MB) CPU [9%@345,21%@345,25%@345,3%@345,1%@345,1%@345] EMC_FREQ 0% GR3D_FREQ 0% "
+    "PLL@42.5C MCPU@42.5C PMIC@100C Tboard@40C GPU@41C BCPU@42.5C thermal@41.9C Tdiode@41.25C "
+    "VDD_SYS_GPU 153/158 VDD_SYS_SOC 536/547 VDD_4V0_WIFI 633/527 VDD_IN 3140/3208 VDD_SYS_CPU 536/590 "
+    "VDD_SYS_DDR 557/601"
+)
 
 
 def test_orin_line_gives_the_three_module_rails_in_milliwatts():
-    assert parse_tegrastats(ORIN_NANO) == {"VDD_IN": (4968, 4968), "VDD_CPU_GPU_CV": (436, 436),
-                                           "VDD_SOC": (1708, 1708)}
+    assert parse_tegrastats(ORIN_NANO) == {
+        "VDD_IN": (4968, 4968),
+        "VDD_CPU_GPU_CV": (436, 436),
+        "VDD_SOC": (1708, 1708),
+    }
 
 
 def test_older_lines_without_units_and_other_x_over_y_statistics():
@@ -60,9 +79,11 @@ def test_older_lines_without_units_and_other_x_over_y_statistics():
 def _fake_tegrastats(tmp_path: Path, line: str) -> Path:
     """An executable that prints `line` every --interval ms, like the real tool."""
     exe = tmp_path / "tegrastats"
-    exe.write_text(f"#!{sys.executable}\nimport sys, time\n"
-                   "ms = int(sys.argv[sys.argv.index('--interval') + 1])\n"
-                   f"while True:\n    print({line!r}, flush=True)\n    time.sleep(ms / 1000)\n")
+    exe.write_text(
+        f"#!{sys.executable}\nimport sys, time\n"
+        "ms = int(sys.argv[sys.argv.index('--interval') + 1])\n"
+        f"while True:\n    print({line!r}, flush=True)\n    time.sleep(ms / 1000)\n"
+    )
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     return exe
 
@@ -100,12 +121,15 @@ def _rapl_tree(root: Path, domains: dict[str, tuple[str, int, int]]) -> Path:
 
 
 def test_rapl_sums_packages_and_skips_subzones_and_psys(tmp_path):
-    root = _rapl_tree(tmp_path / "powercap", {
-        "intel-rapl:0": ("package-0", 1_000_000, 262_143_328_850),
-        "intel-rapl:1": ("package-1", 5_000_000, 262_143_328_850),
-        "intel-rapl:0:0": ("core", 10, 262_143_328_850),  # inside package-0: not added again
-        "intel-rapl:2": ("psys", 10, 262_143_328_850),  # platform domain containing the packages
-    })
+    root = _rapl_tree(
+        tmp_path / "powercap",
+        {
+            "intel-rapl:0": ("package-0", 1_000_000, 262_143_328_850),
+            "intel-rapl:1": ("package-1", 5_000_000, 262_143_328_850),
+            "intel-rapl:0:0": ("core", 10, 262_143_328_850),  # inside package-0: not added again
+            "intel-rapl:2": ("psys", 10, 262_143_328_850),  # platform domain containing the packages
+        },
+    )
     meter = RaplMeter(root)
     assert meter.available()
     meter.start()
@@ -172,6 +196,7 @@ def test_nvml_meter_on_the_real_api():
 def _stand_in_pynvml(energy_mj: dict | None = None, power_mw=150_000):
     """Not the real library: pynvml's call surface with fixed readings, to check the meter's arithmetic on hosts
     without a driver (the real API is exercised by the test above wherever NVML starts)."""
+
     class NVMLError(Exception):
         pass
 
@@ -180,10 +205,14 @@ def _stand_in_pynvml(energy_mj: dict | None = None, power_mw=150_000):
             raise NVMLError("Not Supported")
         return energy_mj["counter"]
 
-    return types.SimpleNamespace(NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
-                                 nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
-                                 nvmlDeviceGetTotalEnergyConsumption=energy,
-                                 nvmlDeviceGetPowerUsage=lambda handle: power_mw)
+    return types.SimpleNamespace(
+        NVMLError=NVMLError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
+        nvmlDeviceGetTotalEnergyConsumption=energy,
+        nvmlDeviceGetPowerUsage=lambda handle: power_mw,
+    )
 
 
 def test_nvml_energy_counter_and_sampled_power_arithmetic(monkeypatch):

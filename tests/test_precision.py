@@ -39,7 +39,8 @@ D = 64
 
 # ---- helpers --------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def digits_onnx(arch: str) -> onnx.ModelProto:
     """The trained digits model as ONNX (legacy exporter, opset 17, dynamic batch, onnxsim), input 'input'."""
     import onnxsim
@@ -48,9 +49,16 @@ def digits_onnx(arch: str) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(trained.model, (trained.x_test[:1],), buffer, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            trained.model,
+            (trained.x_test[:1],),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     model, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
     assert ok
     return model
@@ -88,8 +96,9 @@ def build(text: str, opset: int = 18, **initializers: np.ndarray) -> onnx.ModelP
 def nonfinite_values(model: onnx.ModelProto, feeds: dict) -> list[str]:
     """Names of the float values (intermediates included) that hold inf or nan in the reference evaluator."""
     values = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
-    return [k for k, v in values.items()
-            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all()]
+    return [
+        k for k, v in values.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all()
+    ]
 
 
 # ---- LayerNorm fed by 1e4-scale activations -------------------------------------------------------------------
@@ -164,9 +173,11 @@ def test_layer_norm_overflows_in_pure_fp16_and_not_with_islands(kind):
         assert {"ReduceMean", "Sub", "Sqrt", "Div"} <= kept and kept & {"Pow", "Mul"}
     ort_out = ort_run(islands, X, optimize=False)  # the strongly-typed graph loads and runs in ORT CPU
     assert np.isfinite(ort_out).all() and np.abs(ort_out - reference).max() / np.abs(reference).max() < 2e-3
-    print(f"\n[{kind}] pure FP16: {len(pure_bad)} non-finite values (output nan/inf: "
-          f"{int((~np.isfinite(pure_out)).sum())}/{pure_out.size}); islands: finite, max rel err {rel:.1e}, "
-          f"{len(result.fp32_nodes)} FP32 nodes, {result.casts_inserted} Casts")
+    print(
+        f"\n[{kind}] pure FP16: {len(pure_bad)} non-finite values (output nan/inf: "
+        f"{int((~np.isfinite(pure_out)).sum())}/{pure_out.size}); islands: finite, max rel err {rel:.1e}, "
+        f"{len(result.fp32_nodes)} FP32 nodes, {result.casts_inserted} Casts"
+    )
 
 
 def test_graph_inputs_and_outputs_stay_fp32_with_casts_inside():
@@ -230,11 +241,16 @@ def test_shared_initializer_gets_an_fp16_twin():
     types = {t.name: t.data_type for t in converted.graph.initializer}
     assert types == {"W": onnx.TensorProto.FLOAT, "W_fp16": onnx.TensorProto.FLOAT16}
     feeds = {"x": RNG.standard_normal((4, D)).astype(np.float32)}
-    np.testing.assert_allclose(ReferenceEvaluator(converted).run(None, feeds)[0],
-                               ReferenceEvaluator(model).run(None, feeds)[0], rtol=0, atol=2e-2)
+    np.testing.assert_allclose(
+        ReferenceEvaluator(converted).run(None, feeds)[0],
+        ReferenceEvaluator(model).run(None, feeds)[0],
+        rtol=0,
+        atol=2e-2,
+    )
 
 
 # ---- digits: real accuracy ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ["vit", "cnn"])
 def test_fp16_top1_drop_on_digits(arch):
@@ -246,9 +262,11 @@ def test_fp16_top1_drop_on_digits(arch):
     converted, result = fp16(model)
     fp16_ort = top1(ort_run(converted, feeds), labels)
     fp16_true = top1(ReferenceEvaluator(converted).run(None, feeds)[0], labels)
-    print(f"\n[digits {arch}] top-1 FP32 {fp32:.4f} | FP16+islands ORT CPU {fp16_ort:.4f}, reference evaluator "
-          f"(true FP16 arithmetic) {fp16_true:.4f} | {len(result.fp32_nodes)} FP32 nodes, "
-          f"{result.casts_inserted} Casts")
+    print(
+        f"\n[digits {arch}] top-1 FP32 {fp32:.4f} | FP16+islands ORT CPU {fp16_ort:.4f}, reference evaluator "
+        f"(true FP16 arithmetic) {fp16_true:.4f} | {len(result.fp32_nodes)} FP32 nodes, "
+        f"{result.casts_inserted} Casts"
+    )
     assert abs(fp32 - trained.accuracy) < 1e-6
     assert fp32 - fp16_ort <= FP16_MAX_TOP1_DROP
     assert fp32 - fp16_true <= FP16_MAX_TOP1_DROP

@@ -8,8 +8,9 @@ import pytest
 
 
 def build(cli, model, tmp_path, target, precision, *extra):
-    return cli("build", model, "--target", target, "--precision", precision, "--out", tmp_path, "--iters", 5,
-               "--json", *extra)
+    return cli(
+        "build", model, "--target", target, "--precision", precision, "--out", tmp_path, "--iters", 5, "--json", *extra
+    )
 
 
 def test_fp16_on_onnxruntime_is_strongly_typed_with_fp32_islands(cli, saved_pt2, tmp_path):
@@ -51,8 +52,9 @@ def test_int8_with_calibration_file(cli, saved_pt2, tmp_path, target):
 
 
 def test_int8_without_calibration_warns_loudly(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "onnxruntime-cpu", "--precision", "int8", "--out", tmp_path,
-                 "--iters", 3)
+    result = cli(
+        "build", saved_pt2("cnn"), "--target", "onnxruntime-cpu", "--precision", "int8", "--out", tmp_path, "--iters", 3
+    )
     assert result.exit_code == 0, result.stderr
     assert "warning" in result.stdout and "random" in result.stdout
 

@@ -18,15 +18,23 @@ import pytest
 
 from tests.models.digits import trained_digits
 from tests.test_precision import digits_onnx, ort_run, top1
-from vdeploy.calibration import (IMAGENET_MEAN, IMAGENET_STD, RANDOM_WARNING, CalibrationData, CalibrationError,
-                                 Preprocessing, input_shapes, load_calibration)
+from vdeploy.calibration import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDOM_WARNING,
+    CalibrationData,
+    CalibrationError,
+    Preprocessing,
+    input_shapes,
+    load_calibration,
+)
 from vdeploy.quantize import Placement, PlacementKind, QuantizeError, quantize_onnx_qdq, quantize_openvino
 from vdeploy.sensitivity import sensitivity
 
 INT8_MAX_TOP1_DROP = 0.010  # issue 5: transformer-aware INT8 top-1 drop <= 1.0 pt
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_calib(arch: str) -> CalibrationData:
     return CalibrationData({"input": trained_digits(arch).x_train.numpy()}, "digits x_train")
 
@@ -37,6 +45,7 @@ def _ops_of(model: onnx.ModelProto, names) -> Counter:
 
 
 # ---- calibration data -----------------------------------------------------------------------------------------
+
 
 def test_image_folder_is_resized_and_normalised(tmp_path):
     from PIL import Image
@@ -94,6 +103,7 @@ def test_input_shapes_reads_dynamic_dims():
 
 # ---- placement ------------------------------------------------------------------------------------------------
 
+
 def test_transformer_aware_placement_on_the_digits_vit():
     model = digits_onnx("vit")
     aware = Placement.transformer_aware().float_nodes(model)
@@ -125,6 +135,7 @@ def test_transformer_aware_placement_on_the_digits_cnn():
 
 # ---- INT8 accuracy: ONNX Runtime QDQ and OpenVINO NNCF ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ["vit", "cnn"])
 def test_int8_qdq_onnxruntime_digits(arch):
     trained, model, calib = trained_digits(arch), digits_onnx(arch), digits_calib(arch)
@@ -135,9 +146,11 @@ def test_int8_qdq_onnxruntime_digits(arch):
     outputs = {kind: ort_run(q, feeds) for kind, q in quantized.items()}
     aware, naive = (top1(outputs[k], labels) for k in (PlacementKind.transformer_aware, PlacementKind.naive))
     cos = {k: cosine(reference, out) for k, out in outputs.items()}
-    print(f"\n[digits {arch}] ONNX Runtime QDQ top-1: FP32 {fp32:.4f} | INT8 transformer-aware {aware:.4f} "
-          f"(drop {100 * (fp32 - aware):.2f} pt, logits cosine {cos[PlacementKind.transformer_aware]:.6f}) | "
-          f"INT8 naive {naive:.4f} (drop {100 * (fp32 - naive):.2f} pt, cosine {cos[PlacementKind.naive]:.6f})")
+    print(
+        f"\n[digits {arch}] ONNX Runtime QDQ top-1: FP32 {fp32:.4f} | INT8 transformer-aware {aware:.4f} "
+        f"(drop {100 * (fp32 - aware):.2f} pt, logits cosine {cos[PlacementKind.transformer_aware]:.6f}) | "
+        f"INT8 naive {naive:.4f} (drop {100 * (fp32 - naive):.2f} pt, cosine {cos[PlacementKind.naive]:.6f})"
+    )
     assert fp32 - aware <= INT8_MAX_TOP1_DROP
     q = quantized[PlacementKind.transformer_aware]
     producers = producers_of(q)
@@ -147,8 +160,9 @@ def test_int8_qdq_onnxruntime_digits(arch):
             assert producers.get(node.input[0]) != "DequantizeLinear", node.name
     if arch == "vit":
         naive_q = quantized[PlacementKind.naive]
-        ln_inputs = [producers_of(naive_q).get(n.input[0]) for n in naive_q.graph.node
-                     if n.op_type == "LayerNormalization"]
+        ln_inputs = [
+            producers_of(naive_q).get(n.input[0]) for n in naive_q.graph.node if n.op_type == "LayerNormalization"
+        ]
         assert "DequantizeLinear" in ln_inputs  # naive quantizes the LayerNorm inputs
 
 
@@ -195,21 +209,27 @@ def test_int8_nncf_openvino_digits(arch, tmp_path, int8_isa_env):
     for label, placement in variants.items():
         out = tmp_path / label
         out.mkdir()
-        ov_model = ov.convert_model(model_path(model, out)) if placement is None else \
-            quantize_openvino(model, calib, placement)
+        ov_model = (
+            ov.convert_model(model_path(model, out))
+            if placement is None
+            else quantize_openvino(model, calib, placement)
+        )
         fq = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
         assert (fq == 0) == (placement is None)
         ov.save_model(ov_model, str(out / "model.xml"), compress_to_fp16=False)
-        artifact = Artifact("openvino", "int8", "model.xml", ("model.xml", "model.bin"),
-                            (("INFERENCE_PRECISION_HINT", "f32"),))
+        artifact = Artifact(
+            "openvino", "int8", "model.xml", ("model.xml", "model.bin"), (("INFERENCE_PRECISION_HINT", "f32"),)
+        )
         result = run_artifact(artifact, out, {"input": x}, warmup=0, iters=0, env=int8_isa_env)
         logits[label] = result.outputs[0][:, 0]
         acc[label] = top1(logits[label], labels)
     fp32, aware, naive = acc["fp32"], acc["aware"], acc["naive"]
     cos = {k: cosine(logits["fp32"], logits[k]) for k in ("aware", "naive")}
-    print(f"\n[digits {arch}] OpenVINO NNCF top-1: FP32 {fp32:.4f} | INT8 transformer-aware {aware:.4f} "
-          f"(drop {100 * (fp32 - aware):.2f} pt, logits cosine {cos['aware']:.6f}) | INT8 naive {naive:.4f} "
-          f"(drop {100 * (fp32 - naive):.2f} pt, cosine {cos['naive']:.6f}) | ISA env {int8_isa_env or 'default'}")
+    print(
+        f"\n[digits {arch}] OpenVINO NNCF top-1: FP32 {fp32:.4f} | INT8 transformer-aware {aware:.4f} "
+        f"(drop {100 * (fp32 - aware):.2f} pt, logits cosine {cos['aware']:.6f}) | INT8 naive {naive:.4f} "
+        f"(drop {100 * (fp32 - naive):.2f} pt, cosine {cos['naive']:.6f}) | ISA env {int8_isa_env or 'default'}"
+    )
     assert abs(fp32 - trained.accuracy) < 1e-6
     assert fp32 - aware <= INT8_MAX_TOP1_DROP
 
@@ -221,6 +241,7 @@ def model_path(model: onnx.ModelProto, folder: Path) -> str:
 
 
 # ---- sensitivity ----------------------------------------------------------------------------------------------
+
 
 def test_sensitivity_ranks_measured_layers_and_keeps_them_float():
     trained, model, calib = trained_digits("vit"), digits_onnx("vit"), digits_calib("vit")
@@ -237,13 +258,16 @@ def test_sensitivity_ranks_measured_layers_and_keeps_them_float():
     feeds, labels = {"input": trained.x_test.numpy()}, trained.y_test.numpy()
     fp32, acc = top1(ort_run(model, feeds), labels), top1(ort_run(q, feeds), labels)
     ranked = ", ".join(f"{s.node} {s.gain:+.1e}" for s in report.layers[:4])
-    print(f"\n[digits vit] sensitivity (cosine gain when kept float): {ranked}; baseline cosine "
-          f"{report.baseline_cosine:.6f}; INT8 aware + {len(report.most_sensitive)} float: top-1 {acc:.4f} "
-          f"(FP32 {fp32:.4f})")
+    print(
+        f"\n[digits vit] sensitivity (cosine gain when kept float): {ranked}; baseline cosine "
+        f"{report.baseline_cosine:.6f}; INT8 aware + {len(report.most_sensitive)} float: top-1 {acc:.4f} "
+        f"(FP32 {fp32:.4f})"
+    )
     assert fp32 - acc <= INT8_MAX_TOP1_DROP
 
 
 # ---- the bf16/int8 probe ----------------------------------------------------------------------------------------
+
 
 def test_probe_reports_what_this_host_does():
     from vdeploy.cpu_features import probe_bf16
@@ -264,7 +288,8 @@ def test_probe_retries_with_the_isa_capped_after_a_sigill(tmp_path, monkeypatch)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import os, signal\nif 'ONEDNN_MAX_CPU_ISA' not in os.environ:\n    os.kill(os.getpid(), signal.SIGILL)\n")
+        "import os, signal\nif 'ONEDNN_MAX_CPU_ISA' not in os.environ:\n    os.kill(os.getpid(), signal.SIGILL)\n"
+    )
     monkeypatch.setenv("PYTHONPATH", str(hook))
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
     support = cpu_features.probe_bf16()

@@ -18,21 +18,37 @@ SAMPLES = [4.1, 4.3, 4.2, 5.0, 4.4, 4.6, 4.2, 4.9, 6.3, 4.5]
 def manifest(**changes) -> dict:
     """A passing manifest shaped like pipeline._manifest's, with the keys that may be missing left in."""
     base = {
-        "schema": "vdeploy.manifest/1", "target": "onnxruntime-cpu", "backend": "onnxruntime", "precision": "fp32",
+        "schema": "vdeploy.manifest/1",
+        "target": "onnxruntime-cpu",
+        "backend": "onnxruntime",
+        "precision": "fp32",
         "model": {"path": "models/cnn.pt2", "sha256": "ab" * 32, "format": "torch.export"},
         "files": [{"path": "model.onnx", "sha256": "cd" * 32, "bytes": 123456}],
         "inputs": [{"name": "x", "shape": [3, 32, 32], "dtype": "float32"}],
         "outputs": [{"name": "logits", "shape": [10], "dtype": "float32"}],
-        "coverage": {"ops_before": {"Conv": 2, "BatchNormalization": 2, "Erf": 1}, "ops_after": {"Conv": 2, "Gelu": 1},
-                     "fused": {"Gelu": 1}, "decomposed": {}, "unsupported": [], "rules": {"gelu.fuse_erf": 1},
-                     "status": {"Conv": "native", "BatchNormalization": "removed", "Erf": "removed", "Gelu": "fused"},
-                     "approximations": {"gelu.tanh": 3.1e-4}},
+        "coverage": {
+            "ops_before": {"Conv": 2, "BatchNormalization": 2, "Erf": 1},
+            "ops_after": {"Conv": 2, "Gelu": 1},
+            "fused": {"Gelu": 1},
+            "decomposed": {},
+            "unsupported": [],
+            "rules": {"gelu.fuse_erf": 1},
+            "status": {"Conv": "native", "BatchNormalization": "removed", "Erf": "removed", "Gelu": "fused"},
+            "approximations": {"gelu.tanh": 3.1e-4},
+        },
         "numerics": {"max_abs": 1e-6, "cosine": 0.99999999, "top1_agreement": 1.0, "rel_err": 2e-6, "samples": 8},
         "latency_ms": {"p50": 4.45, "p90": 5.1, "p99": 6.2, "mean": 4.65, "runs": 10, "samples_ms": SAMPLES},
-        "power_w": None, "size_mb": 0.12,
-        "budgets": {"latency_ms": 10.0, "latency_stat": "p50", "power_w": None, "size_mb": 5.0,
-                    "numerics": {"max_rel_err": 1e-4, "min_cosine": 0.99999, "min_top1_agreement": 1.0}},
-        "violations": [], "verdict": "pass",
+        "power_w": None,
+        "size_mb": 0.12,
+        "budgets": {
+            "latency_ms": 10.0,
+            "latency_stat": "p50",
+            "power_w": None,
+            "size_mb": 5.0,
+            "numerics": {"max_rel_err": 1e-4, "min_cosine": 0.99999, "min_top1_agreement": 1.0},
+        },
+        "violations": [],
+        "verdict": "pass",
         "toolchain": {"vdeploy": "0.1.0", "onnxruntime": "1.31.1"},
         "reason": {"power_w": "no power meter in this vdeploy build"},
         "export": {"exporter": "dynamo", "opset": 18, "notes": [], "simplified": True, "simplify_note": ""},
@@ -45,8 +61,15 @@ def manifest(**changes) -> dict:
 def failing_manifest() -> dict:
     m = manifest(verdict="fail")
     m["budgets"]["latency_ms"] = 0.001
-    m["violations"] = [{"budget": "latency_ms", "limit": 0.001, "measured": 4.45, "unit": "ms",
-                        "message": "latency_ms: measured 4.45 ms, budget <= 0.001 ms"}]
+    m["violations"] = [
+        {
+            "budget": "latency_ms",
+            "limit": 0.001,
+            "measured": 4.45,
+            "unit": "ms",
+            "message": "latency_ms: measured 4.45 ms, budget <= 0.001 ms",
+        }
+    ]
     return m
 
 
@@ -58,8 +81,13 @@ def bar_states(page: str) -> dict[str, str]:
 def test_pass_banner_and_all_bars_ok():
     page = render_html(manifest())
     assert 'class="banner pass"' in page and ">PASS<" in page
-    assert bar_states(page) == {"latency_ms": "ok", "size_mb": "ok", "max_rel_err": "ok", "min_cosine": "ok",
-                                "min_top1_agreement": "ok"}
+    assert bar_states(page) == {
+        "latency_ms": "ok",
+        "size_mb": "ok",
+        "max_rel_err": "ok",
+        "min_cosine": "ok",
+        "min_top1_agreement": "ok",
+    }
     assert 'class="bar violated"' not in page
 
 
@@ -123,8 +151,11 @@ def test_histogram_from_percentiles_when_no_samples():
 
 def test_coverage_table_statuses_and_rule_counts():
     page = render_html(manifest())
-    assert re.search(r"<code>Gelu</code></td><td class=\"n\">0</td><td class=\"n\">1</td><td>"
-                     r'<span class="tag fused">fused</span>', page)
+    assert re.search(
+        r"<code>Gelu</code></td><td class=\"n\">0</td><td class=\"n\">1</td><td>"
+        r'<span class="tag fused">fused</span>',
+        page,
+    )
     assert re.search(r"<code>Erf</code>.*?tag removed", page)
     assert "rules fired 1" in page and "gelu.fuse_erf" in page and "gelu.tanh" in page and "0.00031" in page
 
@@ -140,8 +171,19 @@ def test_sparse_manifest_renders():
 
 
 def test_failing_latency_budget_end_to_end(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "onnxruntime-cpu", "--out", tmp_path, "--iters", 5,
-                 "--max-latency-ms", "0.001", "--json")
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path,
+        "--iters",
+        5,
+        "--max-latency-ms",
+        "0.001",
+        "--json",
+    )
     assert result.exit_code == 3, result.stderr
     m = result.json
     assert m["verdict"] == "fail" and [v["budget"] for v in m["violations"]] == ["latency_ms"]
@@ -150,17 +192,39 @@ def test_failing_latency_budget_end_to_end(cli, saved_pt2, tmp_path):
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing: run scripts/install_system_deps.sh "
-                    "as root (apt-get install chromium) to render report.html in headless Chromium")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium missing: run scripts/install_system_deps.sh "
+    "as root (apt-get install chromium) to render report.html in headless Chromium",
+)
 def test_report_renders_in_headless_chromium(cli, saved_pt2, tmp_path):
-    result = cli("build", saved_pt2("cnn"), "--target", "onnxruntime-cpu", "--out", tmp_path / "out", "--iters", 5,
-                 "--max-latency-ms", "0.001", "--json")
+    result = cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        "onnxruntime-cpu",
+        "--out",
+        tmp_path / "out",
+        "--iters",
+        5,
+        "--max-latency-ms",
+        "0.001",
+        "--json",
+    )
     assert result.exit_code == 3, result.stderr
     report = tmp_path / "report.html"
     report.write_text(render_html(result.json), encoding="utf-8")

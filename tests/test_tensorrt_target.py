@@ -18,14 +18,24 @@ from onnx import TensorProto
 from typer.testing import CliRunner
 
 from tests.conftest import CliResult
-from vdeploy.backends.tensorrt import (CACHE, ENGINE, build_script, engine_host, major_version,
-                                       parser_errors, plan_build, trtexec_command, weakly_typed_command)
+from vdeploy.backends.tensorrt import (
+    CACHE,
+    ENGINE,
+    build_script,
+    engine_host,
+    major_version,
+    parser_errors,
+    plan_build,
+    trtexec_command,
+    weakly_typed_command,
+)
 from vdeploy.cli import app
 from vdeploy.errors import BackendError
 from vdeploy.targets import OpId, load_catalog
 
-EXACT = ("trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.engine --timingCacheFile=timing.cache "
-         "--skipInference")
+EXACT = (
+    "trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.engine --timingCacheFile=timing.cache --skipInference"
+)
 TRT_OPS = load_catalog().op_set("tensorrt-onnx-parser")
 ISLAND_OPS = ("LayerNormalization", "Softmax")
 
@@ -39,8 +49,10 @@ def needs_deferral() -> str:
     """Why this host defers the engine build ("tensorrt not installed ..."); skips where it builds engines."""
     trt, why = engine_host()
     if trt is not None:
-        pytest.skip("TensorRT and a CUDA GPU are present here: the engine is built, nothing is deferred "
-                    "(the engine tests below cover this host)")
+        pytest.skip(
+            "TensorRT and a CUDA GPU are present here: the engine is built, nothing is deferred "
+            "(the engine tests below cover this host)"
+        )
     return why
 
 
@@ -67,8 +79,13 @@ def check_strongly_typed_fp16(path) -> None:
     assert {OpId(n.domain, n.op_type) for n in model.graph.node} <= TRT_OPS
     types = value_types(model)
     outputs = {o.name for o in model.graph.output}
-    weights = {v for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and not set(n.output) & outputs
-               for v in n.input[1:] if v in {t.name for t in model.graph.initializer}}
+    weights = {
+        v
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm", "Conv") and not set(n.output) & outputs
+        for v in n.input[1:]
+        if v in {t.name for t in model.graph.initializer}
+    }
     assert weights and {types[w] for w in weights} == {TensorProto.FLOAT16}  # all but the logits layer in FP16
     islands = [n for n in model.graph.node if n.op_type in ISLAND_OPS]
     assert islands
@@ -87,6 +104,7 @@ def check_build_script(bundle) -> None:
 
 
 # --- the deferred Jetson build of the golden ViT ------------------------------------------------------------------
+
 
 def test_jetson_build_is_unverified_because_the_engine_is_deferred(jetson_vit):
     why = needs_deferral()
@@ -172,44 +190,58 @@ def test_nvidia_gpu_without_hardware_figures_reports_nulls_with_reasons(saved_pt
 
 
 def test_jetson_int8_is_symmetric_qdq(saved_pt2, tmp_path):
-    result = run_cli("build", saved_pt2("vit"), "--target", "jetson", "--precision", "int8", "--out", tmp_path,
-                     "--json")
+    result = run_cli(
+        "build", saved_pt2("vit"), "--target", "jetson", "--precision", "int8", "--out", tmp_path, "--json"
+    )
     assert result.exit_code == 0, result.stderr
     bundle = tmp_path / "vit-jetson-orin-nano"
     model = onnx.load(str(bundle / "model.onnx"))
     assert {OpId(n.domain, n.op_type) for n in model.graph.node} <= TRT_OPS
     initializers = {t.name: t for t in model.graph.initializer}
-    zero_points = [initializers[n.input[2]] for n in model.graph.node
-                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    zero_points = [
+        initializers[n.input[2]]
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    ]
     assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # TensorRT: zp 0
     assert {z.data_type for z in zero_points} == {TensorProto.INT8}
-    assert [line for line in (bundle / "build_engine.sh").read_text().splitlines()
-            if line.startswith("trtexec ")] == [EXACT]
+    assert [line for line in (bundle / "build_engine.sh").read_text().splitlines() if line.startswith("trtexec ")] == [
+        EXACT
+    ]
 
 
 # --- pure functions: the script writer and the version plan ------------------------------------------------------
+
 
 @pytest.mark.parametrize("precision, weak", [("fp16", "--fp16"), ("int8", "--int8 --fp16"), ("fp32", "")])
 def test_build_script_per_precision(precision, weak):
     script = build_script(precision)
     strong = trtexec_command(precision)
-    assert strong.startswith("trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.engine "
-                             "--timingCacheFile=timing.cache")
+    assert strong.startswith(
+        "trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.engine --timingCacheFile=timing.cache"
+    )
     assert ("--noTF32" in strong) == (precision == "fp32")
     assert "--fp16" not in strong and "--int8" not in strong  # precision lives in the ONNX
     assert f"#   {weakly_typed_command(precision)}" in script.splitlines()
     assert weakly_typed_command(precision) == " ".join(
-        ["trtexec --onnx=model.onnx", *([weak] if weak else []),
-         "--saveEngine=model.engine --timingCacheFile=timing.cache --skipInference"])
+        [
+            "trtexec --onnx=model.onnx",
+            *([weak] if weak else []),
+            "--saveEngine=model.engine --timingCacheFile=timing.cache --skipInference",
+        ]
+    )
     assert script.splitlines()[-1] == strong and 'cd "$(dirname "$0")"' in script
 
 
-@pytest.mark.parametrize("version, has_flag, strongly, network, builder", [
-    ("11.0.0.8", True, True, ("STRONGLY_TYPED",), ()),   # 11: the flag is accepted and ignored
-    ("11.1.0", False, True, (), ()),                     # 11 without the flag: strongly typed regardless
-    ("10.3.0", True, True, ("STRONGLY_TYPED",), ()),     # JetPack 6: opt-in strong typing is used
-    ("8.6.2", False, False, ("EXPLICIT_BATCH",), ("FP16",)),  # JetPack 5: weakly typed + builder flags
-])
+@pytest.mark.parametrize(
+    "version, has_flag, strongly, network, builder",
+    [
+        ("11.0.0.8", True, True, ("STRONGLY_TYPED",), ()),  # 11: the flag is accepted and ignored
+        ("11.1.0", False, True, (), ()),  # 11 without the flag: strongly typed regardless
+        ("10.3.0", True, True, ("STRONGLY_TYPED",), ()),  # JetPack 6: opt-in strong typing is used
+        ("8.6.2", False, False, ("EXPLICIT_BATCH",), ("FP16",)),  # JetPack 5: weakly typed + builder flags
+    ],
+)
 def test_plan_build_detects_the_tensorrt_version(version, has_flag, strongly, network, builder):
     plan = plan_build(version, "fp16", has_flag)
     assert (plan.strongly_typed, plan.network_flags, plan.builder_flags) == (strongly, network, builder)
@@ -235,18 +267,21 @@ def test_parser_errors_name_the_node():
 
 # --- engine paths: only where TensorRT imports and sees a GPU -------------------------------------------------------
 
+
 @pytest.fixture
 def trt():
-    module = pytest.importorskip("tensorrt", reason="tensorrt is not installed (it cannot be on these machines: "
-                                                    "shared/ENVIRONMENT.md); engine tests run on a Jetson/GPU host")
+    module = pytest.importorskip(
+        "tensorrt",
+        reason="tensorrt is not installed (it cannot be on these machines: "
+        "shared/ENVIRONMENT.md); engine tests run on a Jetson/GPU host",
+    )
     if engine_host()[0] is None:
         pytest.skip(f"tensorrt {module.__version__} imports but sees no CUDA GPU: no engine can be built here")
     return module
 
 
 def test_engine_build_and_run_on_a_tensorrt_host(trt, saved_pt2, tmp_path):
-    result = run_cli("build", saved_pt2("vit"), "--target", "nvidia-gpu", "--out", tmp_path, "--json",
-                     "--iters", 5)
+    result = run_cli("build", saved_pt2("vit"), "--target", "nvidia-gpu", "--out", tmp_path, "--json", "--iters", 5)
     assert result.exit_code in (0, 3), result.stderr
     manifest = result.json
     bundle = tmp_path / "vit-nvidia-gpu"
@@ -271,6 +306,7 @@ def test_validate_builds_the_deferred_engine_on_a_tensorrt_host(trt, jetson_vit,
 
 
 # --- real timm architectures (slow) ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "mobilevit_xs"])

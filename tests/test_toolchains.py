@@ -16,16 +16,16 @@ PROTOCOL = Path(toolchains.__file__).with_name("toolchain_workers") / "_protocol
 
 WORKERS = {
     "echo": "from _protocol import serve, progress\n"
-            "def handle(req):\n"
-            "    progress('halfway'); print('vendor chatter on stdout')\n"
-            "    return {'echo': req['x'] * 2}\n"
-            "serve(handle)\n",
+    "def handle(req):\n"
+    "    progress('halfway'); print('vendor chatter on stdout')\n"
+    "    return {'echo': req['x'] * 2}\n"
+    "serve(handle)\n",
     "refuse": "from _protocol import serve, WorkerError\n"
-              "def handle(req):\n    raise WorkerError('model too big', 'use a smaller one')\n"
-              "serve(handle)\n",
+    "def handle(req):\n    raise WorkerError('model too big', 'use a smaller one')\n"
+    "serve(handle)\n",
     "crash": "import os, sys\nsys.stdin.read()\nprint('about to die', file=sys.stderr, flush=True)\nos.abort()\n",
     "hang": "import subprocess, sys, time\nsys.stdin.read()\n"
-            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\ntime.sleep(120)\n",
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\ntime.sleep(120)\n",
     "garbage": "import sys\nsys.stdin.read()\nprint('this is not json')\n",
 }
 
@@ -34,8 +34,9 @@ WORKERS = {
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("toolchain")
     script = root / "tiny.sh"
-    script.write_text('#!/usr/bin/env bash\nset -e\necho "progress: making the venv"\n'
-                      '"$PYTHON" -m venv --without-pip "$1"\n')
+    script.write_text(
+        '#!/usr/bin/env bash\nset -e\necho "progress: making the venv"\n"$PYTHON" -m venv --without-pip "$1"\n'
+    )
     workers = root / "workers"
     workers.mkdir()
     shutil.copy(PROTOCOL, workers / "_protocol.py")
@@ -79,15 +80,19 @@ def test_failed_install_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ToolchainError, match="exit 7"):
         toolchains.install(entry)
     assert not toolchains.installed(entry)
-    assert sorted(p.name for p in (tmp_path / "toolchains").iterdir()) == [f"{toolchains.venv_dir(entry).name}.install.log"]
+    assert sorted(p.name for p in (tmp_path / "toolchains").iterdir()) == [
+        f"{toolchains.venv_dir(entry).name}.install.log"
+    ]
 
 
 def test_call_round_trip_with_progress_and_log(tiny, tmp_path):
     entry, _, _ = tiny
     seen: list[str] = []
     log = tmp_path / "worker.log"
-    assert toolchains.call(entry, "echo", {"x": 21}, timeout_s=60, progress=seen.append, log=log) == \
-        {"ok": True, "echo": 42}
+    assert toolchains.call(entry, "echo", {"x": 21}, timeout_s=60, progress=seen.append, log=log) == {
+        "ok": True,
+        "echo": 42,
+    }
     assert seen == ["halfway"]
     assert "vendor chatter on stdout" in log.read_text()  # vendor prints go to the log, not the reply
 

@@ -32,8 +32,15 @@ ARM, X86 = "arm-cortex-a76", "x86-cpu-tvm"
 EM_X86_64, EM_AARCH64, ET_DYN = 62, 183, 3
 # Left out of the profile: com.microsoft ops the frontend reads without their domain, and AllClassNMS (TVM's own
 # op, in no ONNX schema).
-CONTRIB_OPS = {"Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "SkipLayerNormalization",
-               "MatMulInteger16", "AllClassNMS"}
+CONTRIB_OPS = {
+    "Attention",
+    "BiasGelu",
+    "EmbedLayerNormalization",
+    "FastGelu",
+    "SkipLayerNormalization",
+    "MatMulInteger16",
+    "AllClassNMS",
+}
 TUNE_TRIALS = 4  # MetaSchedule's start-up dominates (about 1-2 min here): one tiny budget, one small model
 QEMU = runner_problem()
 needs_qemu = pytest.mark.skipif(QEMU is not None, reason=f"aarch64 TVM runner unavailable: {QEMU}")
@@ -76,17 +83,21 @@ def edited_catalog(path: Path, edit) -> Path:
 
 # --- the op profile is the installed frontend's ------------------------------------------------------------------
 
+
 def test_tvm_relax_profile_is_the_frontend_convert_map():
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     frontend = {OpId("", name) for name in _get_convert_map()} - {OpId("", name) for name in CONTRIB_OPS}
     profile = load_catalog().op_set("tvm-relax")
-    assert profile == frontend, {"profile only": sorted(map(str, profile - frontend)),
-                                 "frontend only": sorted(map(str, frontend - profile))}
+    assert profile == frontend, {
+        "profile only": sorted(map(str, profile - frontend)),
+        "frontend only": sorted(map(str, frontend - profile)),
+    }
     assert all(load_catalog().get(name).op_set == profile for name in (ARM, X86))
 
 
 # --- timm architectures: aarch64 and x86-64 shared objects from the same legal graph (slow) ----------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "mobilevit_xs", "resnet18"])
@@ -135,12 +146,23 @@ def test_timm_models_compile_to_elf_for_both_targets(arch, tmp_path, monkeypatch
 
 # --- end to end, aarch64 under qemu -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def arm_vit(saved_pt2, tmp_path_factory):
     """(manifest, bundle) of `vdeploy build vit.pt2 --target arm-cortex-a76 --tune-trials 0`, built once."""
     out, cache = tmp_path_factory.mktemp("arm-out"), tmp_path_factory.mktemp("arm-cache")
-    result = run_cli("build", saved_pt2("vit"), "--target", ARM, "--tune-trials", 0, "--out", out, "--json",
-                     env={"VDEPLOY_CACHE": str(cache)})
+    result = run_cli(
+        "build",
+        saved_pt2("vit"),
+        "--target",
+        ARM,
+        "--tune-trials",
+        0,
+        "--out",
+        out,
+        "--json",
+        env={"VDEPLOY_CACHE": str(cache)},
+    )
     assert result.exit_code == 0, result.stderr
     return result.json, out / f"vit-{ARM}"
 
@@ -157,8 +179,15 @@ def test_arm_build_validates_the_aarch64_module_under_qemu(arm_vit):
     assert any(u.startswith("latency_ms: only estimated") for u in manifest["reason"]["unverified"])
     assert manifest["violations"] == []
     files = {f["path"] for f in manifest["files"]}
-    assert {"model.so", "params.bin", "run_tvm.py", "reference_io.npz", "HANDOFF.txt",
-            "tuning/database_workload.json", "tuning/database_tuning_record.json"} <= files
+    assert {
+        "model.so",
+        "params.bin",
+        "run_tvm.py",
+        "reference_io.npz",
+        "HANDOFF.txt",
+        "tuning/database_workload.json",
+        "tuning/database_tuning_record.json",
+    } <= files
     assert all((bundle / f).is_file() for f in files)
     report = tuning(manifest)
     assert report["budget"] == report["trials"] == report["records_shipped"] == 0
@@ -185,12 +214,25 @@ def test_validate_arm_bundle_under_qemu_is_unverified(arm_vit):
 
 # --- tuning, the cache, --tuning-db (x86, golden cnn) --------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tuned_cnn(saved_pt2, tmp_path_factory):
     """(manifest, bundle, cache) of the golden cnn tuned for x86-cpu-tvm with a tiny budget in a fresh cache."""
     out, cache = tmp_path_factory.mktemp("tuned-out"), tmp_path_factory.mktemp("tuned-cache")
-    result = run_cli("build", saved_pt2("cnn"), "--target", X86, "--tune-trials", TUNE_TRIALS, "--iters", 5,
-                     "--out", out, "--json", env={"VDEPLOY_CACHE": str(cache)})
+    result = run_cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        X86,
+        "--tune-trials",
+        TUNE_TRIALS,
+        "--iters",
+        5,
+        "--out",
+        out,
+        "--json",
+        env={"VDEPLOY_CACHE": str(cache)},
+    )
     assert result.exit_code == 0, result.stderr
     return result.json, out / f"cnn-{X86}", cache
 
@@ -211,16 +253,29 @@ def test_tuning_records_go_to_the_cache_and_the_bundle(tuned_cnn):
 
 def test_rebuild_with_the_same_cache_reuses_every_record(tuned_cnn, saved_pt2, tmp_path):
     first, first_bundle, cache = tuned_cnn
-    result = run_cli("build", saved_pt2("cnn"), "--target", X86, "--tune-trials", 0, "--iters", 3,
-                     "--out", tmp_path, "--json", env={"VDEPLOY_CACHE": str(cache)})
+    result = run_cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        X86,
+        "--tune-trials",
+        0,
+        "--iters",
+        3,
+        "--out",
+        tmp_path,
+        "--json",
+        env={"VDEPLOY_CACHE": str(cache)},
+    )
     assert result.exit_code == 0, result.stderr
     before, after = tuning(first), tuning(result.json)
     assert after["database"] == before["database"] and after["tasks"] == before["tasks"]
     assert after["trials"] == after["tuned"] == 0
     assert after["reused"] == before["tasks"] - before["untuned"] == after["records_shipped"]
     assert after["untuned"] == before["untuned"]
-    assert ((tmp_path / f"cnn-{X86}" / "tuning" / "database_tuning_record.json").read_text()
-            == (first_bundle / "tuning" / "database_tuning_record.json").read_text())
+    assert (tmp_path / f"cnn-{X86}" / "tuning" / "database_tuning_record.json").read_text() == (
+        first_bundle / "tuning" / "database_tuning_record.json"
+    ).read_text()
     for a, b in zip(bundle_outputs(first_bundle), bundle_outputs(tmp_path / f"cnn-{X86}")):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * float(np.abs(a).max()))
 
@@ -228,8 +283,22 @@ def test_rebuild_with_the_same_cache_reuses_every_record(tuned_cnn, saved_pt2, t
 def test_tuning_db_seeds_a_fresh_cache_from_a_bundle(tuned_cnn, saved_pt2, tmp_path):
     first, first_bundle, _ = tuned_cnn
     cache = tmp_path / "other-cache"
-    result = run_cli("build", saved_pt2("cnn"), "--target", X86, "--tune-trials", 0, "--tuning-db", first_bundle,
-                     "--iters", 3, "--out", tmp_path / "out", "--json", env={"VDEPLOY_CACHE": str(cache)})
+    result = run_cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        X86,
+        "--tune-trials",
+        0,
+        "--tuning-db",
+        first_bundle,
+        "--iters",
+        3,
+        "--out",
+        tmp_path / "out",
+        "--json",
+        env={"VDEPLOY_CACHE": str(cache)},
+    )
     assert result.exit_code == 0, result.stderr
     report = tuning(result.json)
     assert Path(report["database"]).parent.parent == cache
@@ -240,8 +309,13 @@ def test_tuning_db_seeds_a_fresh_cache_from_a_bundle(tuned_cnn, saved_pt2, tmp_p
 
 def test_run_tvm_py_in_the_x86_bundle(tuned_cnn):
     _, bundle, _ = tuned_cnn
-    proc = subprocess.run([sys.executable, "run_tvm.py", "--iters", "3", "--warmup", "1"], cwd=bundle,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "run_tvm.py", "--iters", "3", "--warmup", "1"],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "numerics:" in proc.stdout and "latency:" in proc.stdout and "over 3 runs" in proc.stdout
 
@@ -257,12 +331,25 @@ def test_validate_x86_bundle_passes(tuned_cnn):
 
 # --- clear errors: exit 1, one line, no traceback, no bundle -------------------------------------------------------
 
+
 def test_tuning_db_without_records_is_a_clean_error(saved_pt2, tmp_path):
     empty, out = tmp_path / "not-a-bundle", tmp_path / "out"
     empty.mkdir()
     (empty / "notes.txt").write_text("no records here\n")
-    result = run_cli("build", saved_pt2("cnn"), "--target", X86, "--tune-trials", 0, "--tuning-db", empty,
-                     "--out", out, "--json", env={"VDEPLOY_CACHE": str(tmp_path / "cache")})
+    result = run_cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        X86,
+        "--tune-trials",
+        0,
+        "--tuning-db",
+        empty,
+        "--out",
+        out,
+        "--json",
+        env={"VDEPLOY_CACHE": str(tmp_path / "cache")},
+    )
     assert_clean_failure(result, out, "backend:", str(empty), "no TVM tuning records", "tuning/")
 
 
@@ -271,10 +358,23 @@ def test_missing_cross_compiler_is_a_clean_error(saved_pt2, tmp_path):
         data["targets"][ARM]["options"]["cross_cc"] = "no-such-gcc"
 
     catalog, out = edited_catalog(tmp_path / "targets.yaml", no_gcc), tmp_path / "out"
-    result = run_cli("build", saved_pt2("cnn"), "--target", ARM, "--tune-trials", 0, "--targets-file", catalog,
-                     "--out", out, "--json", env={"VDEPLOY_CACHE": str(tmp_path / "cache")})
-    assert_clean_failure(result, out, "backend:", "cross compiler no-such-gcc is not installed",
-                         "gcc-aarch64-linux-gnu")
+    result = run_cli(
+        "build",
+        saved_pt2("cnn"),
+        "--target",
+        ARM,
+        "--tune-trials",
+        0,
+        "--targets-file",
+        catalog,
+        "--out",
+        out,
+        "--json",
+        env={"VDEPLOY_CACHE": str(tmp_path / "cache")},
+    )
+    assert_clean_failure(
+        result, out, "backend:", "cross compiler no-such-gcc is not installed", "gcc-aarch64-linux-gnu"
+    )
 
 
 @pytest.mark.parametrize("how", ["--targets-file", "VDEPLOY_TARGETS"])
@@ -287,8 +387,14 @@ def test_tvm_section_on_another_backend_is_rejected(tmp_path, how):
         result = run_cli("targets", "--json", "--targets-file", catalog)
     else:
         result = run_cli("targets", "--json", env={"VDEPLOY_TARGETS": str(catalog)})
-    assert_clean_failure(result, tmp_path / "no-out", "target:", str(catalog), "targets.onnxruntime-cpu",
-                         "backend onnxruntime takes no options")
+    assert_clean_failure(
+        result,
+        tmp_path / "no-out",
+        "target:",
+        str(catalog),
+        "targets.onnxruntime-cpu",
+        "backend onnxruntime takes no options",
+    )
     assert result.json["error"] == "target"
 
 
@@ -313,4 +419,5 @@ def test_debug_on_a_tvm_target_checks_the_backend_without_tuning(saved_pt2, tmp_
     backend = result.json["stages"][-1]
     assert backend["name"] == "backend" and backend["ok"] and backend["rel_err"] <= 1e-4
     assert not list(cache.rglob("database_tuning_record.json")) or all(
-        p.stat().st_size == 0 for p in cache.rglob("database_tuning_record.json"))  # nothing was measured
+        p.stat().st_size == 0 for p in cache.rglob("database_tuning_record.json")
+    )  # nothing was measured

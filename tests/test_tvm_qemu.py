@@ -25,9 +25,12 @@ B = RNG.standard_normal(16).astype(np.float32)
 
 def onnx_model(nodes, outputs, initializers):
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 16]) for name in outputs],
-        [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+        [numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
@@ -60,8 +63,15 @@ def samples():
 
 
 def test_matmul_add_relu(tmp_path, samples):
-    model = onnx_model([helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "B"], ["a"]),
-                        helper.make_node("Relu", ["a"], ["y"])], ["y"], {"W": W, "B": B})
+    model = onnx_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["m"]),
+            helper.make_node("Add", ["m", "B"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
+        ["y"],
+        {"W": W, "B": B},
+    )
     lib, params = build(model, tmp_path, lift=False)
     with QemuSession(lib, params, ["x"], num_threads=1) as session:
         results = session.run_many(samples, warmup=1, iters=2)
@@ -77,9 +87,15 @@ def test_matmul_add_relu(tmp_path, samples):
 def test_transformed_params_and_tuple_output(tmp_path, samples):
     # Gemm(transB=1) imports as permute_dims(W); LiftTransformParams moves it (and reorders the weights)
     # into main_transform_params, which the runner calls once before main.
-    model = onnx_model([helper.make_node("Gemm", ["x", "Wt", "B"], ["a"], transB=1),
-                        helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Sigmoid", ["a"], ["z"])],
-                       ["y", "z"], {"Wt": np.ascontiguousarray(W.T), "B": B})
+    model = onnx_model(
+        [
+            helper.make_node("Gemm", ["x", "Wt", "B"], ["a"], transB=1),
+            helper.make_node("Relu", ["a"], ["y"]),
+            helper.make_node("Sigmoid", ["a"], ["z"]),
+        ],
+        ["y", "z"],
+        {"Wt": np.ascontiguousarray(W.T), "B": B},
+    )
     lib, params = build(model, tmp_path, lift=True)
     results = QemuSession(lib, params, ["x"], num_threads=2).run_many(samples)
     for sample, outs in zip(samples, results):

@@ -34,8 +34,10 @@ def main(warmup: int = 10, iters: int = 50) -> int:
         start = time.perf_counter()
         method.execute(first)
         times.append((time.perf_counter() - start) * 1000.0)
-    print(f"worst cosine vs PyTorch {worst:.6f}; latency p50 {np.percentile(times, 50):.3f} ms, "
-          f"p90 {np.percentile(times, 90):.3f} ms ({iters} runs)")
+    print(
+        f"worst cosine vs PyTorch {worst:.6f}; latency p50 {np.percentile(times, 50):.3f} ms, "
+        f"p90 {np.percentile(times, 90):.3f} ms ({iters} runs)"
+    )
     return 0 if worst >= float(sys.argv[1] if len(sys.argv) > 1 else 0.999) else 3
 
 

@@ -38,8 +38,7 @@ def serve(handler) -> None:
     except Exception as exc:  # noqa: BLE001 - the caller turns this into one line and keeps the traceback in the log
         traceback.print_exc()
         lines = [line for line in str(exc).splitlines() if line.strip()]
-        reply = {"ok": False, "message": f"{type(exc).__name__}: {lines[0].strip() if lines else ''}"[:300],
-                 "hint": ""}
+        reply = {"ok": False, "message": f"{type(exc).__name__}: {lines[0].strip() if lines else ''}"[:300], "hint": ""}
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(reply_fd, (json.dumps(reply) + "\n").encode())

@@ -73,7 +73,7 @@ def quantize_int8(float_model: Path, calibration: list[np.ndarray], out: Path) -
     qt = quantizer.Quantizer(str(float_model))
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     count = len(calibration[0])
-    data = {key: [{n: a[i:i + 1] for n, a in zip(names_in, calibration)} for i in range(count)]}
+    data = {key: [{n: a[i : i + 1] for n, a in zip(names_in, calibration)} for i in range(count)]}
     result = qt.quantize(qt.calibrate(data))
     result.export_model(str(out), overwrite=True)
     return {"recipe": "static_wi8_ai8", "calibration_samples": count}
@@ -106,13 +106,14 @@ def litert_runner(model_path: Path):
     def run(arrays):
         result = runner(**{n: quantize(n, a) for n, a in zip(names_in, arrays)})
         return [dequantize(n, result[n]) for n in names_out]  # batch axis kept
+
     return run
 
 
 def run_litert(model_path: Path, samples: list[np.ndarray]) -> list[np.ndarray]:
     """Outputs of the .tflite in the LiteRT interpreter, stacked over the samples."""
     run = litert_runner(model_path)
-    per_sample = [run([a[i:i + 1] for a in samples]) for i in range(len(samples[0]))]
+    per_sample = [run([a[i : i + 1] for a in samples]) for i in range(len(samples[0]))]
     return [np.stack([s[k] for s in per_sample]) for k in range(len(per_sample[0]))]
 
 
@@ -152,7 +153,7 @@ def cpu_reasons(text: str) -> dict[str, str]:
         if not match:
             continue
         detail = []
-        for follow in lines[i + 1:i + 6]:
+        for follow in lines[i + 1 : i + 6]:
             if not follow.strip() or follow.startswith("Warning"):
                 break
             detail.append(follow.strip().lstrip("- ").removeprefix("Reason: ").strip())
@@ -167,9 +168,18 @@ def placement(int8_model: Path, vela_model: Path, vela_log: str) -> dict:
     layers = []
     for op in tflite_ops(int8_model):
         on_cpu = op["name"] in left or op["name"] in reasons
-        layers.append({"name": op["name"], "op": op["op"], "device": "CPU" if on_cpu else "NPU",
-                       "reason": reasons.get(op["name"], "left to the CPU by Vela" if on_cpu else "")})
-    counts = {"NPU": sum(lay["device"] == "NPU" for lay in layers), "CPU": sum(lay["device"] == "CPU" for lay in layers)}
+        layers.append(
+            {
+                "name": op["name"],
+                "op": op["op"],
+                "device": "CPU" if on_cpu else "NPU",
+                "reason": reasons.get(op["name"], "left to the CPU by Vela" if on_cpu else ""),
+            }
+        )
+    counts = {
+        "NPU": sum(lay["device"] == "NPU" for lay in layers),
+        "CPU": sum(lay["device"] == "CPU" for lay in layers),
+    }
     return {"source": "vela", "counts": counts, "layers": layers}
 
 
@@ -193,10 +203,19 @@ def number(summary: dict, *keys: str) -> float | None:
 
 def run_vela(int8_model: Path, out_dir: Path, request: dict) -> tuple[Path, Path, str, float]:
     # python -m: the venv's entry-point scripts carry the path of the folder the venv was built in (renamed since)
-    argv = [sys.executable, "-m", "ethosu.vela", str(int8_model), "--output-dir", str(out_dir), "--accelerator-config", request["accelerator"],
-            "--optimise", request.get("optimise", "Performance")]
-    for flag, key in (("--system-config", "system_config"), ("--memory-mode", "memory_mode"),
-                      ("--config", "config")):
+    argv = [
+        sys.executable,
+        "-m",
+        "ethosu.vela",
+        str(int8_model),
+        "--output-dir",
+        str(out_dir),
+        "--accelerator-config",
+        request["accelerator"],
+        "--optimise",
+        request.get("optimise", "Performance"),
+    ]
+    for flag, key in (("--system-config", "system_config"), ("--memory-mode", "memory_mode"), ("--config", "config")):
         if request.get(key):
             argv += [flag, request[key]]
     started = time.monotonic()
@@ -247,16 +266,27 @@ def main() -> None:
     place = placement(int8_model, compiled, log)
     import importlib.metadata as md
 
-    reply({"ok": True, "summary": summary, "placement": place, "quantization": quant,
-           "timings_s": {k: round(v, 2) for k, v in timings.items()},
-           "estimate": {"latency_ms": (number(summary, "inference_time") or 0.0) * 1000.0,
-                        "cycles": number(summary, "cycles_total"),
-                        "sram_kb": number(summary, "sram_memory_used"),
-                        "flash_kb": number(summary, "off_chip_flash_memory_used"),
-                        "dram_kb": number(summary, "dram_memory_used"),
-                        "npu_share_pct": None},
-           "versions": {p: md.version(p) for p in ("ethos-u-vela", "litert-torch", "ai-edge-quantizer",
-                                                   "ai-edge-litert", "torch")}})
+    reply(
+        {
+            "ok": True,
+            "summary": summary,
+            "placement": place,
+            "quantization": quant,
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            "estimate": {
+                "latency_ms": (number(summary, "inference_time") or 0.0) * 1000.0,
+                "cycles": number(summary, "cycles_total"),
+                "sram_kb": number(summary, "sram_memory_used"),
+                "flash_kb": number(summary, "off_chip_flash_memory_used"),
+                "dram_kb": number(summary, "dram_memory_used"),
+                "npu_share_pct": None,
+            },
+            "versions": {
+                p: md.version(p)
+                for p in ("ethos-u-vela", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "torch")
+            },
+        }
+    )
 
 
 if __name__ == "__main__":
@@ -264,5 +294,10 @@ if __name__ == "__main__":
         main()
     except Exception as exc:  # one line for the user; the traceback stays in the worker's log
         traceback.print_exc()
-        reply({"ok": False, "message": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
-               "hint": "see the worker log"})
+        reply(
+            {
+                "ok": False,
+                "message": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}",
+                "hint": "see the worker log",
+            }
+        )

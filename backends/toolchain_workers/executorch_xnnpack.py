@@ -31,15 +31,17 @@ def load_inputs(path: str) -> list[np.ndarray]:
 def quantized_program(program, example: tuple, calibration: list[np.ndarray]):
     """PT2E static INT8 for XNNPACK: symmetric per-channel weights, per-tensor activations, observed on the samples."""
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     module = torch.export.export(program.module(), example).module(check_guards=False)
     prepared = prepare_pt2e(module, quantizer)
     for i in range(len(calibration[0])):
-        prepared(*(torch.from_numpy(a[i:i + 1]) for a in calibration))
+        prepared(*(torch.from_numpy(a[i : i + 1]) for a in calibration))
     return torch.export.export(convert_pt2e(prepared), example)
 
 
@@ -83,9 +85,18 @@ def main() -> None:
     (out / request["pte"]).write_bytes(executorch_program.buffer)
     import importlib.metadata as md
 
-    print(json.dumps({"ok": True, "placement": placement, "info": info,
-                      "compile_s": round(time.monotonic() - started, 2),
-                      "versions": {p: md.version(p) for p in ("executorch", "torch")}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "placement": placement,
+                "info": info,
+                "compile_s": round(time.monotonic() - started, 2),
+                "versions": {p: md.version(p) for p in ("executorch", "torch")},
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
@@ -94,5 +105,13 @@ if __name__ == "__main__":
     except Exception as exc:
         traceback.print_exc()
         text = str(exc).strip().splitlines()
-        print(json.dumps({"ok": False, "message": f"{type(exc).__name__}: {(text[0] if text else '')[:300]}",
-                          "hint": "see the worker log"}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "ok": False,
+                    "message": f"{type(exc).__name__}: {(text[0] if text else '')[:300]}",
+                    "hint": "see the worker log",
+                }
+            ),
+            flush=True,
+        )

@@ -25,8 +25,11 @@ def executorch_runner(path: str):
     method = Runtime.get().load_program(path).load_method("forward")
 
     def run(arrays):
-        return [np.asarray(t.detach().numpy() if hasattr(t, "detach") else t)
-                for t in method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])]
+        return [
+            np.asarray(t.detach().numpy() if hasattr(t, "detach") else t)
+            for t in method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        ]
+
     return run
 
 

@@ -58,8 +58,10 @@ def main() -> int:
         run(0)
         times.append((time.perf_counter() - start) * 1000.0)
     times.sort()
-    print(f"latency: p50 {times[len(times) // 2]:.2f} ms, p90 {times[int(len(times) * 0.9)]:.2f} ms "
-          f"over {args.iters} runs, {os.environ['TVM_NUM_THREADS']} threads")
+    print(
+        f"latency: p50 {times[len(times) // 2]:.2f} ms, p90 {times[int(len(times) * 0.9)]:.2f} ms "
+        f"over {args.iters} runs, {os.environ['TVM_NUM_THREADS']} threads"
+    )
     return 0 if worst <= tolerance else 3
 
 

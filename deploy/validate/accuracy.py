@@ -29,8 +29,12 @@ class Accuracy:
         return self.reference_top1 - self.artifact_top1
 
     def to_manifest(self) -> dict:
-        return {"samples": self.samples, "reference_top1": round(self.reference_top1, 3),
-                "artifact_top1": round(self.artifact_top1, 3), "top1_drop_pt": round(self.drop_pt, 3)}
+        return {
+            "samples": self.samples,
+            "reference_top1": round(self.reference_top1, 3),
+            "artifact_top1": round(self.artifact_top1, 3),
+            "top1_drop_pt": round(self.drop_pt, 3),
+        }
 
 
 def load_eval_data(path: Path, input_name: str, sample_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -43,15 +47,20 @@ def load_eval_data(path: Path, input_name: str, sample_shape: tuple[int, ...]) -
     inputs = arrays.get(input_name, arrays.get("inputs"))
     labels = arrays.get("labels")
     if inputs is None or labels is None:
-        raise EvalDataError(f"--eval-data {path} needs arrays '{input_name}' (or 'inputs') and 'labels'",
-                            f"it has: {', '.join(arrays) or 'nothing'}")
+        raise EvalDataError(
+            f"--eval-data {path} needs arrays '{input_name}' (or 'inputs') and 'labels'",
+            f"it has: {', '.join(arrays) or 'nothing'}",
+        )
     per_sample = tuple(sample_shape[1:]) if sample_shape and sample_shape[0] == 1 else tuple(sample_shape)
     if tuple(inputs.shape[1:]) != per_sample and tuple(inputs.shape[1:]) != tuple(sample_shape):
-        raise EvalDataError(f"--eval-data inputs have shape {list(inputs.shape)}; the model takes "
-                            f"{list(sample_shape)} per sample", "resize the data to the model's input shape")
+        raise EvalDataError(
+            f"--eval-data inputs have shape {list(inputs.shape)}; the model takes {list(sample_shape)} per sample",
+            "resize the data to the model's input shape",
+        )
     if labels.shape[0] != inputs.shape[0]:
-        raise EvalDataError(f"--eval-data has {inputs.shape[0]} inputs but {labels.shape[0]} labels",
-                            "give one label per input")
+        raise EvalDataError(
+            f"--eval-data has {inputs.shape[0]} inputs but {labels.shape[0]} labels", "give one label per input"
+        )
     return inputs.reshape(inputs.shape[0], *sample_shape).astype(np.float32), labels.astype(np.int64).reshape(-1)
 
 

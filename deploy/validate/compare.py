@@ -24,10 +24,18 @@ class OutputNumerics:
     max_abs_sample: int = 0  # the sample where max_abs was seen
 
     def to_manifest(self) -> dict:
-        return {"name": self.name, "max_abs": self.max_abs, "rel_err": self.rel_err, "cosine": self.cosine,
-                "top1_agreement": self.top1_agreement,
-                "per_sample": {"worst_cosine": self.worst_cosine, "worst_cosine_sample": self.worst_cosine_sample,
-                               "max_abs_sample": self.max_abs_sample}}
+        return {
+            "name": self.name,
+            "max_abs": self.max_abs,
+            "rel_err": self.rel_err,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+            "per_sample": {
+                "worst_cosine": self.worst_cosine,
+                "worst_cosine_sample": self.worst_cosine_sample,
+                "max_abs_sample": self.max_abs_sample,
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,16 @@ class NumericsReport:
 
     def to_manifest(self) -> dict:
         worst = min(self.outputs, key=lambda o: o.worst_cosine)
-        return {"max_abs": self.max_abs, "cosine": self.cosine, "top1_agreement": self.top1_agreement,
-                "rel_err": self.rel_err, "samples": self.samples, "worst_sample_cosine": worst.worst_cosine,
-                "worst_sample": {"output": worst.name, "index": worst.worst_cosine_sample},
-                "per_output": [o.to_manifest() for o in self.outputs]}
+        return {
+            "max_abs": self.max_abs,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+            "rel_err": self.rel_err,
+            "samples": self.samples,
+            "worst_sample_cosine": worst.worst_cosine,
+            "worst_sample": {"output": worst.name, "index": worst.worst_cosine_sample},
+            "per_output": [o.to_manifest() for o in self.outputs],
+        }
 
 
 def compare(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> NumericsReport:

@@ -31,21 +31,98 @@ from vdeploy.targets import Hardware, Precision
 from vdeploy.validate.power import PowerSource
 
 EXP = 4  # nominal FLOPs of one transcendental (a short polynomial after range reduction)
-UNARY_FLOPS = {"Exp": EXP, "Log": EXP, "Erf": EXP, "Tanh": EXP, "Sin": EXP, "Cos": EXP, "Pow": EXP, "Softplus": EXP,
-               "Sigmoid": EXP + 2, "Sqrt": 1, "Reciprocal": 1, "Gelu": EXP + 4, "FastGelu": EXP + 6,
-               "BiasGelu": EXP + 5, "QuickGelu": EXP + 3, "HardSigmoid": 3, "HardSwish": 4, "Mish": 2 * EXP + 2,
-               "Elu": EXP + 1, "Selu": EXP + 2, "Celu": EXP + 2, "QuantizeLinear": 3, "DequantizeLinear": 2}
+UNARY_FLOPS = {
+    "Exp": EXP,
+    "Log": EXP,
+    "Erf": EXP,
+    "Tanh": EXP,
+    "Sin": EXP,
+    "Cos": EXP,
+    "Pow": EXP,
+    "Softplus": EXP,
+    "Sigmoid": EXP + 2,
+    "Sqrt": 1,
+    "Reciprocal": 1,
+    "Gelu": EXP + 4,
+    "FastGelu": EXP + 6,
+    "BiasGelu": EXP + 5,
+    "QuickGelu": EXP + 3,
+    "HardSigmoid": 3,
+    "HardSwish": 4,
+    "Mish": 2 * EXP + 2,
+    "Elu": EXP + 1,
+    "Selu": EXP + 2,
+    "Celu": EXP + 2,
+    "QuantizeLinear": 3,
+    "DequantizeLinear": 2,
+}
 LAYERNORM_PER_ELEMENT, LAYERNORM_PER_ROW = 5, 4
 RMSNORM_PER_ELEMENT, RMSNORM_PER_ROW = 3, 3
 SOFTMAX_PER_ELEMENT = 4 + EXP
 FREE_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant", "Dropout"}
-MOVE_OPS = {"Transpose", "Concat", "Slice", "Gather", "GatherElements", "GatherND", "Split", "Pad", "Expand",
-            "Tile", "Cast", "CastLike", "DepthToSpace", "SpaceToDepth", "ScatterND", "ConstantOfShape", "Range"}
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "PRelu", "Max", "Min", "Sum", "Mean",
-               "Clip", "Where", "Floor", "Ceil", "Round", "Sign", "Equal", "Less", "LessOrEqual", "Greater",
-               "GreaterOrEqual", "Not", "And", "Or", "Xor", "Mod", "BiasAdd", *UNARY_FLOPS}
-SAME_SHAPE = ELEMENTWISE | {"LayerNormalization", "SkipLayerNormalization", "RMSNormalization", "Softmax",
-                            "SimplifiedLayerNormalization", "LogSoftmax", "BatchNormalization", "Cast", "Identity"}
+MOVE_OPS = {
+    "Transpose",
+    "Concat",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Split",
+    "Pad",
+    "Expand",
+    "Tile",
+    "Cast",
+    "CastLike",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "ScatterND",
+    "ConstantOfShape",
+    "Range",
+}
+ELEMENTWISE = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Abs",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Clip",
+    "Where",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+    "BiasAdd",
+    *UNARY_FLOPS,
+}
+SAME_SHAPE = ELEMENTWISE | {
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "RMSNormalization",
+    "Softmax",
+    "SimplifiedLayerNormalization",
+    "LogSoftmax",
+    "BatchNormalization",
+    "Cast",
+    "Identity",
+}
 
 
 @dataclass(frozen=True)
@@ -75,9 +152,14 @@ class Estimate:
     model: str = "roofline"
 
     def to_manifest(self) -> dict:
-        return {"mean": round(self.power_w, 4), "source": self.source.value, "model": self.model,
-                "latency_ms": round(self.latency_ms, 4), "energy_mj": round(self.energy_mj, 4),
-                "efficiency": self.efficiency}
+        return {
+            "mean": round(self.power_w, 4),
+            "source": self.source.value,
+            "model": self.model,
+            "latency_ms": round(self.latency_ms, 4),
+            "energy_mj": round(self.energy_mj, 4),
+            "efficiency": self.efficiency,
+        }
 
 
 class Calibration(NamedTuple):
@@ -124,8 +206,13 @@ def _flops(node, ins, outs, attrs) -> int | None:
         return 2 * _numel(y) * _numel(w[1:]) + (_numel(y) if has_bias else 0) if w is not None else None
     if op == "ConvTranspose" and ins[1] is not None:
         return 2 * _numel(x) * _numel(ins[1][1:]) + (_numel(y) if len(present) > 2 and present[2] else 0)
-    if op in ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
-              "SkipSimplifiedLayerNormalization"):
+    if op in (
+        "LayerNormalization",
+        "SkipLayerNormalization",
+        "SimplifiedLayerNormalization",
+        "RMSNormalization",
+        "SkipSimplifiedLayerNormalization",
+    ):
         axis = attrs.get("axis", -1) % max(len(x), 1)
         rows = _numel(x[:axis])
         simple = "Simplified" in op or op.startswith("RMS")
@@ -215,8 +302,10 @@ def count_cost(model, *, on_chip_bytes: int = 0) -> Cost:
         ins = [table.get(n, (None, 4))[0] if n else None for n in node.input]
         for out in node.output:  # shapes onnx could not infer (contrib ops), for ops that keep their input's
             if table.get(out, (None, 0))[0] is None and node.op_type in SAME_SHAPE and ins and ins[0] is not None:
-                table[out] = (_broadcast(ins) if node.op_type in ELEMENTWISE else ins[0],
-                              table.get(node.input[0], (None, 4))[1])
+                table[out] = (
+                    _broadcast(ins) if node.op_type in ELEMENTWISE else ins[0],
+                    table.get(node.input[0], (None, 4))[1],
+                )
         outs = [table.get(n, (None, 4))[0] for n in node.output]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         flops = _flops(node, ins, outs, attrs)
@@ -241,8 +330,10 @@ def _peak_ops(hardware: Hardware, precision) -> float:
     precision = Precision(getattr(precision, "value", precision))
     peak = hardware.peak_gops.get(precision)
     if not peak:
-        raise TargetError(f"the target's hardware figures have no peak_gops for {precision.value}",
-                          "add it to the target's hardware block in targets.yaml, citing the vendor figure")
+        raise TargetError(
+            f"the target's hardware figures have no peak_gops for {precision.value}",
+            "add it to the target's hardware block in targets.yaml, citing the vendor figure",
+        )
     return peak * 1e9
 
 

@@ -21,18 +21,23 @@ class Latency:
     samples_ms: tuple[float, ...]
 
     def to_manifest(self) -> dict:
-        return {"p50": round(self.p50, 4), "p90": round(self.p90, 4), "p99": round(self.p99, 4),
-                "mean": round(self.mean, 4), "runs": self.runs, "samples_ms": [round(s, 4) for s in self.samples_ms]}
+        return {
+            "p50": round(self.p50, 4),
+            "p90": round(self.p90, 4),
+            "p99": round(self.p99, 4),
+            "mean": round(self.mean, 4),
+            "runs": self.runs,
+            "samples_ms": [round(s, 4) for s in self.samples_ms],
+        }
 
     @classmethod
-    def from_samples(cls, samples_ms) -> "Latency":
+    def from_samples(cls, samples_ms) -> Latency:
         arr = np.asarray(samples_ms, dtype=np.float64)
         p50, p90, p99 = np.percentile(arr, [50, 90, 99])
         return cls(float(p50), float(p90), float(p99), float(arr.mean()), int(arr.size), tuple(arr.tolist()))
 
 
-def measure(session, feeds: dict, *, warmup: int = 5, iters: int = 50, min_seconds: float = 0.0,
-            power_meter=None):
+def measure(session, feeds: dict, *, warmup: int = 5, iters: int = 50, min_seconds: float = 0.0, power_meter=None):
     """Time `iters` runs (more if `min_seconds` has not passed) after `warmup` untimed runs.
 
     Returns (Latency, Energy | None); the power meter, when given, covers exactly the timed runs.

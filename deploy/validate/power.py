@@ -44,8 +44,13 @@ class Energy:
         return self.joules / self.seconds if self.seconds > 0 else 0.0
 
     def to_manifest(self) -> dict:
-        return {"mean": round(self.watts, 4), "source": self.source.value, "joules": round(self.joules, 6),
-                "seconds": round(self.seconds, 6), "samples": self.samples}
+        return {
+            "mean": round(self.watts, 4),
+            "source": self.source.value,
+            "joules": round(self.joules, 6),
+            "seconds": round(self.seconds, 6),
+            "samples": self.samples,
+        }
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,10 @@ class NvmlMeter(_Meter):
 
 
 def _nvml_mode(pynvml, handle) -> str | None:
-    for mode, query in (("energy", pynvml.nvmlDeviceGetTotalEnergyConsumption),
-                        ("power", pynvml.nvmlDeviceGetPowerUsage)):
+    for mode, query in (
+        ("energy", pynvml.nvmlDeviceGetTotalEnergyConsumption),
+        ("power", pynvml.nvmlDeviceGetPowerUsage),
+    ):
         with contextlib.suppress(pynvml.NVMLError):
             query(handle)
             return mode
@@ -185,20 +192,28 @@ class RaplMeter(_Meter):
         return [d for d in dirs if _PACKAGE_DIR.fullmatch(d.name) and _text(d / "name").startswith("package")]
 
     def _read(self) -> dict[Path, tuple[int, int]]:
-        return {d: (int((d / "energy_uj").read_text()), int((d / "max_energy_range_uj").read_text()))
-                for d in self._domains()}
+        return {
+            d: (int((d / "energy_uj").read_text()), int((d / "max_energy_range_uj").read_text()))
+            for d in self._domains()
+        }
 
     def available(self) -> Availability:
         if not self.root.is_dir():
-            return Availability(False, f"no {self.root}: this kernel exposes no RAPL powercap interface "
-                                       "(a VM, a non-x86 CPU, or the intel_rapl module is not loaded)")
+            return Availability(
+                False,
+                f"no {self.root}: this kernel exposes no RAPL powercap interface "
+                "(a VM, a non-x86 CPU, or the intel_rapl module is not loaded)",
+            )
         if not self._domains():
             return Availability(False, f"no package domain (intel-rapl:N named package-N) under {self.root}")
         try:
             self._read()
         except PermissionError as exc:
-            return Availability(False, f"{exc.filename} is not readable by this user (root-only since Linux 5.10, "
-                                       "CVE-2020-8694): run as root or grant read access to energy_uj")
+            return Availability(
+                False,
+                f"{exc.filename} is not readable by this user (root-only since Linux 5.10, "
+                "CVE-2020-8694): run as root or grant read access to energy_uj",
+            )
         except (OSError, ValueError) as exc:
             return Availability(False, f"cannot read the RAPL counters under {self.root}: {exc}")
         return Availability(True)
@@ -210,8 +225,10 @@ class RaplMeter(_Meter):
     def stop(self) -> Energy:
         run = self._take()
         after, seconds = self._read(), time.perf_counter() - run["t0"]
-        unwrapped = (e1 - e0 if e1 >= e0 else e1 + top - e0  # wrapped: up to the top, then from 0
-                     for (e0, top), (e1, _) in ((run["counters"][d], after[d]) for d in run["counters"]))
+        unwrapped = (
+            e1 - e0 if e1 >= e0 else e1 + top - e0  # wrapped: up to the top, then from 0
+            for (e0, top), (e1, _) in ((run["counters"][d], after[d]) for d in run["counters"])
+        )
         return Energy(sum(unwrapped) / 1e6, seconds, self.source, 2)
 
 

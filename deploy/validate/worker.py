@@ -31,8 +31,7 @@ def main(job: Path) -> int:
             if spec["iters"] > 0:  # finding a meter starts tegrastats / NVML: only for timed runs
                 meter, power_reason = find_meter(backend.power_meters)
                 first = {n: a[0] for n, a in inputs.items()}
-                latency, energy = measure(session, first, warmup=spec["warmup"], iters=spec["iters"],
-                                          power_meter=meter)
+                latency, energy = measure(session, first, warmup=spec["warmup"], iters=spec["iters"], power_meter=meter)
     except VdeployError as exc:
         (job / "error.json").write_text(json.dumps(exc.as_dict()))
         return 1
@@ -44,10 +43,16 @@ def main(job: Path) -> int:
     np.savez(job / "outputs.npz", **stacked)
     import resource
 
-    (job / "result.json").write_text(json.dumps({
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # Linux reports KiB
-        "latency_ms": list(latency.samples_ms) if latency else None,
-        "energy": energy.to_manifest() if energy else None, "power_reason": power_reason}))
+    (job / "result.json").write_text(
+        json.dumps(
+            {
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # Linux reports KiB
+                "latency_ms": list(latency.samples_ms) if latency else None,
+                "energy": energy.to_manifest() if energy else None,
+                "power_reason": power_reason,
+            }
+        )
+    )
     return 0
 
 

@@ -17,5 +17,14 @@ from vdeploy.graph_passes.rules.matmul import BATCHED_MATMUL
 from vdeploy.graph_passes.rules.softmax import SOFTMAX
 
 ALL_SPECS: tuple = (
-    ATTENTION_NORMALIZE, ATTENTION, BATCHED_MATMUL, LAYER_NORM, GELU, SOFTMAX, ERF, CONV_BN, BATCH_NORM, LINEAR,
+    ATTENTION_NORMALIZE,
+    ATTENTION,
+    BATCHED_MATMUL,
+    LAYER_NORM,
+    GELU,
+    SOFTMAX,
+    ERF,
+    CONV_BN,
+    BATCH_NORM,
+    LINEAR,
 )

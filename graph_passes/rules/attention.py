@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from onnxscript.rewriter.pattern import RewriteRule
 
+from vdeploy.graph_passes.ops import OpId
 from vdeploy.graph_passes.rules.attention_lower import (
     attention_to_matmul_softmax,
     attention_to_onnx_attention,
@@ -28,7 +29,6 @@ from vdeploy.graph_passes.rules.attention_lower import (
 from vdeploy.graph_passes.rules.attention_normalize import ATTENTION_OP, CAPTURE_RULES
 from vdeploy.graph_passes.rules.attention_onnx import attention_from_onnx_attention
 from vdeploy.graph_passes.rules.base import INTERNAL_DOMAIN, NO_APPROXIMATIONS, Direction
-from vdeploy.graph_passes.ops import OpId
 
 INTERNAL_ATTENTION = OpId(INTERNAL_DOMAIN, ATTENTION_OP)
 ONNX_ATTENTION = OpId("", "Attention")  # ONNX opset 23; used only when the model already imports opset >= 23

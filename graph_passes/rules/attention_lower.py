@@ -49,6 +49,7 @@ def onnx_attention_available(opset: int) -> bool:
 
 # --- ONNX Attention (opset 23) ----------------------------------------------------------------------------------
 
+
 def _to_onnx_attention_check(context, query, key, value, out, **_) -> bool:
     return onnx_attention_available(_model_opset(context)) and rank(query) == 4
 
@@ -66,6 +67,7 @@ attention_to_onnx_attention = pattern.RewriteRule(
 
 
 # --- com.microsoft::MultiHeadAttention --------------------------------------------------------------------------
+
 
 def _to_ort_mha_check(context, query, key, value, out, **_) -> bool:
     _scale, bias = _scale_and_bias(out)
@@ -103,6 +105,7 @@ attention_to_ort_mha = pattern.RewriteRule(
 
 
 # --- MatMul / Softmax / MatMul ----------------------------------------------------------------------------------
+
 
 def _to_matmul_softmax_rewrite(op, query, key, value, out, **_):
     """internal Attention -> Mul(q, scale) -> MatMul(., Transpose(k)) [-> Add bias] -> Softmax(-1) -> MatMul(., v)."""

@@ -63,10 +63,12 @@ def _bias_fits(bias: ir.Value, scores_shape: ir.Shape) -> bool:
 
 # --- Swin shift mask: Reshape(Reshape(s, [Bx, nW, H, N, M]) + m, s.shape) -> s + m as [Bx*nW, mh, N, M] ---------
 
+
 def _window_mask_pattern(op, scores, window_shape, mask, back_shape):
     """Softmax(Reshape(Reshape(S, [Bx,nW,H,N,M]) + mask, S.shape)) -> Softmax(S + mask as [Bx*nW, 1|H, N, M])."""
-    windowed = op.Reshape(op.Add(op.Reshape(scores, window_shape, _outputs=["windows"]), mask), back_shape,
-                          _outputs=["restored"])
+    windowed = op.Reshape(
+        op.Add(op.Reshape(scores, window_shape, _outputs=["windows"]), mask), back_shape, _outputs=["restored"]
+    )
     return op.Softmax(windowed, axis=-1)
 
 
@@ -96,6 +98,7 @@ window_mask_to_bias = pattern.RewriteRule(
 
 # --- two additive terms before Softmax (Swin: relative position bias, then shift mask) --------------------------
 
+
 def _two_biases_pattern(op, scores, bias1, bias2):
     """Softmax((S + b1) + b2) -> Softmax(S + (b1 + b2)); S from MatMul/Mul/Div, neither bias enlarges S."""
     return op.Softmax(op.Add(op.Add(scores, bias1), bias2), axis=-1)
@@ -120,6 +123,7 @@ merge_score_biases = pattern.RewriteRule(
 
 
 # --- dynamo's K^T: Reshape(k, [B*H,S,D]) -> Transpose(0,2,1) -> Reshape([B,H,D,S]) -> Transpose(k as [B,H,S,D]) --
+
 
 def _flat_key_pattern(op, key, flat_shape, out_shape):
     """Reshape(Transpose(Reshape(k, [B*H,S,D]), [0,2,1]), [B,H,D,S]) -> Transpose(Reshape(k, [B,H,S,D]), [0,1,3,2])."""
@@ -146,6 +150,7 @@ flat_key_transpose_to_4d = pattern.RewriteRule(
 
 
 # --- the core: MatMul / scale / [Add] / Softmax / MatMul -> internal Attention ----------------------------------
+
 
 class AttentionFromMatMulSoftmax(SDPA):
     """MatMul(q*s1, K^T*s2)*s3 [+ bias] -> Softmax(-1) -> MatMul(., v) -> internal Attention(q, k, v[, bias]).

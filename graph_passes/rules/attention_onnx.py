@@ -105,12 +105,16 @@ def _rewrite(op, query, key, value, out, **_):
     bias = node.inputs[3] if len(node.inputs) > 3 else None
     if attrs.get_int("is_causal", 0):
         causal = _causal_bias(op, query, sq, skv)
-        bias = causal if bias is None else shaped(
-            op.Add(bias, causal), bias, np.broadcast_shapes(static_shape(bias), (sq, skv)))
+        bias = (
+            causal
+            if bias is None
+            else shaped(op.Add(bias, causal), bias, np.broadcast_shapes(static_shape(bias), (sq, skv)))
+        )
     scale = attrs.get_float("scale") if "scale" in attrs else 1.0 / math.sqrt(dk)
     inputs = [query, key, value] + ([bias] if bias is not None else [])
-    y = op.Attention(*inputs, scale=float(scale), softcap=float(attrs.get_float("softcap", 0.0)),
-                     _domain=INTERNAL_DOMAIN)
+    y = op.Attention(
+        *inputs, scale=float(scale), softcap=float(attrs.get_float("softcap", 0.0)), _domain=INTERNAL_DOMAIN
+    )
     shaped(y, query, (b, hq, sq, dv))
     if not three_d:
         return y

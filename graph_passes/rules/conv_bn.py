@@ -53,11 +53,15 @@ def _decompose(op, x, y, **_):
 CONV_BN = TieredSpec(
     name="conv_bn",
     tiers=(
-        Tier(Direction.fused, ops(), (
-            FuseBatchNormIntoConv.rule(name="conv_bn_folding"),
-            FuseBatchNormIntoConvTranspose.rule(name="conv_transpose_bn_folding"),
-            FuseBatchNormIntoGemm.rule(name="gemm_bn_folding"),
-        )),
+        Tier(
+            Direction.fused,
+            ops(),
+            (
+                FuseBatchNormIntoConv.rule(name="conv_bn_folding"),
+                FuseBatchNormIntoConvTranspose.rule(name="conv_transpose_bn_folding"),
+                FuseBatchNormIntoGemm.rule(name="gemm_bn_folding"),
+            ),
+        ),
     ),
 )
 
@@ -65,7 +69,10 @@ BATCH_NORM = TieredSpec(
     name="batch_norm",
     tiers=(
         Tier(Direction.kept, ops("BatchNormalization"), ()),
-        Tier(Direction.decomposed, ops("Mul", "Add"),
-             (RewriteRule(_batch_norm, _decompose, _check_decompose, name="batch_norm_decomposition"),)),
+        Tier(
+            Direction.decomposed,
+            ops("Mul", "Add"),
+            (RewriteRule(_batch_norm, _decompose, _check_decompose, name="batch_norm_decomposition"),),
+        ),
     ),
 )

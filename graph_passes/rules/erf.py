@@ -60,12 +60,21 @@ ERF = TieredSpec(
     name="erf",
     tiers=(
         Tier(Direction.kept, ops("Erf"), ()),
-        Tier(Direction.decomposed, ops("Abs", "Sign", "Exp", "Mul", "Add", "Sub", "Div"),
-             (RewriteRule(_erf, _polynomial, check_float, name="erf_polynomial"),)),
-        Tier(Direction.decomposed, ops("Tanh", "Mul", "Add"),
-             (RewriteRule(_erf, _tanh, check_float, name="erf_tanh_approx"),)),
-        Tier(Direction.decomposed, ops("Sigmoid", "Mul", "Add"),
-             (RewriteRule(_erf, _sigmoid, check_float, name="erf_sigmoid_approx"),)),
+        Tier(
+            Direction.decomposed,
+            ops("Abs", "Sign", "Exp", "Mul", "Add", "Sub", "Div"),
+            (RewriteRule(_erf, _polynomial, check_float, name="erf_polynomial"),),
+        ),
+        Tier(
+            Direction.decomposed,
+            ops("Tanh", "Mul", "Add"),
+            (RewriteRule(_erf, _tanh, check_float, name="erf_tanh_approx"),),
+        ),
+        Tier(
+            Direction.decomposed,
+            ops("Sigmoid", "Mul", "Add"),
+            (RewriteRule(_erf, _sigmoid, check_float, name="erf_sigmoid_approx"),),
+        ),
     ),
     approximations={
         "erf_polynomial": ERF_POLYNOMIAL_MAX_ABS_ERROR,

@@ -29,8 +29,7 @@ import math
 
 from onnxscript.rewriter.pattern import MatchResult, OrValue
 
-from vdeploy.graph_passes.rules.base import (Direction, Tier, TieredSpec, check_float, const, opset_of, ops,
-                                             rules)
+from vdeploy.graph_passes.rules.base import Direction, Tier, TieredSpec, check_float, const, ops, opset_of, rules
 
 GELU_TANH_MAX_ABS_ERROR = 4.73e-4
 GELU_SIGMOID_MAX_ABS_ERROR = 2.03e-2
@@ -42,6 +41,7 @@ GELU_OPSET = 20
 
 
 # ---- patterns ---------------------------------------------------------------------------------------------------
+
 
 def _either(op, op_type, a, b):
     """a <op> b with the operands in either order (Add/Mul inside a pattern)."""
@@ -81,6 +81,7 @@ def _gelu_node(op, x):
 
 # ---- checks -----------------------------------------------------------------------------------------------------
 
+
 def _approximate(y) -> str:
     attr = y.producer().attributes.get("approximate")
     return "none" if attr is None else attr.as_string()
@@ -104,6 +105,7 @@ def _check_tanh_gelu(context, x, y, **_) -> MatchResult:
 
 
 # ---- replacements -----------------------------------------------------------------------------------------------
+
 
 def _to_gelu(op, x, **_):
     return op.Gelu(x)
@@ -154,18 +156,26 @@ GELU_TO_TANH = rules("gelu_to_tanh_approx", GELU_NODE, _tanh_form, _check_exact_
 GELU_ERF_TO_TANH = rules("gelu_erf_to_tanh_approx", ERF_FORM, _tanh_form, check_float)
 GELU_TO_SIGMOID = rules("gelu_to_sigmoid_approx", GELU_NODE, _sigmoid_form, _check_exact_gelu)
 GELU_ERF_TO_SIGMOID = rules("gelu_erf_to_sigmoid_approx", ERF_FORM, _sigmoid_form, check_float)
-GELU_TANH_TO_SIGMOID = (*rules("gelu_tanh_to_sigmoid", GELU_NODE, _tanh_as_sigmoid, _check_tanh_gelu),
-                        *rules("gelu_tanh_to_sigmoid", TANH_FORM, _tanh_as_sigmoid, check_float))
+GELU_TANH_TO_SIGMOID = (
+    *rules("gelu_tanh_to_sigmoid", GELU_NODE, _tanh_as_sigmoid, _check_tanh_gelu),
+    *rules("gelu_tanh_to_sigmoid", TANH_FORM, _tanh_as_sigmoid, check_float),
+)
 
 GELU = TieredSpec(
     name="gelu",
     tiers=(
         Tier(Direction.fused, ops("Gelu"), (*GELU_FUSION, *GELU_TANH_FUSION)),
         Tier(Direction.decomposed, ops("Erf", "Mul", "Add", "Div"), (*GELU_DECOMPOSITION, *GELU_TANH_DECOMPOSITION)),
-        Tier(Direction.decomposed, ops("Tanh", "Mul", "Add"), (*GELU_TO_TANH, *GELU_ERF_TO_TANH,
-                                                                *GELU_TANH_DECOMPOSITION)),
-        Tier(Direction.decomposed, ops("Sigmoid", "Mul", "Add"), (*GELU_TO_SIGMOID, *GELU_ERF_TO_SIGMOID,
-                                                                  *GELU_TANH_TO_SIGMOID)),
+        Tier(
+            Direction.decomposed,
+            ops("Tanh", "Mul", "Add"),
+            (*GELU_TO_TANH, *GELU_ERF_TO_TANH, *GELU_TANH_DECOMPOSITION),
+        ),
+        Tier(
+            Direction.decomposed,
+            ops("Sigmoid", "Mul", "Add"),
+            (*GELU_TO_SIGMOID, *GELU_ERF_TO_SIGMOID, *GELU_TANH_TO_SIGMOID),
+        ),
     ),
     approximations={
         "gelu_to_tanh_approx": GELU_TANH_MAX_ABS_ERROR,

@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter.pattern import MatchResult, OrValue
 
+from vdeploy.graph_passes.ops import OpId
 from vdeploy.graph_passes.rules.base import (
     FLOAT_TYPES,
     NOT_FLOAT,
@@ -35,10 +36,9 @@ from vdeploy.graph_passes.rules.base import (
     scalar,
     trailing_axes,
 )
-from vdeploy.graph_passes.ops import OpId
-
 
 # ---- shared facts, recomputed by check and rewrite (no state passes between them) ----------------------------
+
 
 def _chain_axes(x: ir.Value, mean: ir.Value, var: ir.Value) -> tuple[int, tuple[int, ...]] | None:
     """(k, normalized shape) when both ReduceMeans keep dims over the same trailing k axes of a static-tail x."""
@@ -52,7 +52,7 @@ def _chain_axes(x: ir.Value, mean: ir.Value, var: ir.Value) -> tuple[int, tuple[
     k = trailing_axes(mean_axes, rank)
     if k is None or k != trailing_axes(var_axes, rank) or rank < k:
         return None
-    tail = tuple(x.shape)[rank - k:]
+    tail = tuple(x.shape)[rank - k :]
     return (k, tail) if all(isinstance(d, int) for d in tail) else None
 
 
@@ -67,8 +67,8 @@ def _ln_tail(ln: ir.Node) -> tuple[int, tuple[int, ...]] | None:
         k = rank - axis
     else:
         return None
-    if rank is not None and all(isinstance(d, int) for d in tuple(x.shape)[rank - k:]):
-        return k, tuple(x.shape)[rank - k:]
+    if rank is not None and all(isinstance(d, int) for d in tuple(x.shape)[rank - k :]):
+        return k, tuple(x.shape)[rank - k :]
     if scale.const_value is not None and scale.const_value.numpy().ndim == k:
         return k, tuple(scale.const_value.numpy().shape)
     return None
@@ -88,7 +88,7 @@ def _fold_into_tail(operand: ir.Value, ln: ir.Node) -> np.ndarray | None:
     if any(d != 1 for d in lead):
         return None  # varies outside the normalized axes (e.g. a per-token term)
     try:
-        return np.broadcast_to(array.reshape(array.shape[len(lead):]), shape)
+        return np.broadcast_to(array.reshape(array.shape[len(lead) :]), shape)
     except ValueError:
         return None
 
@@ -98,6 +98,7 @@ def _const_params(ln: ir.Node) -> bool:
 
 
 # ---- fuse: the normalization chain -> LayerNormalization ------------------------------------------------------
+
 
 def _chain(op, x, epsilon):
     mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
@@ -139,6 +140,7 @@ def _fuse_chain(op, x, epsilon, mean, var, **_):
 
 
 # ---- fuse: a constant scale / bias after a LayerNormalization -------------------------------------------------
+
 
 def _ln(op, x):
     return op.LayerNormalization(x, _allow_other_inputs=True, _outputs=["ln"])
@@ -190,6 +192,7 @@ def _bias_pattern_swapped(op, x, operand):
 
 
 # ---- decompose: LayerNormalization -> primitive ops -----------------------------------------------------------
+
 
 def _ln_node(op, x):
     return op.LayerNormalization(x, _allow_other_inputs=True, _outputs=["y"])

@@ -28,6 +28,7 @@ INT64 = ir.DataType.INT64
 
 # ---- what a match means: (weight K x N, bias N | None), or None when it is not a linear layer ------------------
 
+
 def _lead(x: ir.Value) -> tuple[int, ...] | None:
     """x's dims before the last (rank >= 2), -1 standing for the one that is not static; None if more are not."""
     if x.shape is None or x.shape.rank() < 2:
@@ -88,6 +89,7 @@ def _gemm_conv_parts(x: ir.Value, y: ir.Value):
 
 # ---- patterns ---------------------------------------------------------------------------------------------------
 
+
 def _matmul_add(op, x, w, b):
     return op.Add(op.MatMul(x, w), b)
 
@@ -126,6 +128,7 @@ def _check_gemm_conv(context, x, y, **_) -> MatchResult:
 
 
 # ---- replacements -----------------------------------------------------------------------------------------------
+
 
 def _reshape(op, value, shape):
     return op.Reshape(value, const(op, list(shape), dtype=INT64))
@@ -173,21 +176,30 @@ def _gemm_decompose(op, x, y, **_):
 def _linear_rules(target: str, rewrite):
     """linear_to_<target> (MatMul + bias, either Add order), then matmul_to_<target> (no bias): a separate walk,
     so a MatMul is taken alone only when no bias Add claimed it."""
-    return (RewriteRule(_matmul_add, rewrite, _check_linear, name=f"linear_to_{target}"),
-            RewriteRule(_add_matmul, rewrite, _check_linear, name=f"linear_to_{target}"),
-            RewriteRule(_matmul, rewrite, _check_linear, name=f"matmul_to_{target}"))
+    return (
+        RewriteRule(_matmul_add, rewrite, _check_linear, name=f"linear_to_{target}"),
+        RewriteRule(_add_matmul, rewrite, _check_linear, name=f"linear_to_{target}"),
+        RewriteRule(_matmul, rewrite, _check_linear, name=f"matmul_to_{target}"),
+    )
 
 
 LINEAR = TieredSpec(
     name="linear",
     tiers=(
         Tier(Direction.kept, ops("MatMul", "Gemm"), ()),
-        Tier(Direction.decomposed, ops("MatMul", "Add"),
-             (RewriteRule(_gemm, _gemm_decompose, _check_gemm, name="gemm_decomposition"),)),
+        Tier(
+            Direction.decomposed,
+            ops("MatMul", "Add"),
+            (RewriteRule(_gemm, _gemm_decompose, _check_gemm, name="gemm_decomposition"),),
+        ),
         Tier(Direction.fused, ops("Gemm", "Reshape"), _linear_rules("gemm", _linear_to_gemm)),
-        Tier(Direction.decomposed, ops("Conv", "Reshape", "Transpose"), (
-            *_linear_rules("conv", _linear_to_conv),
-            RewriteRule(_gemm, _gemm_to_conv, _check_gemm_conv, name="gemm_to_conv"),
-        )),
+        Tier(
+            Direction.decomposed,
+            ops("Conv", "Reshape", "Transpose"),
+            (
+                *_linear_rules("conv", _linear_to_conv),
+                RewriteRule(_gemm, _gemm_to_conv, _check_gemm_conv, name="gemm_to_conv"),
+            ),
+        ),
     ),
 )

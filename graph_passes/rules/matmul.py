@@ -20,6 +20,7 @@ from onnxscript.rewriter import pattern
 from vdeploy.graph_passes.ops import CAPABILITY_DOMAIN, MATMUL_RANK4, OpId  # noqa: F401 (re-exported)
 from vdeploy.graph_passes.rules.base import RuleSpec, const, static_shape
 
+
 def _reshape(op, x: ir.Value, dims) -> ir.Value:
     """Reshape to static dims, the new value typed and shaped for the families that run after this one."""
     out = op.Reshape(x, const(op, list(dims), dtype=ir.DataType.INT64))
@@ -28,6 +29,7 @@ def _reshape(op, x: ir.Value, dims) -> ir.Value:
 
 
 # --- decompose: rank-4 MatMul -> rank 3 -------------------------------------------------------------------------
+
 
 def _batched_pattern(op, a, b):
     """MatMul(a[*la,S,K], b[*lb,K,N] | b[K,N]) -> Reshape(MatMul(a as [n,S,K], b as [n,K,N] | [K,N]), [*lead,S,N])
@@ -93,6 +95,7 @@ matmul_rank4_to_rank3 = pattern.RewriteRule(
 
 
 # --- fuse: Reshape / rank-3 MatMul / Reshape that only flattens batch dims -> one rank-4 MatMul -----------------
+
 
 def _flattened_pattern(op, a, a_shape, b, b_shape, out_shape):
     """Reshape(MatMul(Reshape(a,[n,S,K]), Reshape(b,[n,K,N]) | b[K,N]), [*lead,S,N]) -> MatMul(a, b), a rank >= 4."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from onnxscript.rewriter.pattern import MatchResult, OrValue, RewriteRule
 
-from vdeploy.graph_passes.rules.base import FLOAT_TYPES, NOT_FLOAT, RuleSpec, axes_attr, int_attr, opset_of, reduce
 from vdeploy.graph_passes.ops import OpId
+from vdeploy.graph_passes.rules.base import FLOAT_TYPES, NOT_FLOAT, RuleSpec, axes_attr, int_attr, opset_of, reduce
 
 SOFTMAX_OPSET = 13  # one-axis semantics; before 13 Softmax flattened the trailing axes
 

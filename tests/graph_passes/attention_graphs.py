@@ -31,9 +31,20 @@ KEY_FORMS = ("transpose", "flat", "flat5d", "bshd")
 BIAS_FORMS = (None, "add", "mask2d", "two", "window")
 
 
-def attention_model(*, scale: str = "q_mul", key: str = "transpose", bias: str | None = None, batch: int | str = 2,
-                    opset: int = 18, axis: int = -1, probs_output: bool = False, scale_input: bool = False,
-                    dtype: int = TensorProto.FLOAT, bias_batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+def attention_model(
+    *,
+    scale: str = "q_mul",
+    key: str = "transpose",
+    bias: str | None = None,
+    batch: int | str = 2,
+    opset: int = 18,
+    axis: int = -1,
+    probs_output: bool = False,
+    scale_input: bool = False,
+    dtype: int = TensorProto.FLOAT,
+    bias_batch: int = 1,
+    seed: int = 0,
+) -> onnx.ModelProto:
     """One attention, q/k/v as graph inputs (k laid out as `key` needs); constants as initializers."""
     rng = np.random.default_rng(seed)
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
@@ -52,17 +63,21 @@ def attention_model(*, scale: str = "q_mul", key: str = "transpose", bias: str |
         return init(name, np.asarray(array, dtype=np_dtype))
 
     k_shape = {"bshd": [batch, S, H, D], "flat5d": [1, batch, H, S, D]}.get(key, [batch, H, S, D])
-    inputs = [helper.make_tensor_value_info("q", dtype, [batch, H, S, D]),
-              helper.make_tensor_value_info("k", dtype, k_shape),
-              helper.make_tensor_value_info("v", dtype, [batch, H, S, D])]
+    inputs = [
+        helper.make_tensor_value_info("q", dtype, [batch, H, S, D]),
+        helper.make_tensor_value_info("k", dtype, k_shape),
+        helper.make_tensor_value_info("v", dtype, [batch, H, S, D]),
+    ]
     if key == "transpose":
         kt = node("Transpose", ["k"], perm=[0, 1, 3, 2])
     elif key == "bshd":
         kt = node("Transpose", ["k"], perm=[0, 2, 3, 1])
     else:  # dynamo's SDPA: flatten to [B*H, S, D], transpose, back to [B, H, D, S]
         flat = node("Reshape", ["k", init("flat_shape", np.array([batch * H, S, D], np.int64))])
-        kt = node("Reshape", [node("Transpose", [flat], perm=[0, 2, 1]),
-                              init("kt_shape", np.array([batch, H, D, S], np.int64))])
+        kt = node(
+            "Reshape",
+            [node("Transpose", [flat], perm=[0, 2, 1]), init("kt_shape", np.array([batch, H, D, S], np.int64))],
+        )
     if scale_input:
         inputs.append(helper.make_tensor_value_info("s", dtype, []))
     s = "s" if scale_input else fconst("scale", SCALE)
@@ -122,8 +137,11 @@ def max_error(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 
 def op_list(model: ir.Model, *, constants: bool = False) -> Counter:
     """'domain::Op' (or 'Op') -> count; Constant nodes left out unless asked for."""
-    return Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in all_nodes(model)
-                   if constants or n.op_type != "Constant")
+    return Counter(
+        f"{n.domain}::{n.op_type}" if n.domain else n.op_type
+        for n in all_nodes(model)
+        if constants or n.op_type != "Constant"
+    )
 
 
 def export_canonical(module: torch.nn.Module, x: torch.Tensor, exporter: str) -> onnx.ModelProto:

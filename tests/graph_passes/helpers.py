@@ -78,12 +78,14 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, scale: float = 1.0) -> d
 
 def rel_err(reference: list[np.ndarray], outputs: list[np.ndarray]) -> float:
     """max over outputs of max |out - ref| / max |ref| (the output scale)."""
-    return max(float(np.abs(o.astype(np.float64) - r).max() / max(np.abs(r).max(), 1e-12))
-               for r, o in zip(reference, outputs))
+    return max(
+        float(np.abs(o.astype(np.float64) - r).max() / max(np.abs(r).max(), 1e-12)) for r, o in zip(reference, outputs)
+    )
 
 
-def assert_same_numerics(before: onnx.ModelProto, after: onnx.ModelProto, rel: float = EXACT_REL,
-                         seed: int = 0, scale: float = 1.0) -> float:
+def assert_same_numerics(
+    before: onnx.ModelProto, after: onnx.ModelProto, rel: float = EXACT_REL, seed: int = 0, scale: float = 1.0
+) -> float:
     feeds = random_feeds(before, seed, scale)
     err = rel_err(run(before, feeds), run(after, feeds))
     assert err <= rel, f"max abs error {err:.3g} x output scale exceeds {rel:g}"

@@ -51,8 +51,12 @@ LOWERINGS = {  # name -> (op set, model opset, the op the attention becomes)
     "ort_mha": (frozenset({ORT_MHA}), 18, MHA),
     "decomposed": (frozenset(), 18, "Softmax"),
 }
-ATTENTION_RULES = {rule.name for spec in ATTENTION_SPECS
-                   for op_set in (frozenset(), frozenset({ONNX_ATTENTION, ORT_MHA})) for rule in spec.choose(op_set)[1]}
+ATTENTION_RULES = {
+    rule.name
+    for spec in ATTENTION_SPECS
+    for op_set in (frozenset(), frozenset({ONNX_ATTENTION, ORT_MHA}))
+    for rule in spec.choose(op_set)[1]
+}
 
 
 def normalised(proto: onnx.ModelProto, op_set: frozenset = frozenset()):
@@ -74,9 +78,12 @@ def assert_same_outputs(proto: onnx.ModelProto, model: ir.Model, tol: float = TO
 
 # ---- normalisation: each exporter shape -> exactly one internal op ---------------------------------------------
 
-SHAPES = ([dict(scale=s) for s in SCALE_FORMS] + [dict(key=k) for k in KEY_FORMS[1:]]
-          + [dict(bias=b) for b in BIAS_FORMS[1:]]
-          + [dict(bias="window", batch=4), dict(scale="sqrt_both", key="flat5d", bias="mask2d")])
+SHAPES = (
+    [dict(scale=s) for s in SCALE_FORMS]
+    + [dict(key=k) for k in KEY_FORMS[1:]]
+    + [dict(bias=b) for b in BIAS_FORMS[1:]]
+    + [dict(bias="window", batch=4), dict(scale="sqrt_both", key="flat5d", bias="mask2d")]
+)
 SHAPE_IDS = ["-".join(f"{v}" for v in s.values()) + ("-b4" if s.get("batch") == 4 else "") for s in SHAPES]
 
 
@@ -86,8 +93,12 @@ def test_exporter_shape_normalises_to_one_internal_op(shape):
     ops = op_list(model)
     assert ops[INTERNAL] == 1 and not ops["Softmax"] and not ops["MatMul"], ops
     assert result.rules["attention_from_matmul_softmax"] == 1
-    expected_helpers = {"window": "attention_window_mask_to_bias", "two": "attention_merge_score_biases",
-                        "flat": "attention_flat_key_transpose_to_4d", "flat5d": "attention_flat_key_transpose_to_4d"}
+    expected_helpers = {
+        "window": "attention_window_mask_to_bias",
+        "two": "attention_merge_score_biases",
+        "flat": "attention_flat_key_transpose_to_4d",
+        "flat5d": "attention_flat_key_transpose_to_4d",
+    }
     for form in (shape.get("bias"), shape.get("key")):
         if form in expected_helpers:
             assert result.rules[expected_helpers[form]] >= 1, result.rules
@@ -97,12 +108,16 @@ def test_exporter_shape_normalises_to_one_internal_op(shape):
     assert len(node.inputs) == (3 if shape.get("bias") is None else 4)
 
 
-@pytest.mark.parametrize("case", [
-    dict(axis=2),  # Softmax over a non-last axis is not attention
-    dict(probs_output=True),  # the attention map is also a graph output: the chain cannot be removed
-    dict(scale_input=True, scale="scores_mul"),  # scale not a constant
-    dict(bias="add", bias_batch=3, batch=1),  # the bias would enlarge the scores ([1,..] + [3,..])
-], ids=["softmax-axis-2", "probs-used-twice", "scale-not-constant", "bias-enlarges-scores"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(axis=2),  # Softmax over a non-last axis is not attention
+        dict(probs_output=True),  # the attention map is also a graph output: the chain cannot be removed
+        dict(scale_input=True, scale="scores_mul"),  # scale not a constant
+        dict(bias="add", bias_batch=3, batch=1),  # the bias would enlarge the scores ([1,..] + [3,..])
+    ],
+    ids=["softmax-axis-2", "probs-used-twice", "scale-not-constant", "bias-enlarges-scores"],
+)
 def test_non_attention_is_left_alone(case):
     proto = attention_model(**case)
     model, result = normalised(proto)
@@ -113,9 +128,12 @@ def test_non_attention_is_left_alone(case):
 def test_rank3_attention_is_left_alone():
     """[B*H, S, D] attention (no head axis) is not the internal op's rank-4 form."""
     q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [6, 5, 4])
-    nodes = [helper.make_node("Transpose", ["q"], ["kt"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-             helper.make_node("MatMul", ["p", "q"], ["y"])]
+    nodes = [
+        helper.make_node("Transpose", ["q"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "q"], ["y"]),
+    ]
     graph = helper.make_graph(nodes, "g", [q], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model, result = normalised(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10))
     assert not result.rules and op_list(model)["Softmax"] == 1
@@ -181,6 +199,7 @@ def test_mha_lowering_declines_double_and_decomposition_takes_it():
 
 # ---- ONNX Attention (opset 23) in the model: normalised for targets without it; round trip ------------------------
 
+
 def _onnx_attention_model(**attrs) -> onnx.ModelProto:
     proto = attention_model(bias="add", opset=23)
     model, _ = lowered(proto, frozenset({ONNX_ATTENTION}))
@@ -211,9 +230,12 @@ def test_causal_onnx_attention_is_decomposed():
 def test_grouped_query_onnx_attention_is_decomposed():
     """4-D ONNX Attention with fewer k/v heads than q heads: k/v heads repeated (np.repeat order)."""
     shapes = {"q": [1, 4, 5, 8], "k": [1, 2, 5, 8], "v": [1, 2, 5, 8]}
-    graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"], softcap=2.0)], "gqa",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Attention", ["q", "k", "v"], ["y"], softcap=2.0)],
+        "gqa",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
     model, result = lowered(proto, frozenset())
     assert result.rules["attention_from_onnx_attention"] == 1 and op_list(model)["Attention"] == 0
@@ -228,6 +250,7 @@ def test_target_with_attention_keeps_exported_attention():
 
 
 # ---- specs against the catalogue ---------------------------------------------------------------------------------
+
 
 def test_attention_specs_run_first_and_adjacent():
     assert ALL_SPECS[:2] == ATTENTION_SPECS
@@ -268,8 +291,12 @@ class HandBlock(torch.nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             kt = k.transpose(-2, -1)
-            scores = {"scores_mul": lambda: (q @ kt) * s, "scores_div": lambda: (q @ kt) / self.head_dim**0.5,
-                      "q_mul": lambda: (q * s) @ kt, "sqrt_both": lambda: (q * s**0.5) @ (kt * s**0.5)}[self.form]()
+            scores = {
+                "scores_mul": lambda: (q @ kt) * s,
+                "scores_div": lambda: (q @ kt) / self.head_dim**0.5,
+                "q_mul": lambda: (q * s) @ kt,
+                "sqrt_both": lambda: (q * s**0.5) @ (kt * s**0.5),
+            }[self.form]()
             out = scores.softmax(-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 

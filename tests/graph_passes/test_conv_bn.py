@@ -41,14 +41,20 @@ def test_conv_bn_folds_on_every_target(op_set):
 
 
 def test_conv_transpose_and_gemm_fold():
-    model = build("""
+    model = build(
+        """
 g (float[1,4,5,5] x, float[3,6] v) => (float[1,6,11,11] y, float[3,5] z) {
   c = ConvTranspose <kernel_shape=[3,3], strides=[2,2], group=2> (x, w)
   y = BatchNormalization (c, gamma, beta, mean, var)
   m = Gemm <transB=1, beta=0.5> (v, gw, gb)
   z = BatchNormalization (m, g_gamma, g_beta, g_mean, g_var)
-}""", w=RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), gw=RNG.standard_normal((5, 6)).astype(np.float32),
-        gb=RNG.standard_normal(5).astype(np.float32), **bn_params(6), **bn_params(5, "g_"))
+}""",
+        w=RNG.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        gw=RNG.standard_normal((5, 6)).astype(np.float32),
+        gb=RNG.standard_normal(5).astype(np.float32),
+        **bn_params(6),
+        **bn_params(5, "g_"),
+    )
     out, result = legalized(model, ORT_OPS, CONV_BN)
     assert op_types(out) == ["ConvTranspose", "Gemm"]
     assert result.rules == {"conv_transpose_bn_folding": 1, "gemm_bn_folding": 1}
@@ -56,24 +62,34 @@ g (float[1,4,5,5] x, float[3,6] v) => (float[1,6,11,11] y, float[3,5] z) {
 
 
 def test_no_fold_when_bn_parameters_are_inputs_or_weights_shared():
-    model = build("""
+    model = build(
+        """
 g (float[1,3,8,8] x, float[8] gamma) => (float[1,8,6,6] y, float[1,8,6,6] y2) {
   c = Conv <kernel_shape=[3,3]> (x, w, b)
   y = BatchNormalization (c, gamma, beta, mean, var)
   c2 = Conv <kernel_shape=[3,3]> (x, w2)
   y2 = BatchNormalization (c2, g2, beta, mean, var)
   c3 = Conv <kernel_shape=[3,3]> (x, w2)
-}""", w=W, b=B, w2=W.copy(), g2=np.ones(8, np.float32), **{k: v for k, v in bn_params(8).items() if k != "gamma"})
+}""",
+        w=W,
+        b=B,
+        w2=W.copy(),
+        g2=np.ones(8, np.float32),
+        **{k: v for k, v in bn_params(8).items() if k != "gamma"},
+    )
     out, result = legalized(model, ORT_OPS, CONV_BN)
     assert op_types(out).count("BatchNormalization") == 2 and not result.rules
 
 
 @pytest.mark.parametrize("shape", ["1,8,6,6", "4,8"])
 def test_lone_batch_norm_decomposes_without_bn(shape):
-    model = build(f"""
+    model = build(
+        f"""
 g (float[{shape}] x) => (float[{shape}] y) {{
   y = BatchNormalization <epsilon=1e-3> (x, gamma, beta, mean, var)
-}}""", **bn_params(8))
+}}""",
+        **bn_params(8),
+    )
     out, result = legalized(model, without("BatchNormalization"), CONV_BN, BATCH_NORM)
     assert op_types(out) == ["Mul", "Add"] and result.rules == {"batch_norm_decomposition": 1}
     assert_same_numerics(model, out)
@@ -87,9 +103,12 @@ def test_lone_batch_norm_kept_where_supported():
 
 
 def test_training_mode_batch_norm_is_not_decomposed():
-    model = build("""
+    model = build(
+        """
 g (float[1,8,6,6] x) => (float[1,8,6,6] y) {
   y, rm, rv = BatchNormalization <training_mode=1> (x, gamma, beta, mean, var)
-}""", **bn_params(8))
+}""",
+        **bn_params(8),
+    )
     out, result = legalized(model, without("BatchNormalization"), BATCH_NORM)
     assert op_types(out) == ["BatchNormalization"] and not result.rules

@@ -21,11 +21,14 @@ def test_kept_where_the_target_has_erf():
     assert op_types(out) == ["Erf"] and result.choices["erf"] == Direction.kept and not result.rules
 
 
-@pytest.mark.parametrize("target,rule,documented,fp32_slack", [
-    (without("Erf"), "erf_polynomial", ERF_POLYNOMIAL_MAX_ABS_ERROR, 5e-7),  # float32 rounding of 10 ops
-    (without("Erf", "Sign"), "erf_tanh_approx", ERF_TANH_MAX_ABS_ERROR, 1e-6),
-    (without("Erf", "Sign", "Tanh"), "erf_sigmoid_approx", ERF_TANH_MAX_ABS_ERROR, 1e-6),
-])
+@pytest.mark.parametrize(
+    "target,rule,documented,fp32_slack",
+    [
+        (without("Erf"), "erf_polynomial", ERF_POLYNOMIAL_MAX_ABS_ERROR, 5e-7),  # float32 rounding of 10 ops
+        (without("Erf", "Sign"), "erf_tanh_approx", ERF_TANH_MAX_ABS_ERROR, 1e-6),
+        (without("Erf", "Sign", "Tanh"), "erf_sigmoid_approx", ERF_TANH_MAX_ABS_ERROR, 1e-6),
+    ],
+)
 def test_replacement_meets_its_documented_error(target, rule, documented, fp32_slack):
     model = build(SWEEP)
     out, result = legalized(model, target, ERF)

@@ -28,9 +28,9 @@ ERF_FORMS = {  # the exporters' spellings of x * 0.5 * (1 + erf(x / sqrt2))
 }
 TANH_FORMS = {  # x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
     "dynamo": "x3 = Pow(x, three)\n kx3 = Mul(x3, k)\n i = Add(x, kx3)\n a = Mul(i, c)\n t = Tanh(a)\n"
-              " p = Add(t, one)\n h = Mul(half, p)\n y = Mul(x, h)",
+    " p = Add(t, one)\n h = Mul(half, p)\n y = Mul(x, h)",
     "legacy": "xx = Mul(x, x)\n x3 = Mul(x, xx)\n kx3 = Mul(k, x3)\n i = Add(x, kx3)\n a = Mul(c, i)\n"
-              " t = Tanh(a)\n p = Add(one, t)\n xp = Mul(x, p)\n y = Mul(half, xp)",
+    " t = Tanh(a)\n p = Add(one, t)\n xp = Mul(x, p)\n y = Mul(half, xp)",
 }
 
 
@@ -66,11 +66,14 @@ def test_no_fusion_below_opset_20():
     assert op_types(out) == op_types(model) and not result.rules
 
 
-@pytest.mark.parametrize("case,body", [
-    ("0.6 instead of 0.5", ERF_FORMS["dynamo"].replace("half", "six")),
-    ("erf argument is another tensor", ERF_FORMS["legacy"].replace("s = Div(x, rt2)", "s = Div(z, rt2)")),
-    ("cubic term 0.05", TANH_FORMS["dynamo"].replace("Mul(x3, k)", "Mul(x3, six)")),
-])
+@pytest.mark.parametrize(
+    "case,body",
+    [
+        ("0.6 instead of 0.5", ERF_FORMS["dynamo"].replace("half", "six")),
+        ("erf argument is another tensor", ERF_FORMS["legacy"].replace("s = Div(x, rt2)", "s = Div(z, rt2)")),
+        ("cubic term 0.05", TANH_FORMS["dynamo"].replace("Mul(x3, k)", "Mul(x3, six)")),
+    ],
+)
 def test_fusion_negatives(case, body):
     sig = "g (float[2,8,32] x, float[2,8,32] z) => (float[2,8,32] y)"
     model = form(f"six = Constant <value = float {{0.6}}> ()\n {body}", signature=sig)
@@ -118,10 +121,13 @@ def sweep_error(exact: onnx.ModelProto, approx: onnx.ModelProto) -> float:
     return float(np.abs(run(approx, feeds)[0].astype(np.float64) - run(exact, feeds)[0]).max())
 
 
-@pytest.mark.parametrize("target,rule,documented", [
-    (without("Gelu", "Erf"), "gelu_to_tanh_approx", GELU_TANH_MAX_ABS_ERROR),
-    (without("Gelu", "Erf", "Tanh"), "gelu_to_sigmoid_approx", GELU_SIGMOID_MAX_ABS_ERROR),
-])
+@pytest.mark.parametrize(
+    "target,rule,documented",
+    [
+        (without("Gelu", "Erf"), "gelu_to_tanh_approx", GELU_TANH_MAX_ABS_ERROR),
+        (without("Gelu", "Erf", "Tanh"), "gelu_to_sigmoid_approx", GELU_SIGMOID_MAX_ABS_ERROR),
+    ],
+)
 def test_approximations_meet_their_documented_error(target, rule, documented):
     model = gelu_node(signature=SWEEP)
     out, result = legalized(model, target, GELU)
@@ -131,10 +137,13 @@ def test_approximations_meet_their_documented_error(target, rule, documented):
     assert 0.9 * documented <= err <= documented * 1.01 + 1e-6, err
 
 
-@pytest.mark.parametrize("target,rule", [
-    (without("Gelu", "Erf"), "gelu_erf_to_tanh_approx"),
-    (without("Gelu", "Erf", "Tanh"), "gelu_erf_to_sigmoid_approx"),
-])
+@pytest.mark.parametrize(
+    "target,rule",
+    [
+        (without("Gelu", "Erf"), "gelu_erf_to_tanh_approx"),
+        (without("Gelu", "Erf", "Tanh"), "gelu_erf_to_sigmoid_approx"),
+    ],
+)
 def test_erf_form_is_approximated_without_erf(target, rule):
     model = form(ERF_FORMS["legacy"], signature=SWEEP)
     out, result = legalized(model, target, GELU)

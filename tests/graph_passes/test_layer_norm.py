@@ -65,7 +65,8 @@ def test_hand_written_chain_fuses():
 
 
 def test_two_trailing_axes_and_no_affine():
-    model = build("""
+    model = build(
+        """
 g (float[3,4,16] x) => (float[3,4,16] y) {
   mean = ReduceMean <axes=[1, 2]> (x)
   d = Sub(x, mean)
@@ -75,7 +76,9 @@ g (float[3,4,16] x) => (float[3,4,16] y) {
   ve = Add(var, eps)
   std = Sqrt(ve)
   y = Div(d, std)
-}""", opset=17)
+}""",
+        opset=17,
+    )
     out, _ = legalized(model, ORT_OPS, LAYER_NORM)
     assert op_types(out) == ["LayerNormalization"]
     (node,) = [n for n in out.graph.node if n.op_type == "LayerNormalization"]
@@ -83,8 +86,12 @@ g (float[3,4,16] x) => (float[3,4,16] y) {
     assert_same_numerics(model, out)
 
 
-@pytest.mark.parametrize("case,body", [
-    ("channel-first axis of NCHW", """
+@pytest.mark.parametrize(
+    "case,body",
+    [
+        (
+            "channel-first axis of NCHW",
+            """
 g (float[1,8,4,4] x) => (float[1,8,4,4] y) {
   mean = ReduceMean <axes=[1]> (x)
   d = Sub(x, mean)
@@ -94,8 +101,11 @@ g (float[1,8,4,4] x) => (float[1,8,4,4] y) {
   ve = Add(var, eps)
   std = Sqrt(ve)
   y = Div(d, std)
-}"""),
-    ("mean and variance over different axes", """
+}""",
+        ),
+        (
+            "mean and variance over different axes",
+            """
 g (float[2,5,16] x) => (float[2,5,16] y) {
   mean = ReduceMean <axes=[-1]> (x)
   d = Sub(x, mean)
@@ -105,8 +115,11 @@ g (float[2,5,16] x) => (float[2,5,16] y) {
   ve = Add(var, eps)
   std = Sqrt(ve)
   y = Div(d, std)
-}"""),
-    ("epsilon not a constant", """
+}""",
+        ),
+        (
+            "epsilon not a constant",
+            """
 g (float[2,5,16] x, float[1] eps) => (float[2,5,16] y) {
   mean = ReduceMean <axes=[-1]> (x)
   d = Sub(x, mean)
@@ -115,8 +128,11 @@ g (float[2,5,16] x, float[1] eps) => (float[2,5,16] y) {
   ve = Add(var, eps)
   std = Sqrt(ve)
   y = Div(d, std)
-}"""),
-    ("deviation also used elsewhere", """
+}""",
+        ),
+        (
+            "deviation also used elsewhere",
+            """
 g (float[2,5,16] x) => (float[2,5,16] y, float[2,5,16] d) {
   mean = ReduceMean <axes=[-1]> (x)
   d = Sub(x, mean)
@@ -126,8 +142,10 @@ g (float[2,5,16] x) => (float[2,5,16] y, float[2,5,16] d) {
   ve = Add(var, eps)
   std = Sqrt(ve)
   y = Div(d, std)
-}"""),
-])
+}""",
+        ),
+    ],
+)
 def test_chain_negatives_left_alone(case, body):
     model = build(body, opset=17)
     out, result = legalized(model, ORT_OPS, LAYER_NORM)
@@ -136,11 +154,16 @@ def test_chain_negatives_left_alone(case, body):
 
 
 def test_per_token_bias_is_not_folded():
-    model = build("""
+    model = build(
+        """
 g (float[2,5,16] x) => (float[2,5,16] y) {
   n = LayerNormalization <axis=-1> (x, w)
   y = Add(n, pos)
-}""", opset=17, w=W16, pos=RNG.standard_normal((5, 16)).astype(np.float32))
+}""",
+        opset=17,
+        w=W16,
+        pos=RNG.standard_normal((5, 16)).astype(np.float32),
+    )
     out, result = legalized(model, ORT_OPS, LAYER_NORM)
     assert op_types(out) == ["LayerNormalization", "Add"] and not result.rules
 
@@ -154,10 +177,15 @@ def test_chain_is_not_fused_below_opset_17():
 
 @pytest.mark.parametrize("opset", [17, 18])
 def test_decomposition(opset):
-    model = build("""
+    model = build(
+        """
 g (float[2,5,16] x) => (float[2,5,16] y) {
   y = LayerNormalization <axis=-1, epsilon=1e-5> (x, w, b)
-}""", opset=opset, w=W16, b=B16)
+}""",
+        opset=opset,
+        w=W16,
+        b=B16,
+    )
     out, result = legalized(model, without("LayerNormalization"), LAYER_NORM)
     assert op_types(out) == ["ReduceMean", "Sub", "Mul", "ReduceMean", "Add", "Sqrt", "Div", "Mul", "Add"]
     assert result.decomposed == {"layer_norm": 1}
@@ -167,30 +195,43 @@ g (float[2,5,16] x) => (float[2,5,16] y) {
 
 
 def test_decomposition_of_positive_axis():
-    model = build("""
+    model = build(
+        """
 g (float[3,4,16] x) => (float[3,4,16] y) {
   y = LayerNormalization <axis=1> (x, w)
-}""", opset=17, w=RNG.standard_normal((4, 16)).astype(np.float32))
+}""",
+        opset=17,
+        w=RNG.standard_normal((4, 16)).astype(np.float32),
+    )
     out, _ = legalized(model, without("LayerNormalization"), LAYER_NORM)
     assert "LayerNormalization" not in op_types(out)
     assert_same_numerics(model, out)
 
 
 def test_decomposition_float16_keeps_statistics_in_float():
-    model = build("""
+    model = build(
+        """
 g (float16[2,5,16] x) => (float16[2,5,16] y) {
   y = LayerNormalization <axis=-1> (x, w, b)
-}""", opset=18, w=W16.astype(np.float16), b=B16.astype(np.float16))
+}""",
+        opset=18,
+        w=W16.astype(np.float16),
+        b=B16.astype(np.float16),
+    )
     out, _ = legalized(model, without("LayerNormalization"), LAYER_NORM)
     assert op_types(out)[0] == "Cast" and "LayerNormalization" not in op_types(out)
     assert_same_numerics(model, out, rel=2e-3)  # float16 output rounding (2^-11), not the rewrite
 
 
 def test_layer_norm_with_used_statistics_is_not_decomposed():
-    model = build("""
+    model = build(
+        """
 g (float[2,5,16] x) => (float[2,5,16] y, float[2,5,1] mean) {
   y, mean = LayerNormalization <axis=-1> (x, w)
-}""", opset=18, w=W16)
+}""",
+        opset=18,
+        w=W16,
+    )
     out, result = legalized(model, without("LayerNormalization"), LAYER_NORM)
     assert op_types(out) == ["LayerNormalization"] and not result.rules
 
@@ -200,6 +241,7 @@ def test_round_trip_decompose_of_fuse(body, opset):
     model = build(body, opset=opset, w=W16, b=B16)
     fused, _ = legalized(model, ORT_OPS, LAYER_NORM)
     back, _ = legalized(fused, without("LayerNormalization"), LAYER_NORM)
-    assert sorted(op_types(back)) == sorted(["ReduceMean", "Sub", "Mul", "ReduceMean", "Add", "Sqrt", "Div",
-                                             "Mul", "Add"])
+    assert sorted(op_types(back)) == sorted(
+        ["ReduceMean", "Sub", "Mul", "ReduceMean", "Add", "Sqrt", "Div", "Mul", "Add"]
+    )
     assert_same_numerics(model, back)

@@ -47,11 +47,15 @@ class HandWritten(nn.Module):
         return e / e.sum(-1, keepdim=True)
 
 
-MODELS = [f"{name}-{exporter}" for name in (*GOLDEN, "handwritten") if name != "vit_sdpa"
-          for exporter in ("dynamo18", "legacy17")] + ["cnn-legacy17bn", "mobilevit-legacy17bn"]
+MODELS = [
+    f"{name}-{exporter}"
+    for name in (*GOLDEN, "handwritten")
+    if name != "vit_sdpa"
+    for exporter in ("dynamo18", "legacy17")
+] + ["cnn-legacy17bn", "mobilevit-legacy17bn"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported(key: str) -> onnx.ModelProto:
     """dynamo18: torch.onnx.export(dynamo=True, opset 18); legacy17: dynamo=False, opset 17; legacy17bn: the same
     without constant folding, so BatchNorm reaches the graph and the Conv+BN fold runs on a real export."""
@@ -66,8 +70,9 @@ def exported(key: str) -> onnx.ModelProto:
         if exporter == "dynamo18":
             return torch.onnx.export(module, (x,), dynamo=True, opset_version=18, verbose=False).model_proto
         buffer = io.BytesIO()
-        torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17,
-                          do_constant_folding=exporter != "legacy17bn")
+        torch.onnx.export(
+            module, (x,), buffer, dynamo=False, opset_version=17, do_constant_folding=exporter != "legacy17bn"
+        )
         return onnx.load_from_string(buffer.getvalue())
 
 
@@ -109,7 +114,8 @@ def test_conv_only_npu_keeps_only_attention_matmuls(model_name):
     if model_name == "cnn-legacy17bn":
         assert result.rules["conv_bn_folding"] == 6
     assert {"LayerNormalization", "Softmax", "Erf", "Gemm", "BatchNormalization"}.isdisjoint(
-        op_types(ir.to_proto(ir_model)))
+        op_types(ir.to_proto(ir_model))
+    )
     feeds = random_feeds(model)
     assert rel_err(run(model, feeds), run(ir.to_proto(ir_model), feeds)) <= tolerance(result)
 
@@ -117,8 +123,12 @@ def test_conv_only_npu_keeps_only_attention_matmuls(model_name):
 def test_handwritten_export_fuses_on_onnxruntime():
     model = exported("handwritten-legacy17")
     ir_model, result = legalize_proto(model, ORT_OPS)
-    assert result.rules == {"layer_norm_fusion": 1, "layer_norm_scale_fusion": 1, "layer_norm_bias_fusion": 1,
-                            "softmax_fusion": 1}
+    assert result.rules == {
+        "layer_norm_fusion": 1,
+        "layer_norm_scale_fusion": 1,
+        "layer_norm_bias_fusion": 1,
+        "softmax_fusion": 1,
+    }
     assert result.fused == {"layer_norm": 3, "softmax": 1}
     assert set(result.rule_directions.values()) == {"fused"}
     assert op_types(ir.to_proto(ir_model)).count("LayerNormalization") == 1
@@ -132,7 +142,8 @@ def test_every_created_node_carries_its_rule_name():
     # a rule whose nodes a later rule rewrote again (attention's internal op) leaves no stamp of its own
     assert stamped and {n.metadata_props[RULE_KEY] for n in stamped} <= set(result.rules)
     assert {"layer_norm_decomposition", "gelu_erf_to_tanh_approx", "linear_to_conv"} <= {
-        n.metadata_props[RULE_KEY] for n in stamped}
+        n.metadata_props[RULE_KEY] for n in stamped
+    }
     unstamped_new = [n for n in all_nodes(ir_model) if RULE_KEY not in n.metadata_props and n.name not in before]
     assert not unstamped_new
 
@@ -178,8 +189,9 @@ def test_gelu_from_opset_20_export_decomposes_for_targets_without_it():
     module = HandWritten().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = torch.onnx.export(module, (torch.randn(2, 5, 16),), dynamo=True, opset_version=20,
-                                  verbose=False).model_proto
+        model = torch.onnx.export(
+            module, (torch.randn(2, 5, 16),), dynamo=True, opset_version=20, verbose=False
+        ).model_proto
     assert op_types(model).count("Gelu") == 2
     ir_model, result = legalize_proto(model, without("Gelu"))
     assert result.rules["gelu_decomposition"] == 1 and result.rules["gelu_tanh_decomposition"] == 1

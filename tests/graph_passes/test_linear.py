@@ -56,20 +56,28 @@ def test_one_dynamic_leading_dim_becomes_minus_one():
 
 
 def test_gemm_to_conv_folds_alpha_beta_transb():
-    model = build("""
+    model = build(
+        """
 g (float[3,16] x) => (float[3,24] y) {
   y = Gemm <transB=1, alpha=0.5, beta=2.0> (x, wt, c)
-}""", wt=W.T.copy(), c=B[None])
+}""",
+        wt=W.T.copy(),
+        c=B[None],
+    )
     out, result = legalized(model, CONV_ONLY, LINEAR)
     assert "Gemm" not in op_types(out) and result.rules == {"gemm_to_conv": 1}
     assert_same_numerics(model, out)
 
 
 def test_gemm_decomposes_to_matmul_add():
-    model = build("""
+    model = build(
+        """
 g (float[3,16] x) => (float[3,24] y) {
   y = Gemm <transB=1, alpha=0.5, beta=2.0> (x, wt, c)
-}""", wt=W.T.copy(), c=RNG.standard_normal((3, 24)).astype(np.float32))
+}""",
+        wt=W.T.copy(),
+        c=RNG.standard_normal((3, 24)).astype(np.float32),
+    )
     out, result = legalized(model, without("Gemm"), LINEAR)
     assert op_types(out) == ["MatMul", "Add"] and result.decomposed == {"linear": 1}
     assert_same_numerics(model, out)
@@ -91,14 +99,22 @@ def test_round_trip_decompose_of_fuse():
     assert_same_numerics(model, back)
 
 
-@pytest.mark.parametrize("case,body,inits", [
-    ("two dynamic leading dims", "g (float[N,T,16] x) => (float[N,T,24] y) {\n m = MatMul(x, w)\n y = Add(m, b)\n}",
-     {"w": W, "b": B}),
-    ("two computed operands", "g (float[2,5,16] x, float[2,16,24] v) => (float[2,5,24] y) {\n y = MatMul(x, v)\n}",
-     {}),
-    ("3-D weight", "g (float[2,5,16] x) => (float[2,5,24] y) {\n y = MatMul(x, w3)\n}",
-     {"w3": np.stack([W, W])}),
-])
+@pytest.mark.parametrize(
+    "case,body,inits",
+    [
+        (
+            "two dynamic leading dims",
+            "g (float[N,T,16] x) => (float[N,T,24] y) {\n m = MatMul(x, w)\n y = Add(m, b)\n}",
+            {"w": W, "b": B},
+        ),
+        (
+            "two computed operands",
+            "g (float[2,5,16] x, float[2,16,24] v) => (float[2,5,24] y) {\n y = MatMul(x, v)\n}",
+            {},
+        ),
+        ("3-D weight", "g (float[2,5,16] x) => (float[2,5,24] y) {\n y = MatMul(x, w3)\n}", {"w3": np.stack([W, W])}),
+    ],
+)
 def test_negatives_left_alone(case, body, inits):
     model = build(body, **inits)
     out, result = legalized(model, CONV_ONLY, LINEAR)

@@ -32,12 +32,18 @@ def matmul_model(a_shape, b_shape, *, b_const: bool = False) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)]
     inits = []
     if b_const:
-        inits.append(onnx.numpy_helper.from_array(
-            np.random.default_rng(1).standard_normal(b_shape).astype(np.float32), "b"))
+        inits.append(
+            onnx.numpy_helper.from_array(np.random.default_rng(1).standard_normal(b_shape).astype(np.float32), "b")
+        )
     else:
         inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, b_shape))
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm", inputs,
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "mm",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     return onnx.shape_inference.infer_shapes(model)
 
@@ -59,11 +65,16 @@ def assert_same_outputs(proto: onnx.ModelProto, model: ir.Model) -> None:
 
 # ---- decompose: rank 4 -> rank 3 -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("a_shape, b_shape, b_const", [
-    ([2, 3, 5, 4], [2, 3, 4, 6], False),  # attention's two MatMuls
-    ([1, 4, 4, 8], [8, 16], True),  # Swin's MLP on [B, H, W, C] with a weight
-    ([2, 2, 3, 5, 4], [2, 2, 3, 4, 6], False),  # rank 5: all leading dims flatten
-], ids=["batched", "weight", "rank5"])
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, b_const",
+    [
+        ([2, 3, 5, 4], [2, 3, 4, 6], False),  # attention's two MatMuls
+        ([1, 4, 4, 8], [8, 16], True),  # Swin's MLP on [B, H, W, C] with a weight
+        ([2, 2, 3, 5, 4], [2, 2, 3, 4, 6], False),  # rank 5: all leading dims flatten
+    ],
+    ids=["batched", "weight", "rank5"],
+)
 def test_rank4_matmul_splits_for_rank3_targets(a_shape, b_shape, b_const):
     proto = matmul_model(a_shape, b_shape, b_const=b_const)
     model, result = legalized(proto, RANK3_ONLY)
@@ -75,13 +86,17 @@ def test_rank4_matmul_splits_for_rank3_targets(a_shape, b_shape, b_const):
     assert_same_outputs(proto, model)
 
 
-@pytest.mark.parametrize("a_shape, b_shape, expands", [
-    ([2, 3, 5, 4], [1, 3, 4, 6], 1),  # broadcast batch dims: b expanded to a's
-    ([2, 3, 5, 4], [3, 4, 6], 1),  # rank-3 right side broadcast over the first dim
-    ([3, 1, 3, 4], [1, 2, 4, 2], 2),  # onnx's test_matmul_bcast: both sides broadcast
-    ([1, 1, 3, 4], [2, 3, 4, 5], 0),  # a's batch dims all 1: a becomes 2-D
-    ([1, 2, 4, 3], [3], 0),  # matrix x vector
-], ids=["broadcast", "mixed-rank", "both-broadcast", "a-unbatched", "vector"])
+@pytest.mark.parametrize(
+    "a_shape, b_shape, expands",
+    [
+        ([2, 3, 5, 4], [1, 3, 4, 6], 1),  # broadcast batch dims: b expanded to a's
+        ([2, 3, 5, 4], [3, 4, 6], 1),  # rank-3 right side broadcast over the first dim
+        ([3, 1, 3, 4], [1, 2, 4, 2], 2),  # onnx's test_matmul_bcast: both sides broadcast
+        ([1, 1, 3, 4], [2, 3, 4, 5], 0),  # a's batch dims all 1: a becomes 2-D
+        ([1, 2, 4, 3], [3], 0),  # matrix x vector
+    ],
+    ids=["broadcast", "mixed-rank", "both-broadcast", "a-unbatched", "vector"],
+)
 def test_broadcast_matmul_splits_for_rank3_targets(a_shape, b_shape, expands):
     proto = matmul_model(a_shape, b_shape)
     model, result = legalized(proto, RANK3_ONLY)
@@ -90,10 +105,14 @@ def test_broadcast_matmul_splits_for_rank3_targets(a_shape, b_shape, expands):
     assert_same_outputs(proto, model)
 
 
-@pytest.mark.parametrize("a_shape, b_shape", [
-    ([2, 5, 4], [2, 4, 6]),  # already rank 3
-    (["B", 3, 5, 4], ["B", 3, 4, 6]),  # unknown batch
-], ids=["rank3", "dynamic"])
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ([2, 5, 4], [2, 4, 6]),  # already rank 3
+        (["B", 3, 5, 4], ["B", 3, 4, 6]),  # unknown batch
+    ],
+    ids=["rank3", "dynamic"],
+)
 def test_matmul_left_alone(a_shape, b_shape):
     model, result = legalized(matmul_model(a_shape, b_shape), RANK3_ONLY)
     assert not result.rules and dict(op_list(model)) == {"MatMul": 1}
@@ -107,9 +126,16 @@ def test_targets_with_the_capability_keep_rank4():
 
 # ---- fuse: the flattening sandwich -> one MatMul; round trip ------------------------------------------------------
 
-@pytest.mark.parametrize("a_shape, b_shape, b_const", [
-    ([2, 3, 5, 4], [2, 3, 4, 6], False), ([1, 4, 4, 8], [8, 16], True), ([2, 2, 3, 5, 4], [2, 2, 3, 4, 6], False),
-], ids=["batched", "weight", "rank5"])
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, b_const",
+    [
+        ([2, 3, 5, 4], [2, 3, 4, 6], False),
+        ([1, 4, 4, 8], [8, 16], True),
+        ([2, 2, 3, 5, 4], [2, 2, 3, 4, 6], False),
+    ],
+    ids=["batched", "weight", "rank5"],
+)
 def test_fuse_of_decompose_gives_the_matmul_back(a_shape, b_shape, b_const):
     proto = matmul_model(a_shape, b_shape, b_const=b_const)
     split, _ = legalized(proto, RANK3_ONLY)
@@ -123,19 +149,26 @@ def test_fuse_declines_a_reshape_that_mixes_batch_and_rows():
     """Reshape [2,3,5,4] -> [6*5, 1, 4] is not a batch flatten: folding it into one MatMul would be wrong."""
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 5, 4])
     w = onnx.numpy_helper.from_array(np.ones((4, 6), np.float32), "w")
-    shapes = [onnx.numpy_helper.from_array(np.array(v, np.int64), n)
-              for n, v in (("s1", [30, 1, 4]), ("s2", [2, 3, 5, 6]))]
-    nodes = [helper.make_node("Reshape", ["a", "s1"], ["a3"]), helper.make_node("MatMul", ["a3", "w"], ["y3"]),
-             helper.make_node("Reshape", ["y3", "s2"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [a], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [w, *shapes])
+    shapes = [
+        onnx.numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("s1", [30, 1, 4]), ("s2", [2, 3, 5, 6]))
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["a", "s1"], ["a3"]),
+        helper.make_node("MatMul", ["a3", "w"], ["y3"]),
+        helper.make_node("Reshape", ["y3", "s2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [a], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, *shapes]
+    )
     proto = onnx.shape_inference.infer_shapes(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10))
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    )
     model, result = legalized(proto, RANK4_OK)
     assert not result.rules and op_list(model)["Reshape"] == 2
 
 
 # ---- with attention: a decomposed attention leaves no rank-4 MatMul on a rank-3 target -----------------------------
+
 
 def test_spec_order_attention_then_batched_matmul():
     assert ALL_SPECS[: len(ATTENTION_SPECS) + 1] == (*ATTENTION_SPECS, BATCHED_MATMUL)

@@ -38,25 +38,34 @@ def test_fusion_of_max_subtracted_chain():
 
 
 def test_fusion_of_unshifted_chain_opset_13():
-    model = build("""
+    model = build(
+        """
 g (float[2,4,10] x) => (float[2,4,10] y) {
   e = Exp(x)
   axes = Constant <value = int64[1] {1}> ()
   s = ReduceSum <keepdims=1> (e, axes)
   y = Div(e, s)
-}""", opset=13)
+}""",
+        opset=13,
+    )
     out, _ = legalized(model, ORT_OPS, SOFTMAX)
     assert op_types(out) == ["Softmax"]
     assert [a.i for a in out.graph.node[-1].attribute] == [-2]
     assert_same_numerics(model, out)
 
 
-@pytest.mark.parametrize("case,old,new", [
-    ("sum over another axis", "s = ReduceSum <keepdims=1> (e, axes)", "s = ReduceSum <keepdims=1> (e, ax0)"),
-    ("max over another axis", "m = ReduceMax <keepdims=1> (x, axes)", "m = ReduceMax <keepdims=1> (x, ax0)"),
-    ("sum without keepdims", "s = ReduceSum <keepdims=1> (e, axes)\n  y = Div(e, s)",
-     "s = ReduceSum <keepdims=0> (e, axes)\n  s1 = Unsqueeze(s, axes)\n  y = Div(e, s1)"),
-])
+@pytest.mark.parametrize(
+    "case,old,new",
+    [
+        ("sum over another axis", "s = ReduceSum <keepdims=1> (e, axes)", "s = ReduceSum <keepdims=1> (e, ax0)"),
+        ("max over another axis", "m = ReduceMax <keepdims=1> (x, axes)", "m = ReduceMax <keepdims=1> (x, ax0)"),
+        (
+            "sum without keepdims",
+            "s = ReduceSum <keepdims=1> (e, axes)\n  y = Div(e, s)",
+            "s = ReduceSum <keepdims=0> (e, axes)\n  s1 = Unsqueeze(s, axes)\n  y = Div(e, s1)",
+        ),
+    ],
+)
 def test_fusion_negatives(case, old, new):
     body = CHAIN_18.replace(old, new).replace("{\n", "{\n  ax0 = Constant <value = int64[1] {0}> ()\n", 1)
     model = build(body)

