@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from vdeploy import strict_json
 from vdeploy.errors import VdeployError
 from vdeploy.load import sha256_file
 
@@ -26,7 +27,7 @@ class BundleWriter:
         self.tmp: Path | None = None
         self._created_root = False
 
-    def __enter__(self) -> "BundleWriter":
+    def __enter__(self) -> BundleWriter:
         check_out_dir(self.out_root)
         try:
             if not self.out_root.exists():
@@ -34,8 +35,9 @@ class BundleWriter:
                 self._created_root = True
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.out_root))
         except OSError as exc:
-            raise OutDirError(f"cannot write a bundle in {self.out_root}: {exc.strerror}",
-                              "pass --out a writable directory") from None
+            raise OutDirError(
+                f"cannot write a bundle in {self.out_root}: {exc.strerror}", "pass --out a writable directory"
+            ) from None
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -47,12 +49,14 @@ class BundleWriter:
     def file_entries(self) -> list[dict]:
         """Path, sha256 and size of every file written so far (the manifest lists itself nowhere)."""
         files = sorted(p for p in self.tmp.rglob("*") if p.is_file() and p.name != MANIFEST)
-        return [{"path": p.relative_to(self.tmp).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
-                for p in files]
+        return [
+            {"path": p.relative_to(self.tmp).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in files
+        ]
 
     def finish(self, manifest: dict) -> Path:
         """Write manifest.json and move the bundle into place, replacing an older bundle of the same name."""
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default) + "\n")
+        (self.tmp / MANIFEST).write_text(strict_json.dumps(manifest, indent=2) + "\n")
         os.chmod(self.tmp, 0o755)
         old = None
         if self.final.exists():
@@ -74,18 +78,12 @@ def check_out_dir(out_root: Path) -> None:
     for path in (Path(out_root), *Path(out_root).parents):
         if path.exists():
             if not path.is_dir():
-                raise OutDirError(f"--out {out_root} is not a directory ({path} is a file)",
-                                  "pass --out a directory (it is created when missing)")
+                raise OutDirError(
+                    f"--out {out_root} is not a directory ({path} is a file)",
+                    "pass --out a directory (it is created when missing)",
+                )
             return
 
 
 def read_manifest(bundle_dir: Path) -> dict:
     return json.loads((Path(bundle_dir) / MANIFEST).read_text())
-
-
-def _json_default(value):
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "value"):  # enums
-        return value.value
-    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -10,6 +10,7 @@ import platform
 
 from vdeploy import __version__
 from vdeploy.bundle import SCHEMA
+from vdeploy.strict_json import with_reasons
 
 TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim")  # + the backend's own
 
@@ -18,36 +19,47 @@ def serialize(state, files: list[dict]) -> dict:
     loaded, exported, canonical = state.shared.loaded, state.exported, state.canonical
     figures, judgement = state.figures, state.judgement
     reason = {**figures.missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})}
-    return {
-        "schema": SCHEMA,
-        "target": state.target.name,
-        "backend": state.backend.name,
-        "precision": state.precision,
-        "model": {"path": loaded.source, "sha256": loaded.sha256, "format": loaded.format.value},
-        "files": files,
-        "inputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in state.feeds.items()],
-        "outputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)}
-                    for k, v in state.expected.items()],
-        "coverage": state.coverage.to_manifest(),
-        "numerics": {**state.numerics.to_manifest(), "inputs": state.shared.samples_source,
-                     "outputs_from": state.outputs_source},
-        "latency_ms": figures.latency_manifest(),
-        "power_w": figures.power,
-        "size_mb": round(figures.size_mb, 4),
-        "peak_mem_mb": round(figures.peak_mem_mb, 1) if figures.peak_mem_mb else None,
-        "budgets": judgement.budgets,
-        "violations": [v.to_manifest() for v in judgement.violations],
-        "verdict": judgement.verdict.value,
-        "toolchain": {**toolchain(), **state.backend.toolchain()},
-        "reason": reason,
-        "artifact": state.artifact.to_dict(),
-        "backend_options": state.options.model_dump(mode="json") if state.options is not None else None,
-        "export": {"exporter": exported.exporter, "opset": exported.opset, "notes": list(exported.notes),
-                   "simplified": canonical.simplified, "simplify_note": canonical.note},
-        "estimate": state.estimate,
-        "precision_info": state.lowered.info,
-        "accuracy": state.accuracy.to_manifest() if state.accuracy else None,
-    }
+    return with_reasons(
+        {  # strict JSON: a non-finite figure becomes null, named in reason.non_finite
+            "schema": SCHEMA,
+            "target": state.target.name,
+            "backend": state.backend.name,
+            "precision": state.precision,
+            "model": {"path": loaded.source, "sha256": loaded.sha256, "format": loaded.format.value},
+            "files": files,
+            "inputs": [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in state.feeds.items()],
+            "outputs": [
+                {"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)} for k, v in state.expected.items()
+            ],
+            "coverage": state.coverage.to_manifest(),
+            "numerics": {
+                **state.numerics.to_manifest(),
+                "inputs": state.shared.samples_source,
+                "outputs_from": state.outputs_source,
+            },
+            "latency_ms": figures.latency_manifest(),
+            "power_w": figures.power,
+            "size_mb": round(figures.size_mb, 4),
+            "peak_mem_mb": round(figures.peak_mem_mb, 1) if figures.peak_mem_mb else None,
+            "budgets": judgement.budgets,
+            "violations": [v.to_manifest() for v in judgement.violations],
+            "verdict": judgement.verdict.value,
+            "toolchain": {**toolchain(), **state.backend.toolchain()},
+            "reason": reason,
+            "artifact": state.artifact.to_dict(),
+            "backend_options": state.options.model_dump(mode="json") if state.options is not None else None,
+            "export": {
+                "exporter": exported.exporter,
+                "opset": exported.opset,
+                "notes": list(exported.notes),
+                "simplified": canonical.simplified,
+                "simplify_note": canonical.note,
+            },
+            "estimate": state.estimate,
+            "precision_info": state.lowered.info,
+            "accuracy": state.accuracy.to_manifest() if state.accuracy else None,
+        }
+    )
 
 
 def toolchain() -> dict:

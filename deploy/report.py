@@ -20,14 +20,21 @@ def make_console() -> Console:
 
 def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     console = console or make_console()
-    console.print(f"[bold]vdeploy build[/] {manifest['model']['path']} -> target [bold]{manifest['target']}[/] "
-                  f"({manifest['backend']}, {manifest['precision']})")
+    console.print(
+        f"[bold]vdeploy build[/] {manifest['model']['path']} -> target [bold]{manifest['target']}[/] "
+        f"({manifest['backend']}, {manifest['precision']})"
+    )
     export = manifest["export"]
-    console.print(f"export: {export['exporter']} exporter, opset {export['opset']}"
-                  + ("" if export["simplified"] else f" ({export['simplify_note']})"))
+    console.print(
+        f"export: {export['exporter']} exporter, opset {export['opset']}"
+        + ("" if export["simplified"] else f" ({export['simplify_note']})")
+    )
     for note in export["notes"]:
         console.print(f"  note: {note}")
     console.print(coverage_table(manifest["coverage"]))
+    placement = manifest["artifact"].get("details", {}).get("placement")
+    if placement and "fallen_back" in placement:
+        console.print(placement_line(placement))
     tuning = manifest["artifact"].get("details", {}).get("tuning")
     if tuning:
         console.print(tuning_line(tuning))
@@ -36,31 +43,57 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
     if manifest.get("accuracy"):
         acc = manifest["accuracy"]
-        console.print(f"accuracy on {acc['samples']} labelled samples: top-1 {acc['artifact_top1']:.2f}% vs reference "
-                      f"{acc['reference_top1']:.2f}% (drop {acc['top1_drop_pt']:.2f} pt)")
+        console.print(
+            f"accuracy on {acc['samples']} labelled samples: top-1 {acc['artifact_top1']:.2f}% vs reference "
+            f"{acc['reference_top1']:.2f}% (drop {acc['top1_drop_pt']:.2f} pt)"
+        )
     console.print(latency_line(manifest["latency_ms"], manifest["budgets"]))
-    console.print(f"size: {manifest['size_mb']:.2f} MB"
-                  + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else "")
-                  + (f"; peak memory {manifest['peak_mem_mb']:.0f} MB" if manifest.get("peak_mem_mb") else ""))
+    console.print(
+        f"size: {manifest['size_mb']:.2f} MB"
+        + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else "")
+        + (f"; peak memory {manifest['peak_mem_mb']:.0f} MB" if manifest.get("peak_mem_mb") else "")
+    )
     power = manifest["power_w"]
-    console.print(f"power: {power['mean']:.2f} W, {power['energy_mj']:.2f} mJ/inference ({power['source']})" if power
-                  else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})")
+    console.print(
+        f"power: {power['mean']:.2f} W, {power['energy_mj']:.2f} mJ/inference ({power['source']})"
+        if power
+        else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})"
+    )
     _print_verdict(manifest, console)
     console.print(f"bundle: {bundle}")
 
 
+def placement_line(placement: dict) -> str:
+    """The compiler's own NPU/CPU split (rknn), beside our op table: per ONNX op, then the layers that fell back."""
+    counts = placement["counts"]
+    per_op = ", ".join(
+        f"{op} " + "/".join(f"{d} {n}" for d, n in cell.items() if n) for op, cell in placement["onnx_ops"].items()
+    )
+    fallen = ", ".join(f"{f['op']} ({f['onnx_node'] or 'inserted by the compiler'})" for f in placement["fallen_back"])
+    return (
+        f"compiler placement: {counts['NPU']} layers on the NPU, {counts['CPU']} on the CPU "
+        f"({placement['npu_share_pct']:.1f}% NPU); by ONNX op: {per_op}; fell back to the CPU: {fallen or 'none'}"
+    )
+
+
 def tuning_line(tuning: dict) -> str:
-    line = (f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the tuning database, {tuning['tuned']} tuned "
-            f"now ({tuning['trials']} trials, {tuning['seconds']:.0f} s)")
+    line = (
+        f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the tuning database, {tuning['tuned']} tuned "
+        f"now ({tuning['trials']} trials, {tuning['seconds']:.0f} s)"
+    )
     if tuning["untuned"]:
-        line += f", [bold yellow]{tuning['untuned']} untuned[/] (TVM default code: no valid candidate within the budget)"
+        line += (
+            f", [bold yellow]{tuning['untuned']} untuned[/] (TVM default code: no valid candidate within the budget)"
+        )
     return line
 
 
 def print_validation(report: dict, console: Console | None = None) -> None:
     console = console or make_console()
-    console.print(f"[bold]vdeploy validate[/] {report['bundle']} (target {report['target']}, {report['backend']}) "
-                  f"on {report['host']['node']} ({report['host']['machine']})")
+    console.print(
+        f"[bold]vdeploy validate[/] {report['bundle']} (target {report['target']}, {report['backend']}) "
+        f"on {report['host']['node']} ({report['host']['machine']})"
+    )
     console.print(numerics_line(report["numerics"], report["budgets"]["numerics"]))
     console.print(latency_line(report["latency_ms"], report["budgets"]))
     _print_verdict(report, console)
@@ -93,9 +126,15 @@ def numerics_line(numerics: dict, tolerance: dict) -> str:
     top1 = numerics["top1_agreement"]
     top1_text = "n/a" if top1 is None else f"{top1:.3f}"
     inputs = numerics.get("inputs", "seeded standard normal")
-    return (f"numerics vs reference ({numerics['samples']} samples, {inputs}): max_abs {numerics['max_abs']:.3g}, "
-            f"rel_err {numerics['rel_err']:.3g} (budget {tolerance['max_rel_err']:g}), "
-            f"cosine {numerics['cosine']:.6f} (budget {tolerance['min_cosine']:g}), top-1 agreement {top1_text}")
+
+    def num(key: str, fmt: str) -> str:  # null: the figure was not finite (strict-JSON manifest)
+        return "not finite" if numerics[key] is None else format(numerics[key], fmt)
+
+    return (
+        f"numerics vs reference ({numerics['samples']} samples, {inputs}): max_abs {num('max_abs', '.3g')}, "
+        f"rel_err {num('rel_err', '.3g')} (budget {tolerance['max_rel_err']:g}), "
+        f"cosine {num('cosine', '.6f')} (budget {tolerance['min_cosine']:g}), top-1 agreement {top1_text}"
+    )
 
 
 def latency_line(latency: dict | None, budgets: dict) -> str:
@@ -103,10 +142,14 @@ def latency_line(latency: dict | None, budgets: dict) -> str:
         return "latency: not measured"
     if latency.get("source") == "estimate":
         return f"latency: {latency['p50']:.2f} ms ESTIMATED by the roofline model (not measured on the device)"
+    if latency.get("source") not in (None, "measured"):  # a toolchain's own estimate (rknn-estimate, vela-estimate)
+        return f"latency: {latency['p50']:.3f} ms ESTIMATED ({latency['source']}; not measured on the device)"
     budget = budgets["latency_ms"]
     limit = f" (budget {budgets['latency_stat']} <= {budget:g} ms)" if budget else ""
-    return (f"latency: p50 {latency['p50']:.2f} ms, p90 {latency['p90']:.2f} ms, p99 {latency['p99']:.2f} ms "
-            f"over {latency['runs']} runs{limit}")
+    return (
+        f"latency: p50 {latency['p50']:.2f} ms, p90 {latency['p90']:.2f} ms, p99 {latency['p99']:.2f} ms "
+        f"over {latency['runs']} runs{limit}"
+    )
 
 
 def coverage_matrix(coverages: dict[str, dict]) -> Table:
@@ -122,8 +165,13 @@ def coverage_matrix(coverages: dict[str, dict]) -> Table:
         cells = []
         for cov in coverages.values():
             status = cov["status"].get(op)
-            style = {"unsupported": "red", "fallback": "yellow", "unknown": "magenta", "decomposed": "cyan",
-                     "fused": "green"}.get(status)
+            style = {
+                "unsupported": "red",
+                "fallback": "yellow",
+                "unknown": "magenta",
+                "decomposed": "cyan",
+                "fused": "green",
+            }.get(status)
             text = "" if status is None else f"{cov['ops_after'].get(op, 0)} {status}"
             cells.append(f"[{style}]{text}[/]" if style and text else text)
         table.add_row(op, str(before) if before else "", *cells)
@@ -135,8 +183,11 @@ def _verdict_of(coverage: dict) -> str:
     if coverage["unsupported"]:
         return "unsupported " + ", ".join(coverage["unsupported"])
     unknown = coverage.get("unknown") or []  # ops the target's documents leave open
-    return ("LEGAL" + (f" (on fallback: {', '.join(coverage['fallback'])})" if coverage["fallback"] else "")
-            + (f" (unknown on the target: {', '.join(unknown)})" if unknown else ""))
+    return (
+        "LEGAL"
+        + (f" (on fallback: {', '.join(coverage['fallback'])})" if coverage["fallback"] else "")
+        + (f" (unknown on the target: {', '.join(unknown)})" if unknown else "")
+    )
 
 
 def print_summary(outcomes, console: Console | None = None) -> None:
@@ -151,6 +202,12 @@ def print_summary(outcomes, console: Console | None = None) -> None:
         m = outcome.result.manifest
         latency = f"{m['latency_ms']['p50']:.2f}" if m["latency_ms"] else "-"
         verdict = m["verdict"]
-        table.add_row(outcome.target, f"[{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]", latency,
-                      f"{m['numerics']['rel_err']:.2g}", f"{m['size_mb']:.2f}", str(outcome.result.bundle))
+        table.add_row(
+            outcome.target,
+            f"[{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]",
+            latency,
+            f"{m['numerics']['rel_err']:.2g}" if m["numerics"]["rel_err"] is not None else "not finite",
+            f"{m['size_mb']:.2f}",
+            str(outcome.result.bundle),
+        )
     console.print(table)

@@ -7,6 +7,7 @@ A budget that is set but could not be measured makes the verdict "unverified", n
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from vdeploy.targets import Budgets, Tolerance
@@ -28,11 +29,22 @@ class Violation:
     unit: str
 
     def to_manifest(self) -> dict:
-        return {"budget": self.budget, "limit": self.limit, "measured": self.measured, "unit": self.unit,
-                "message": str(self)}
+        finite = math.isfinite(self.measured)  # the manifest is strict JSON: no NaN/Infinity literals
+        return {
+            "budget": self.budget,
+            "limit": self.limit,
+            "measured": self.measured if finite else None,
+            "unit": self.unit,
+            "message": str(self),
+        }
 
     def __str__(self) -> str:
         op = ">=" if self.budget.startswith("min_") else "<="
+        if not math.isfinite(self.measured):
+            return (
+                f"{self.budget}: measured {self.measured} (not a finite number: the outputs or the reference "
+                f"hold NaN/inf), budget {op} {self.limit:g} {self.unit}"
+            ).rstrip()
         return f"{self.budget}: measured {self.measured:.6g} {self.unit}, budget {op} {self.limit:g} {self.unit}"
 
 
@@ -53,10 +65,23 @@ class Judgement:
 EXTRA_BUDGETS = {"sram_kb": "KiB", "flash_kb": "KiB"}
 
 
-def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | None, latency: Latency | None,
-          size_mb: float, power_w: float | None, missing: dict[str, str], estimated: frozenset = frozenset(),
-          allow_estimates: bool = False, energy_mj: float | None = None, peak_mem_mb: float | None = None,
-          deferred: str = "", top1_drop_pt: float | None = None, extra: dict | None = None) -> Judgement:
+def judge(
+    budgets: Budgets,
+    tolerance: Tolerance,
+    *,
+    numerics: NumericsReport | None,
+    latency: Latency | None,
+    size_mb: float,
+    power_w: float | None,
+    missing: dict[str, str],
+    estimated: frozenset = frozenset(),
+    allow_estimates: bool = False,
+    energy_mj: float | None = None,
+    peak_mem_mb: float | None = None,
+    deferred: str = "",
+    top1_drop_pt: float | None = None,
+    extra: dict | None = None,
+) -> Judgement:
     """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent; `estimated` names the
     measurements that come from the analytic model: they are judged only when the target allows estimates.
     `deferred` says why the final artifact was not built here; such a build is never better than unverified.
@@ -73,8 +98,13 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
         ("max_rel_err", tolerance.max_rel_err, numerics.rel_err if numerics else None, "", "numerics"),
         ("min_cosine", tolerance.min_cosine, numerics.cosine if numerics else None, "", "numerics"),
         # int8 hook: the same minimum holds for the worst validation sample, not only pooled (issue 14)
-        ("min_cosine_worst_sample", tolerance.min_cosine, numerics.worst_sample_cosine if numerics else None, "",
-         "numerics"),
+        (
+            "min_cosine_worst_sample",
+            tolerance.min_cosine,
+            numerics.worst_sample_cosine if numerics else None,
+            "",
+            "numerics",
+        ),
     ]
     checks += [(name, getattr(budgets, name), extra.get(name), unit, name) for name, unit in EXTRA_BUDGETS.items()]
     if top1 is not None or numerics is None:  # top-1 only exists for class-score outputs
@@ -86,13 +116,23 @@ def judge(budgets: Budgets, tolerance: Tolerance, *, numerics: NumericsReport | 
             continue
         if measured is None:
             unverified.append(f"{name}: {missing.get(source, 'not measured')}")
+        elif not math.isfinite(measured):  # NaN compares false with every limit: fail closed
+            violations.append(Violation(name, limit, measured, unit))
         elif source in estimated and not allow_estimates:
-            unverified.append(f"{name}: only estimated ({measured:.4g} {unit} by the analytic model, budget "
-                              f"{limit:g} {unit}); measure on the device with `vdeploy validate`")
+            unverified.append(
+                f"{name}: only estimated ({measured:.4g} {unit} by the analytic model, budget "
+                f"{limit:g} {unit}); measure on the device with `vdeploy validate`"
+            )
         elif (measured < limit) if name.startswith("min_") else (measured > limit):
             violations.append(Violation(name, limit, measured, unit))
-    applied = {"latency_ms": budgets.latency_ms, "latency_stat": stat, "power_w": budgets.power_w,
-               "energy_mj": budgets.energy_mj, "size_mb": budgets.size_mb, "peak_mem_mb": budgets.peak_mem_mb,
-               **{name: getattr(budgets, name) for name in EXTRA_BUDGETS},
-               "numerics": tolerance.model_dump()}
+    applied = {
+        "latency_ms": budgets.latency_ms,
+        "latency_stat": stat,
+        "power_w": budgets.power_w,
+        "energy_mj": budgets.energy_mj,
+        "size_mb": budgets.size_mb,
+        "peak_mem_mb": budgets.peak_mem_mb,
+        **{name: getattr(budgets, name) for name in EXTRA_BUDGETS},
+        "numerics": tolerance.model_dump(),
+    }
     return Judgement(applied, tuple(violations), tuple(unverified))

@@ -13,6 +13,7 @@ import numpy as np
 from vdeploy.bundle import MANIFEST, read_manifest
 from vdeploy.errors import VdeployError
 from vdeploy.load import sha256_file
+from vdeploy.strict_json import with_reasons
 
 
 class BundleError(VdeployError):
@@ -22,8 +23,8 @@ class BundleError(VdeployError):
 def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> dict:
     from vdeploy.backends import get_backend
     from vdeploy.backends.base import Artifact
-    from vdeploy.targets import Budgets, Tolerance
     from vdeploy.judging import figures_of_run, judge_figures
+    from vdeploy.targets import Budgets, Tolerance
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
 
@@ -42,24 +43,42 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     budgets = manifest["budgets"]
     missing: dict = {}
     top1_drop = _build_top1_drop(manifest, artifact, missing)
-    figures = figures_of_run(run, size_mb=manifest["size_mb"], host_reason=latency_reason, top1_drop_pt=top1_drop,
-                             accuracy_reason=missing.get("accuracy"))
+    figures = figures_of_run(
+        run,
+        size_mb=manifest["size_mb"],
+        host_reason=latency_reason,
+        top1_drop_pt=top1_drop,
+        accuracy_reason=missing.get("accuracy"),
+    )
     if figures.power is None and not run.power_reason:
         figures.missing["power_w"] = "no power meter on this host"
     power = figures.power
-    judgement = judge_figures(Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
-                              Tolerance(**budgets["numerics"]), numerics, figures, allow_estimates=False,
-                              deferred=artifact.deferred)
+    judgement = judge_figures(
+        Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
+        Tolerance(**budgets["numerics"]),
+        numerics,
+        figures,
+        allow_estimates=False,
+        deferred=artifact.deferred,
+    )
     missing = figures.missing
-    return {
-        "bundle": str(bundle_dir), "target": manifest["target"], "backend": artifact.backend,
-        "artifact": artifact.to_dict(),
-        "host": {"machine": platform.machine(), "node": platform.node(), "processor": platform.processor()},
-        "numerics": numerics.to_manifest(), "latency_ms": run.latency.to_manifest() if run.latency else None,
-        "power_w": power, "peak_mem_mb": run.peak_rss_mb, "budgets": budgets, "violations": [v.to_manifest() for v in judgement.violations],
-        "verdict": judgement.verdict.value,
-        "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
-    }
+    return with_reasons(
+        {  # strict JSON, as the manifest
+            "bundle": str(bundle_dir),
+            "target": manifest["target"],
+            "backend": artifact.backend,
+            "artifact": artifact.to_dict(),
+            "host": {"machine": platform.machine(), "node": platform.node(), "processor": platform.processor()},
+            "numerics": numerics.to_manifest(),
+            "latency_ms": run.latency.to_manifest() if run.latency else None,
+            "power_w": power,
+            "peak_mem_mb": run.peak_rss_mb,
+            "budgets": budgets,
+            "violations": [v.to_manifest() for v in judgement.violations],
+            "verdict": judgement.verdict.value,
+            "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
+        }
+    )
 
 
 def _build_top1_drop(manifest: dict, artifact, missing: dict) -> float | None:
@@ -70,8 +89,10 @@ def _build_top1_drop(manifest: dict, artifact, missing: dict) -> float | None:
         missing["accuracy"] = "the bundle was built without --eval-data"
         return None
     if manifest["artifact"].get("deferred"):
-        missing["accuracy"] = ("top-1 was measured at build time on the ONNX stand-in, not on the artifact built "
-                               "here: rebuild with --eval-data on this device")
+        missing["accuracy"] = (
+            "top-1 was measured at build time on the ONNX stand-in, not on the artifact built "
+            "here: rebuild with --eval-data on this device"
+        )
         return None
     return accuracy["top1_drop_pt"]
 
@@ -91,5 +112,7 @@ def _verify_files(bundle_dir: Path, manifest: dict) -> None:
         if not path.is_file():
             raise BundleError(f"bundle file {entry['path']} is missing", "copy the whole bundle directory")
         if sha256_file(path) != entry["sha256"]:
-            raise BundleError(f"bundle file {entry['path']} does not match its sha256 in the manifest",
-                              "the bundle was modified or damaged in transit; copy it again")
+            raise BundleError(
+                f"bundle file {entry['path']} does not match its sha256 in the manifest",
+                "the bundle was modified or damaged in transit; copy it again",
+            )
