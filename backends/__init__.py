@@ -17,6 +17,7 @@ _TABLE = {
     "tvm": ("vdeploy.backends.tvm", "TvmBackend"),
     "ethos_u": ("vdeploy.backends.ethos_u", "EthosUBackend"),
     "executorch": ("vdeploy.backends.executorch", "ExecuTorchBackend"),
+    "rknn": ("vdeploy.backends.rknn", "RknnBackend"),
 }
 
 
@@ -28,8 +29,9 @@ def backend_class(name: str):
     """The backend's class (its module imports no runtime at module level); BackendError for an unknown name."""
     entry = _TABLE.get(name)
     if entry is None:
-        raise BackendError(f"backend {name!r} is not implemented in this vdeploy version",
-                           f"implemented: {', '.join(_TABLE)}")
+        raise BackendError(
+            f"backend {name!r} is not implemented in this vdeploy version", f"implemented: {', '.join(_TABLE)}"
+        )
     module, cls = entry
     return getattr(importlib.import_module(module), cls)
 

@@ -26,11 +26,20 @@ def lower_precision(model, target, precision: str, request, progress, recorded_m
     --mean/--std are given."""
     if precision == "fp32":
         return Lowered(model)
+    if precision == "fp16" and _vendor_lowers(target):  # e.g. rknn-toolkit2 builds FP16 from the FP32 graph
+        return Lowered(model, info={"fp16": "converted by the vendor compiler from the FP32 graph"})
     if precision == "fp16":
         return _fp16(model, target)
     if precision == "bf16":
         return _probed(model, "bf16", progress)
     return _int8(model, target, request, progress, recorded_mean_std)
+
+
+def _vendor_lowers(target) -> bool:
+    from vdeploy.backends.base import Int8Form
+    from vdeploy.int8 import form_for_backend
+
+    return form_for_backend(target.backend) is Int8Form.toolchain
 
 
 def _fp16(model, target) -> Lowered:
@@ -51,8 +60,10 @@ def _probed(model, precision: str, progress) -> Lowered:
     progress(f"probing {precision} support on this CPU (child process)")
     support = probe(precision)
     if not support.ok:
-        raise BackendError(f"this CPU cannot run {precision} inference here: {support.reason}",
-                           "build with --precision fp32 (or int8/fp16 where the target offers it)")
+        raise BackendError(
+            f"this CPU cannot run {precision} inference here: {support.reason}",
+            "build with --precision fp32 (or int8/fp16 where the target offers it)",
+        )
     return Lowered(model, support.env(), {f"{precision}_probe": support.to_dict()})
 
 
@@ -64,26 +75,41 @@ def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
     from vdeploy.quantize import Placement
 
     options = target.spec.precision_options
-    calib = load_calibration(request.calib, input_shapes(model),
-                             preprocessing=preprocessing_for(request, recorded_mean_std))
+    calib = load_calibration(
+        request.calib, input_shapes(model), preprocessing=preprocessing_for(request, recorded_mean_std)
+    )
     placement = Placement.for_target(options.int8_everywhere).keep_float(options.int8_keep_float)
     tolerance = request.tolerance_for(target, "int8")
     form = form_for_backend(target.backend)
     if form is Int8Form.toolchain:  # the vendor compiler quantizes from the calibration set: the graph stays FP32
-        return Lowered(model, info={"calibration": calib.to_dict(), "placement": placement.to_dict()},
-                       warning=calib.warning, calibration=calib, float_layers=placement.float_nodes(model))
+        return Lowered(
+            model,
+            info={"calibration": calib.to_dict(), "placement": placement.to_dict()},
+            warning=calib.warning,
+            calibration=calib,
+            float_layers=placement.float_nodes(model),
+        )
     run_env, probe_info = {}, {}
     if form is Int8Form.nncf_openvino:
         probed = _probed(model, "int8", progress)
         run_env, probe_info = probed.run_env, probed.info
     ranges, qat_info = _qat_ranges(request.model, model, form)
-    progress(f"quantizing to INT8 ({form.value}, {placement.kind.value}, up to {len(calib)} calibration samples: "
-             f"{calib.source})")
-    quantized, info = quantize_int8(model, calib, form, placement, Gate(tolerance.min_cosine, tolerance.max_rel_err),
-                                    progress, Int8Options(sensitive=parse_sensitive(request.int8_sensitive),
-                                                          run_env=run_env or None, learned_ranges=ranges))
-    return Lowered(quantized, run_env, {"calibration": calib.to_dict(), **info, **qat_info, **probe_info},
-                   calib.warning)
+    progress(
+        f"quantizing to INT8 ({form.value}, {placement.kind.value}, up to {len(calib)} calibration samples: "
+        f"{calib.source})"
+    )
+    quantized, info = quantize_int8(
+        model,
+        calib,
+        form,
+        placement,
+        Gate(tolerance.min_cosine, tolerance.max_rel_err),
+        progress,
+        Int8Options(sensitive=parse_sensitive(request.int8_sensitive), run_env=run_env or None, learned_ranges=ranges),
+    )
+    return Lowered(
+        quantized, run_env, {"calibration": calib.to_dict(), **info, **qat_info, **probe_info}, calib.warning
+    )
 
 
 def _qat_ranges(model_path, model, form):
@@ -96,11 +122,17 @@ def _qat_ranges(model_path, model, form):
         return None, {}
     ranges = learned_ranges(model, record)
     applied = form is not Int8Form.nncf_openvino
-    return (ranges if applied else None), {"qat": {
-        "form_trained": record.get("form"), "layers_recorded": len(record.get("ranges", [])),
-        "tensors_matched": len(ranges), "applied": applied,
-        "note": "learned ranges replace calibration for these tensors" if applied else
-                "NNCF form re-calibrates (learned ranges apply to the Q/DQ forms)"}}
+    return (ranges if applied else None), {
+        "qat": {
+            "form_trained": record.get("form"),
+            "layers_recorded": len(record.get("ranges", [])),
+            "tensors_matched": len(ranges),
+            "applied": applied,
+            "note": "learned ranges replace calibration for these tensors"
+            if applied
+            else "NNCF form re-calibrates (learned ranges apply to the Q/DQ forms)",
+        }
+    }
 
 
 def preprocessing_for(request, recorded_mean_std):

@@ -7,9 +7,10 @@ A failure before a bundle is finished raises a VdeployError and leaves no bundle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,17 +61,35 @@ class BuildRequest:
 
     def backend_overrides(self) -> dict:
         """Command-line settings that land in a backend's typed options (keys it lacks are ignored)."""
-        return {"tune_trials": self.tune_trials, "tuning_db": tuple(str(p) for p in self.tuning_db) or None}
+        mean = std = None
+        if self.mean is not None or self.std is not None:  # rknn: --mean/--std baked into the .rknn
+            from vdeploy.calibration import IMAGENET_MEAN, IMAGENET_STD
+
+            mean, std = self.mean or IMAGENET_MEAN, self.std or IMAGENET_STD
+        return {
+            "tune_trials": self.tune_trials,
+            "tuning_db": tuple(str(p) for p in self.tuning_db) or None,
+            "mean": mean,
+            "std": std,
+        }
 
     def budgets_for(self, target: Target) -> Budgets:
         overrides = dict(self.budgets)
-        overrides.update({k: v for k, v in (("latency_ms", self.max_latency_ms), ("power_w", self.max_power_w))
-                          if v is not None})
+        overrides.update(
+            {k: v for k, v in (("latency_ms", self.max_latency_ms), ("power_w", self.max_power_w)) if v is not None}
+        )
         return target.spec.budgets.model_copy(update=overrides)
 
     def tolerance_for(self, target: Target, precision: str) -> Tolerance:
-        overrides = {k: v for k, v in (("min_cosine", self.min_cosine), ("max_top1_drop", self.max_top1_drop),
-                                       ("min_top1_agreement", self.min_top1_agreement)) if v is not None}
+        overrides = {
+            k: v
+            for k, v in (
+                ("min_cosine", self.min_cosine),
+                ("max_top1_drop", self.max_top1_drop),
+                ("min_top1_agreement", self.min_top1_agreement),
+            )
+            if v is not None
+        }
         return target.spec.tolerances[Precision(precision)].model_copy(update=overrides)
 
 
@@ -124,8 +143,9 @@ def precision_for(target: Target, requested: str | None) -> str:
     allowed = [p.value for p in target.spec.precisions]
     precision = requested or target.spec.default_precision.value
     if precision not in allowed:
-        raise TargetError(f"target {target.name} does not offer precision {precision}",
-                          f"choose one of: {', '.join(allowed)}")
+        raise TargetError(
+            f"target {target.name} does not offer precision {precision}", f"choose one of: {', '.join(allowed)}"
+        )
     return precision
 
 
@@ -142,8 +162,11 @@ def build_target(state: BuildState, instruments=None) -> BuildResult:
     with BundleWriter(request.out_dir, f"{state.shared.loaded.stem}-{target.name}") as writer:
         state.work_dir = writer.tmp
         run_plan(plan(target, request), state, instruments)
-        np.savez(writer.tmp / "reference_io.npz", **{f"input:{k}": v for k, v in state.feeds.items()},
-                 **{f"output:{k}": v for k, v in state.expected.items()})
+        np.savez(
+            writer.tmp / "reference_io.npz",
+            **{f"input:{k}": v for k, v in state.feeds.items()},
+            **{f"output:{k}": v for k, v in state.expected.items()},
+        )
         manifest = serialize(state, writer.file_entries())
         (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
         bundle = writer.finish(manifest)
