@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 
-.PHONY: venv system-deps toolchains demo test test-fast bench bench-tvm clean
+.PHONY: venv system-deps toolchains demo lint test test-fast bench bench-tvm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,12 +27,17 @@ demo: venv
 	$(BIN)/python examples/make_demo_model.py $(DEMO)/deit_tiny.pt2
 	$(BIN)/vdeploy build $(DEMO)/deit_tiny.pt2 --target x86-cpu --out $(DEMO)
 
-toolchains: venv  # vendor compilers in their own venvs under ~/.cache/vdeploy/toolchains (rknn: ~5 min, once)
+toolchains: venv  # vendor compilers in their own venvs under ~/.cache/vdeploy/toolchains (rknn 46 s, arm 126 s here)
 	$(BIN)/vdeploy toolchain install rknn
-	$(BIN)/vdeploy toolchain install arm   # Vela + litert-torch + ExecuTorch: 2.6 GB, ~9 min once
+	$(BIN)/vdeploy toolchain install arm   # Vela + litert-torch + ExecuTorch: 2.6 GB
 
-test: venv system-deps toolchains
-	$(BIN)/python -m pytest -q
+lint: venv  # pinned in the dev extra: ruff 0.17.5, mypy 2.4.1 (tests/test_layering.py guards upward imports)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	sh scripts/typecheck.sh $(BIN)/python
+
+test: venv lint system-deps toolchains
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

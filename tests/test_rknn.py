@@ -117,12 +117,18 @@ def test_ops_the_npu_lacks_are_on_the_cpu_in_both_tables(sin_build):
     assert sin_build["coverage"]["status"]["TopK"] == "fallback"  # our table agrees for TopK
 
 
+# Where rknn-toolkit2 2.5.0 puts a Reshape depends on its shapes, which an op-level table cannot say: in the golden
+# MobileViT, 2 of 6 Reshapes (the unfold/fold ones that move the batch axis, [128,4,2,2] <-> [1,32,16,4]) ran on the
+# CPU and 4 on the NPU (measured). The manifest's placement and the console's "compiler placement" line name them.
+SHAPE_DEPENDENT = {"Reshape"}
+
+
 def _native_but_cpu(manifest) -> set[str]:
     status = manifest["coverage"]["status"]
     return {
         f["onnx_op"]
         for f in manifest["artifact"]["details"]["placement"]["fallen_back"]
-        if f["onnx_op"] and status.get(f["onnx_op"]) == "native"
+        if f["onnx_op"] and status.get(f["onnx_op"]) == "native" and f["onnx_op"] not in SHAPE_DEPENDENT
     }
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from vdeploy.matrix.runner import ReleaseRun, status_of
 
@@ -174,7 +175,7 @@ def render_html(data: dict) -> str:
             tds.append(f'<td style="border-left:6px solid {COLOURS.get(status, "#777")}">{body}</td>')
         rows.append(f"<tr><th>{esc(model)}</th>{''.join(tds)}</tr>")
     head = "".join(f"<th>{esc(t)}<br><small>{esc(p or 'default')}</small></th>" for t, p in columns)
-    counts = {}
+    counts: dict[str, int] = {}
     for cell in data["cells"]:
         counts[cell["status"]] = counts.get(cell["status"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -203,7 +204,9 @@ class Display:
     """Progress: a live rich table on a terminal, plain lines (one per state change) otherwise."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet, self.live, self.seen = quiet, None, {}
+        self.quiet = quiet
+        self.live: Any = None  # rich.live.Live once started
+        self.seen: dict[str, tuple[str, int]] = {}
         self.tty = not quiet and sys.stderr.isatty()
 
     def __enter__(self):

@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vdeploy.errors import VdeployError
 from vdeploy.matrix.cellkey import cached_record, cell_key, save_record
@@ -201,7 +202,7 @@ class _Ray:
 
     def __init__(self, address: str | None):
         self.address = address
-        self.temp = None
+        self.temp: str | None = None
 
     def __enter__(self) -> dict:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report: nothing leaves the machine
@@ -209,7 +210,7 @@ class _Ray:
             import ray
         except ImportError:
             raise RayError("ray is not installed", "pip install 'vdeploy[ray]' (ray==2.60.0)") from None
-        kwargs = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
+        kwargs: dict[str, Any] = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
         if self.address:
             if self.address.startswith("ray://"):
                 try:

@@ -83,7 +83,8 @@ def judge(
     extra: dict | None = None,
 ) -> Judgement:
     """`missing` maps a measurement name (latency_ms, power_w, numerics) to why it is absent; `estimated` names the
-    measurements that come from the analytic model: they are judged only when the target allows estimates.
+    measurements that are estimates (the analytic model, a toolchain's cycle count): judged only where the
+    target allows estimates.
     `deferred` says why the final artifact was not built here; such a build is never better than unverified.
     `extra`: measurements of the budget kinds in EXTRA_BUDGETS, by budget name."""
     extra = extra or {}
@@ -120,7 +121,7 @@ def judge(
             violations.append(Violation(name, limit, measured, unit))
         elif source in estimated and not allow_estimates:
             unverified.append(
-                f"{name}: only estimated ({measured:.4g} {unit} by the analytic model, budget "
+                f"{name}: only estimated ({measured:.4g} {unit}, an estimate, not a measurement; budget "
                 f"{limit:g} {unit}); measure on the device with `vdeploy validate`"
             )
         elif (measured < limit) if name.startswith("min_") else (measured > limit):
