@@ -80,8 +80,11 @@ class CalibrationData:
             yield {name: array[start : start + batch_size] for name, array in self.inputs.items()}
 
     def head(self, n: int) -> CalibrationData:
+        return self.rows(0, n)
+
+    def rows(self, start: int, stop: int) -> CalibrationData:
         return CalibrationData(
-            {k: v[:n] for k, v in self.inputs.items()}, self.source, self.warning, self.preprocessing
+            {k: v[start:stop] for k, v in self.inputs.items()}, self.source, self.warning, self.preprocessing
         )
 
     def to_dict(self) -> dict:

@@ -24,6 +24,7 @@ from vdeploy.calibration import CalibrationData
 from vdeploy.quantize import Placement, name_nodes
 
 EVAL_SAMPLES = 16  # calibration samples the in-build gate is judged on
+MIN_HELD_OUT = 8  # held-out samples (given but not needed for converged ranges) enough to judge on
 AUTO = "auto"
 NNCF_ALPHA = 0.8  # NNCF's default is 0.95; MiniLM held-out worst-sample cosine 0.990 at 0.95, 0.994 at 0.8
 
@@ -113,16 +114,11 @@ def quantize_int8(
 
     started = time.perf_counter()
     model = name_nodes(model)
-    info: dict = {
-        "form": form.value,
-        "gate": {
-            "min_cosine": gate.min_cosine,
-            "max_rel_err": gate.max_rel_err,
-            "judged_on": f"first {min(EVAL_SAMPLES, len(calib))} calibration samples, worst sample and pooled",
-        },
-    }
+    info: dict = {"form": form.value}
+    given = calib
     calib = _converged(model, calib, options, info, progress)
-    eval_data = calib.head(EVAL_SAMPLES)
+    eval_data, judged_on = _judging_samples(given, len(calib))
+    info["gate"] = {"min_cosine": gate.min_cosine, "max_rel_err": gate.max_rel_err, "judged_on": judged_on}
     evaluate = evaluate or default_evaluator(form, eval_data, options.run_env)
     reference = reference_outputs(model, eval_data)
     prepared, placement = _smooth(model, calib, form, placement, options, info, progress)
@@ -165,6 +161,16 @@ def quantize_int8(
             "rel_err": round(max(0.0, result.rel_err - gate.max_rel_err), 6),
         }
     return quantized, info
+
+
+def _judging_samples(given: CalibrationData, used: int) -> tuple[CalibrationData, str]:
+    """Samples the gate is judged on: held-out ones (given, not calibrated on) where there are enough, since ranges
+    fitted to a sample flatter it (digits CNN: 0.991 worst cosine on calibrated samples, 0.983 on unseen ones)."""
+    held = given.rows(used, used + EVAL_SAMPLES)
+    if len(held) >= MIN_HELD_OUT:
+        return held, f"{len(held)} held-out calibration samples (not calibrated on), worst sample and pooled"
+    head = given.head(min(EVAL_SAMPLES, used))
+    return head, f"first {len(head)} calibration samples, worst sample and pooled"
 
 
 def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, progress) -> CalibrationData:

@@ -56,7 +56,9 @@ ATTENTION_KEPT = {
 }
 SOFTMAX_PARTS = ("Div", "Exp", "ReduceMax", "ReduceSum", "Sub")  # the decomposed Softmax, unknown on hailo-8
 LEGAL = ("legal", ())
-ETHOS_U = {
+SAME_AS = {  # targets whose op profile is another's: they share its expectations
+    "rk3576-npu": "rk3588-npu",  # the same compiler (librknnc 2.5.0) and op support list
+    "rk3566-npu": "rk3588-npu",
     "ethos-u55-128": "ethos-u55",
     "ethos-u65-256": "ethos-u55",
     "ethos-u85-256": "ethos-u55",
@@ -68,7 +70,7 @@ ETHOS_U = {
 
 def expected(name: str, target: str) -> tuple[str, tuple[str, ...] | None]:
     """(outcome kind, ops left outside the op set; None = not pinned, checked by the attention rule below)."""
-    target = ETHOS_U.get(target, target)  # the three Ethos-U targets share the U55/U65 expectations
+    target = SAME_AS.get(target, target)
     if name.startswith("test_attention"):
         if name in ATTENTION_KEPT:
             if target in ONNX_ATTENTION_TARGETS:
