@@ -6,6 +6,7 @@ runtime has been seen to die with SIGILL (ENVIRONMENT.md). Validation runs it in
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -47,11 +48,13 @@ class OpenVinoBackend(BackendBase):
                     f"OpenVINO could not convert the model: {first_line(exc)}",
                     "run `vdeploy coverage` to see which ops the target lacks",
                 ) from None
+        canonical_names(ov_model, frozenset(n.name for n in model.graph.node))
         return self._save(ov_model, precision, out_dir)
 
     def _save(self, ov_model, precision: str, out_dir: Path) -> Artifact:
         import openvino as ov
 
+        canonical_names(ov_model)
         ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         hint = INFERENCE_PRECISION[precision]
         return Artifact(
@@ -60,6 +63,17 @@ class OpenVinoBackend(BackendBase):
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> OpenVinoSession:
         return OpenVinoSession(bundle_dir / artifact.entry, dict(artifact.options))
+
+
+def canonical_names(ov_model, keep: frozenset[str] = frozenset()) -> None:
+    """OpenVINO names unnamed ops `<Type>_<n>` from a process-wide counter, so the same model built twice in one
+    process (a release matrix worker) wrote different model.xml bytes; folded constants keep their source op's
+    auto name (`Reshape_15` on a Const). Every `<Word>_<n>` name not in `keep` (the ONNX node names) becomes
+    `<Word>_<op index>`."""
+    for index, op in enumerate(ov_model.get_ordered_ops()):
+        auto = re.fullmatch(r"([A-Z][A-Za-z0-9]*)_\d+", op.get_friendly_name())
+        if auto and auto.group(0) not in keep:
+            op.set_friendly_name(f"{auto.group(1)}_{index}")
 
 
 class OpenVinoSession:

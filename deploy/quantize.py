@@ -383,10 +383,14 @@ def _onnx_to_ov(model):
     import onnx
     import openvino as ov
 
+    from vdeploy.backends.openvino import canonical_names
+
     with tempfile.TemporaryDirectory(prefix="vdeploy-ov-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path))
-        return ov.convert_model(str(path))
+        ov_model = ov.convert_model(str(path))
+    canonical_names(ov_model, frozenset(n.name for n in model.graph.node))  # NNCF records names in rt_info
+    return ov_model
 
 
 def _ov_float_names(ov_model, placement: Placement, onnx_names: Iterable[str], residual_adds: bool) -> set[str]:
