@@ -99,7 +99,8 @@ def measure(rounds: int, runs: int) -> dict:
     import numpy as np
     import openvino as ov
 
-    from vdeploy.quantize import Placement, quantize_openvino
+    from vdeploy.quantize import Placement
+    from vdeploy.quantize_openvino import quantize_openvino
 
     nncf.set_log_level(logging.ERROR)
     core = ov.Core()

@@ -211,7 +211,8 @@ def quantize_in_form(
     options: Int8Options = Int8Options(),
     calibration_cache=None,
 ):
-    from vdeploy.quantize import quantize_onnx_qdq, quantize_openvino
+    from vdeploy.quantize import quantize_onnx_qdq
+    from vdeploy.quantize_openvino import quantize_openvino
 
     if form is Int8Form.nncf_openvino:
         alpha = NNCF_ALPHA if options.smooth_alpha is None else options.smooth_alpha

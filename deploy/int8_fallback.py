@@ -209,7 +209,7 @@ def _runner(model) -> Callable:
 
 
 def _onnx_to_ov(model):
-    from vdeploy.quantize import _onnx_to_ov as convert
+    from vdeploy.quantize_openvino import onnx_to_ov as convert
 
     return convert(model)
 

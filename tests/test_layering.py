@@ -58,3 +58,13 @@ def test_the_check_catches_an_upward_import():
     found = [m for _, m in vdeploy_imports(ROOT / "graph_passes" / "rules" / "probe.py", source)]
     assert found == ["vdeploy.targets", "vdeploy.pipeline", "vdeploy.graph_passes.cli"]
     assert not any(allowed(m, "graph_passes") for m in found[:2])
+
+
+MAX_LINES = 400  # the project's module size limit (ARCHITECTURE.md, "Style to follow")
+
+
+def test_no_library_module_over_the_size_limit():
+    files = [p for layer in ("deploy", "graph_passes", "backends") for p in sorted((ROOT / layer).rglob("*.py"))]
+    assert len(files) > 50
+    big = [f"{p.relative_to(ROOT)}: {n}" for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    assert not big, f"modules over {MAX_LINES} lines (split them):\n" + "\n".join(big)

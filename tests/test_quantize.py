@@ -28,7 +28,8 @@ from vdeploy.calibration import (
     input_shapes,
     load_calibration,
 )
-from vdeploy.quantize import Placement, PlacementKind, QuantizeError, quantize_onnx_qdq, quantize_openvino
+from vdeploy.quantize import Placement, PlacementKind, QuantizeError, quantize_onnx_qdq
+from vdeploy.quantize_openvino import quantize_openvino
 from vdeploy.sensitivity import sensitivity
 
 INT8_MAX_TOP1_DROP = 0.010  # issue 5: transformer-aware INT8 top-1 drop <= 1.0 pt

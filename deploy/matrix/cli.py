@@ -21,7 +21,7 @@ def matrix(
 ) -> None:
     """Build a release matrix (models × targets × precisions) as Ray tasks; exit 1 if any build errored, else 3
     if any failed a gate."""
-    from vdeploy.cli import _guarded
+    from vdeploy.cli_common import guarded as _guarded
 
     def work():
         from vdeploy.matrix.release import load_release
