@@ -40,7 +40,8 @@ def head_importance(
     model, samples: Mapping[str, np.ndarray], *, removed: Mapping[str, Iterable[int]] | None = None, threads: int = 0
 ) -> Importance:
     """Score every head of every attention block by ablation on `samples` ({input: N samples}, matched to the
-    graph's inputs in order; a sample is a[i] when it has the input's rank, else the batch-1 slice a[i:i+1]). `removed`: heads already taken out (masked in the baseline and never scored)."""
+    graph's inputs in order; a sample is a[i] when it has the input's rank, else the batch-1 slice a[i:i+1]).
+    `removed`: heads already taken out (masked in the baseline and scored 0)."""
     import onnxruntime as ort
 
     from vdeploy.graph_passes.head_prune import with_head_masks

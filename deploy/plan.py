@@ -1,7 +1,8 @@
 """The build as a plan of stages over one typed state.
 
 plan(target, request) -> [Stage]; run_plan(stages, state, instruments) -> state
-  load -> reference -> export -> prune -> legalize -> check -> precision -> compile -> run -> compare -> accuracy -> judge
+  load -> reference -> export -> prune -> legalize -> check -> precision -> compile -> run -> compare -> accuracy
+  -> judge
 `build` = the plan + the bundle write; `coverage` = the plan up to legalize; `debug` = the plan with a numerics
 instrument; `--fit` re-runs the tail of a plan from a copied state with one choice changed (resume_from).
 """

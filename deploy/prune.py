@@ -55,7 +55,12 @@ def attention_modules(model, example_inputs: Sequence) -> list:
 
     candidates = [m for m in model.modules() if _is_attention(m)]
     order: list = []
-    hooks = [m.register_forward_pre_hook(lambda mod, _: order.append(mod) if mod not in order else None) for m in candidates]
+
+    def seen(module, _inputs) -> None:
+        if module not in order:
+            order.append(module)
+
+    hooks = [m.register_forward_pre_hook(seen) for m in candidates]
     try:
         with torch.no_grad():
             model(*example_inputs)
@@ -126,9 +131,10 @@ def plan_for(
     blocks = attention_blocks(graph)
     modules = attention_modules(model, example_inputs)
     heads = {b.id: b.heads for b in blocks}
-    if [b.heads for b in blocks] != [_heads(m) for m in modules]:
+    module_heads = [_heads(m) for m in modules]
+    if list(heads.values()) != module_heads:
         raise UsageError(
-            f"the graph's attention blocks {list(heads.values())} do not match the module's {[_heads(m) for m in modules]}",
+            f"the graph's attention blocks (heads {list(heads.values())}) do not match the module's {module_heads}",
             "mask_heads pairs blocks with attention modules by execution order; prune in the graph instead "
             "(vdeploy.build(..., prune_heads=N))",
         )

@@ -1,9 +1,9 @@
 """Attention-head pruning at graph level, on the normalised attention op: any exporter's shape, any model.
 
 onnx.ModelProto -> attention normalised by the legalization rules (attention_normalize.py) -> blocks attn0, attn1 ...
-in topological order -> per block of the plan: trace (head_trace.py), slice the q/k/v projection columns and biases,
-the output projection's rows, the per-head bias [.., H, Sq, Skv], the shape constants (H -> H') -> attention lowered
-back to MatMul/Softmax/MatMul (attention_lower.py's decomposition, which legalization captures again)
+in topological order -> per block of the plan: trace (head_paths.py), then slice (head_trace.py) the q/k/v projection
+columns and biases, the output projection's rows, the per-head bias [.., H, Sq, Skv], the shape constants (H -> H')
+-> attention lowered back to MatMul/Softmax/MatMul (attention_lower.py's decomposition; legalization captures it again)
 -> PruneResult: a standard onnx.ModelProto, heads kept/removed per block, params and FLOPs removed, refusals.
 
 Public (stable block ids, so a plan is JSON and replays on a fresh export of the same model):
@@ -26,16 +26,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from vdeploy.errors import UsageError
-from vdeploy.graph_passes.head_trace import (
-    BackwardTrace,
-    Cut,
-    Refused,
-    Trace,
-    check_private,
-    constant,
-    shape_of,
-    trace_forward,
-)
+from vdeploy.graph_passes.head_paths import BackwardTrace, trace_forward
+from vdeploy.graph_passes.head_trace import Cut, Refused, Trace, check_private, constant, shape_of
 from vdeploy.graph_passes.legalize import legalize
 from vdeploy.graph_passes.rules.attention import ATTENTION, ATTENTION_NORMALIZE
 from vdeploy.graph_passes.rules.attention_normalize import ATTENTION_OP
@@ -278,4 +270,3 @@ def _namer(graph: ir.Graph):
                 return name
 
     return fresh
-
