@@ -107,7 +107,7 @@ def attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
 
 
 def prune_heads(model: onnx.ModelProto, keep: Mapping[str, Sequence[int]]) -> PruneResult:
-    """Remove every head not in keep[block] from the blocks keep names. Nothing to remove: the model as it is."""
+    """Remove every head not in keep[block] from the blocks keep names. Nothing removed: the model object as it came."""
     ir_model, blocks = _normalised(model)
     by_id = dict(blocks)
     _check_plan(keep, {block_id: _heads(node) for block_id, node in blocks})
@@ -125,6 +125,8 @@ def prune_heads(model: onnx.ModelProto, keep: Mapping[str, Sequence[int]]) -> Pr
             refused[block_id] = str(exc)
             continue
         pruned.append(_apply(graph, node, block_id, kept, trace, bias, fresh))
+    if not pruned:  # every block asked for was refused: the graph as it came
+        return PruneResult(model, described, (), refused)
     return PruneResult(_lowered(ir_model), described, tuple(pruned), refused)
 
 

@@ -94,6 +94,7 @@ def test_a_block_read_outside_its_path_is_refused_and_left_alone():
     model = exported(module, (1, 10, 8), "dynamo")
     blocks = attention_blocks(model)
     assert blocks[0].refused and "outside" in blocks[0].refused and blocks[1].refused is None
+    assert prune_heads(model, {"attn0": [0]}).model is model  # refused: nothing changes
     result = prune_heads(model, {"attn0": [0], "attn1": [1, 2]})
     assert set(result.refused) == {"attn0"} and [b.id for b in result.pruned] == ["attn1"]
     x = np.random.default_rng(5).standard_normal((1, 10, 8)).astype(np.float32)
