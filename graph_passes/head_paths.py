@@ -55,6 +55,8 @@ class BackwardTrace:
         producer = value.producer()
         if producer is None:
             raise Refused(f"heads reach the graph input {value.name}")
+        if producer not in self.order:
+            raise Refused(f"{value.name} is computed inside a subgraph")
         self.wanted[value].append((cut, covered))
         heapq.heappush(self.heap, (-self.order[producer], id(producer), producer))
 
@@ -207,6 +209,8 @@ def trace_forward(trace: Trace, y: ir.Value, cut: Cut) -> None:
             raise Refused(f"{value.name}: the attention output is used by {len(uses)} nodes, expected a single chain")
         node, index = uses[0]
         op = node.op_type
+        if node.graph is not y.producer().graph:
+            raise Refused(f"{value.name} is read inside a subgraph")
         trace.nodes.add(node)
         if node.domain not in ("", "ai.onnx"):
             raise Refused(f"{node.domain}::{op} between the attention and the output projection")

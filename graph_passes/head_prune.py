@@ -98,7 +98,7 @@ def attention_blocks(model: onnx.ModelProto) -> list[AttentionBlock]:
         try:
             heads = _heads(node)
             if heads < 2:
-                raise Refused("a single head: nothing to remove")
+                raise Refused("fewer than two heads (or a head count that is not static)")
             _trace(ir_model.graph, node, tuple(range(heads - 1)))
         except Refused as exc:
             reason = str(exc)
@@ -169,12 +169,17 @@ def _lowered(ir_model: ir.Model) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(proto)
 
 
+def _dims(value: ir.Value) -> list[int]:
+    """A rank-4 value's dims, 0 for a symbolic one (the normaliser guarantees rank 4)."""
+    return [d if isinstance(d, int) else 0 for d in value.shape]
+
+
 def _heads(node: ir.Node) -> int:
-    return shape_of(node.inputs[0])[1]
+    return _dims(node.inputs[0])[1]
 
 
 def _describe(block_id: str, node: ir.Node, refused: str | None = None) -> AttentionBlock:
-    q, k = shape_of(node.inputs[0]), shape_of(node.inputs[1])
+    q, k = _dims(node.inputs[0]), _dims(node.inputs[1])
     return AttentionBlock(block_id, node.name, q[1], q[3], (q[2], k[2]), refused)
 
 
@@ -194,7 +199,17 @@ def _check_plan(keep: Mapping[str, Sequence[int]], heads: dict[str, int]) -> Non
 
 
 def _trace(graph: ir.Graph, node: ir.Node, kept: tuple[int, ...]) -> tuple[Trace, str]:
-    """The edits that remove every head but `kept` from one block, and how its bias is handled."""
+    """The edits that remove every head but `kept` from one block, and how its bias is handled. Tracing changes
+    nothing, so a graph the walks did not foresee (an error inside them) is a refusal, not a half-pruned graph."""
+    try:
+        return _trace_block(graph, node, kept)
+    except Refused:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
+        raise Refused(f"could not trace the block ({type(exc).__name__}: {exc})") from None
+
+
+def _trace_block(graph: ir.Graph, node: ir.Node, kept: tuple[int, ...]) -> tuple[Trace, str]:
     order = {n: i for i, n in enumerate(graph)}
     cut = Cut(1, _heads(node), kept)
     trace = Trace()
