@@ -39,11 +39,13 @@ class HeadPruning:
 
     @classmethod
     def of(cls, value: Any) -> HeadPruning:
-        """From an int (count), a keep plan {block: heads}, the JSON form, a JSON file path, or a HeadPruning."""
+        """From an int or digits (count), a keep plan {block: heads}, the JSON form, a JSON file path, a HeadPruning."""
         if isinstance(value, HeadPruning):
             return value
         if isinstance(value, bool) or value is None:
             raise UsageError(f"prune_heads={value!r} is not a pruning plan", "pass a count or {block id: heads kept}")
+        if isinstance(value, str) and value.strip().isdigit():  # a CLI value: "3" is a count, else a JSON file
+            value = int(value)
         if isinstance(value, int):
             if value < 1:
                 raise UsageError(f"prune_heads={value} removes nothing", "pass a count >= 1")

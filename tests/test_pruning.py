@@ -113,7 +113,7 @@ def test_bad_pruning_requests_are_clear_errors(saved_pt2, tmp_path):
         with pytest.raises(UsageError):
             HeadPruning.of(bad)
     assert HeadPruning.of({"keep": {"attn1": [2, 0]}}) == HeadPruning(keep=(("attn1", (2, 0)),))
-    assert HeadPruning.of(HeadPruning(count=2).to_json()) == HeadPruning(count=2)
+    assert HeadPruning.of(HeadPruning(count=2).to_json()) == HeadPruning(count=2) == HeadPruning.of("2")
     with pytest.raises(UsageError, match="no attention block"):
         vdeploy.build(str(saved_pt2("cnn")), ORT, out=tmp_path, prune_heads=1, samples=2, iters=1)
     assert not any(tmp_path.iterdir())  # nothing half-written
