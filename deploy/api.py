@@ -4,7 +4,8 @@ vdeploy.build(model, target=..., example_inputs=..., precision=..., budgets=...,
 vdeploy.coverage(model, target=...) -> {target: Coverage} · vdeploy.validate(bundle) -> ValidationResult
 vdeploy.targets() -> [TargetInfo] · vdeploy.debug(model, target=...) -> BisectReport
 `model`: a path or timm:NAME, an nn.Module (exported with example_inputs), a torch.export.ExportedProgram or an
-onnx.ModelProto. Every build option of the CLI is a keyword here (calib=, eval_data=, int8_sensitive=, ...).
+onnx.ModelProto. Every build option of the CLI is a keyword here (calib=, eval_data=, int8_sensitive=, ...), and
+prune_heads= (attention-head pruning: a count, or {block id: heads kept}; see vdeploy.prune_stage, vdeploy.prune).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def request_for(
             options[key] = Path(options[key])
     if options.get("input_shape") is not None:
         options["input_shape"] = tuple(options["input_shape"])
+    if options.get("prune_heads") is not None:  # a count, {block id: heads kept}, a JSON file, or a HeadPruning
+        from vdeploy.prune_stage import HeadPruning
+
+        options["prune_heads"] = HeadPruning.of(options["prune_heads"])
     return BuildRequest(
         model=name if in_memory else str(model),
         targets=tuple(targets),

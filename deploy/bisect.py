@@ -142,6 +142,8 @@ class NumericsInstrument(Instrument):
         if stage.name == "export":
             self._check("export", state.exported.model, {}, state, graph_gate)
             self._check("canonicalize", state.canonical.model, {}, state, graph_gate)
+        elif stage.name == "prune" and state.pruning is not None:  # pruning's own cost, against the unpruned model
+            self._check("prune", state.canonical.model, {}, state, graph_gate)
         elif stage.name == "legalize":
             self._previous = state.legal  # the finished legal graph is what the precision stage starts from
         elif stage.name == "precision":

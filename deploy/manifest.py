@@ -58,6 +58,7 @@ def serialize(state, files: list[dict]) -> dict:
             "estimate": state.estimate,
             "precision_info": state.lowered.info,
             "accuracy": state.accuracy.to_manifest() if state.accuracy else None,
+            "pruning": state.pruning.to_manifest() if state.pruning else None,
         }
     )
 

@@ -50,6 +50,7 @@ class BuildRequest:
     warmup: int = 10
     iters: int = 50
     rule_specs: tuple | None = None  # legalization rule families (None: all); a plan choice, not a CLI option
+    prune_heads: Any = None  # prune_stage.HeadPruning: heads kept per block, or a count by measured importance
     source: Any = field(default=None, compare=False)  # an in-memory nn.Module / ExportedProgram / ModelProto
     example_inputs: tuple | None = field(default=None, compare=False)  # export inputs for an nn.Module source
 

@@ -1,7 +1,8 @@
 """The build as a plan of stages over one typed state.
 
 plan(target, request) -> [Stage]; run_plan(stages, state, instruments) -> state
-  load -> reference -> export -> legalize -> check -> precision -> compile -> run -> compare -> accuracy -> judge
+  load -> reference -> export -> prune -> legalize -> check -> precision -> compile -> run -> compare -> accuracy
+  -> judge
 `build` = the plan + the bundle write; `coverage` = the plan up to legalize; `debug` = the plan with a numerics
 instrument; `--fit` re-runs the tail of a plan from a copied state with one choice changed (resume_from).
 """
@@ -32,6 +33,7 @@ class Shared:
     reference: list[np.ndarray] | None = None  # eager outputs on `samples`, one array per output
     exports: dict = field(default_factory=dict)  # opset -> (ExportResult, CanonicalizeResult)
     evaluation: dict = field(default_factory=dict)  # --eval-data path -> (inputs, labels, reference top-1)
+    head_importance: dict = field(default_factory=dict)  # opset -> measured head Importance (prune stage)
 
 
 @dataclass
@@ -46,7 +48,8 @@ class BuildState:
     instruments: tuple = ()
     precision: str = ""
     exported: Any = None  # ExportResult
-    canonical: Any = None  # CanonicalizeResult
+    canonical: Any = None  # CanonicalizeResult (after the prune stage: of the pruned graph when pruning)
+    pruning: Any = None  # vdeploy.prune_stage.Pruning, when the request prunes attention heads
     legal: Any = None  # onnx.ModelProto, legalized and finished
     legalized: Any = None  # LegalizeResult (counts, choices)
     coverage: Any = None  # vdeploy.graph_passes.coverage.Coverage
@@ -131,12 +134,14 @@ def run_plan(stages: list[Stage], state: BuildState, instruments: tuple[Instrume
 
 def plan(target, request, *, until: str | None = None) -> list[Stage]:
     """The stages a build of `target` runs, in order; `until` stops after the named stage (coverage: "legalize")."""
+    from vdeploy import prune_stage
     from vdeploy import stages as s
 
     full = [
         Stage("load", s.load, lambda st: None if st.shared.loaded else f"loading {st.request.model_label}"),
         Stage("reference", s.reference, s.describe_reference),
         Stage("export", s.export, s.describe_export),
+        Stage("prune", prune_stage.prune, prune_stage.describe_prune),  # no-op without request.prune_heads
         Stage("legalize", s.legalize, lambda st: f"legalizing for {st.target.name}"),
         Stage("check", s.check_legal),
         Stage("precision", s.lower_precision),
@@ -162,6 +167,7 @@ def resume_from(state: BuildState, stage_name: str, *, changes: dict | None = No
         "load",
         "reference",
         "export",
+        "prune",
         "legalize",
         "check",
         "precision",
@@ -173,6 +179,7 @@ def resume_from(state: BuildState, stage_name: str, *, changes: dict | None = No
     ]
     products = {
         "export": ("exported", "canonical"),
+        "prune": ("pruning",),  # and canonical, which the stage resets from shared.exports
         "legalize": ("legal", "legalized", "coverage"),
         "precision": ("lowered",),
         "compile": ("backend", "options", "artifact"),

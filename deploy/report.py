@@ -40,6 +40,8 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
         console.print(tuning_line(tuning))
     if manifest.get("reason", {}).get("calibration"):
         console.print(f"[bold yellow]warning[/] {manifest['reason']['calibration']}")
+    if manifest.get("pruning"):
+        console.print(pruning_line(manifest["pruning"], manifest["verdict"]))
     console.print(numerics_line(manifest["numerics"], manifest["budgets"]["numerics"]))
     if manifest.get("accuracy"):
         acc = manifest["accuracy"]
@@ -61,6 +63,22 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
     )
     _print_verdict(manifest, console)
     console.print(f"bundle: {bundle}")
+
+
+def pruning_line(pruning: dict, verdict: str) -> str:
+    """What the prune stage removed; on a failed build, that the numerics include pruning's cost."""
+    line = (
+        f"pruning: {pruning['heads_removed']} of {pruning['heads_total']} attention heads removed "
+        f"({pruning['params_removed']:,} parameters, {pruning['flops_removed'] / 1e6:.1f} MFLOP per inference)"
+    )
+    if pruning["refused"]:
+        line += f"; left unpruned: {', '.join(pruning['refused'])}"
+    if verdict == "fail":
+        line += (
+            "\n[bold yellow]note[/] numerics and top-1 are measured against the UNPRUNED model: the violations "
+            "below include the accuracy cost of the pruned heads"
+        )
+    return line
 
 
 def placement_line(placement: dict) -> str:

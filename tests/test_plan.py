@@ -36,6 +36,7 @@ def test_plan_names_the_stages_in_order():
         "load",
         "reference",
         "export",
+        "prune",
         "legalize",
         "check",
         "precision",
@@ -48,6 +49,7 @@ def test_plan_names_the_stages_in_order():
     assert [s.name for s in plan(target, BuildRequest(model="m", targets=(ORT,)), until="legalize")] == [
         "load",
         "export",
+        "prune",
         "legalize",
     ]  # coverage: no reference run, nothing compiled
 
