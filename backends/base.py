@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import importlib
 import importlib.metadata
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,18 @@ class BackendBase:
         """The target's `options:` section as the typed model (ValueError/ValidationError when it does not fit)."""
         if self.options_model is None:
             if raw:
-                raise ValueError(f"backend {self.name} takes no options (got {', '.join(raw)})")
+                raise ValueError(f"backend {self.name} takes no options (got {', '.join(map(str, raw))})")
             return None
+        for key, value in raw.items():  # pydantic's lax mode reads true as 1 / 1.0: a number must be written as one
+            field = self.options_model.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                raise ValueError(f"options.{key}: a boolean ({value}) where {_type_name(field.annotation)} is expected")
         return self.options_model.model_validate(dict(raw))
+
+
+def _admits_bool(annotation) -> bool:
+    return annotation is bool or annotation is Any or bool in typing.get_args(annotation)
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
