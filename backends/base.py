@@ -122,6 +122,9 @@ class BackendBase:
     int8_form: ClassVar[Int8Form] = Int8Form.ort_qdq
     power_meters: ClassVar[tuple[str, ...]] = ("rapl", "tegrastats")  # meters that see the device, best first
     toolchain_packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the manifest records
+    # Artifact.options `vdeploy validate` takes back from a bundle's manifest: key -> regex its value must match.
+    # Anything else is refused (options reach the runtime; OpenVINO would honour a CACHE_DIR written there).
+    run_options: ClassVar[Mapping[str, str]] = {}
 
     def available(self) -> bool:
         raise NotImplementedError

@@ -22,6 +22,7 @@ class OpenVinoBackend(BackendBase):
     name = "openvino"
     int8_form = Int8Form.nncf_openvino
     toolchain_packages = ("openvino", "nncf")
+    run_options = {"INFERENCE_PRECISION_HINT": "f32|f16|bf16"}  # never CACHE_DIR & co. from a manifest
 
     def available(self) -> bool:
         return runtime_module("openvino") is not None
