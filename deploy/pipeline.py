@@ -46,6 +46,7 @@ class BuildRequest:
     tuning_db: tuple[Path, ...] = ()  # TVM: bundles or tuning/ folders whose records seed the cache
     input_specs: tuple[str, ...] = ()  # --input-spec NAME:KIND[:ARGS]: how seeded validation inputs are drawn
     arch: str | None = None  # --arch timm:NAME | package.module:factory (then `model` is the weights file)
+    sign_key: Path | None = None  # --sign: ed25519 private key (PEM); the bundle gets signature.json (signing.py)
     samples: int = 8
     warmup: int = 10
     iters: int = 50
@@ -169,6 +170,10 @@ def build_target(state: BuildState, instruments=None) -> BuildResult:
         )
         manifest = serialize(state, writer.file_entries())
         (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
+        if request.sign_key is not None:  # last: the signature covers every file, manifest and report.html included
+            from vdeploy.signing import load_private_key, sign_bundle
+
+            sign_bundle(writer.tmp, load_private_key(request.sign_key), manifest)
         bundle = writer.finish(manifest)
     return BuildResult(target.name, manifest, bundle, dict(state.timings))
 
@@ -177,6 +182,10 @@ def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Ou
     """Build every requested target from one load and one reference run. With one target its error is raised."""
     targets = resolve_targets(request.targets, request.catalog)
     check_out_dir(request.out_dir)
+    if request.sign_key is not None:  # a bad key fails before any work
+        from vdeploy.signing import load_private_key
+
+        load_private_key(request.sign_key)
     shared = Shared()
     run_plan(plan(targets[0], request, until="reference"), new_state(request, targets[0], shared, progress))
     outcomes = []

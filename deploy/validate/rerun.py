@@ -17,17 +17,21 @@ from vdeploy.strict_json import with_reasons
 from vdeploy.validate.trust import BundleError, check_structure, checked_artifact, inside
 
 
-def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> dict:
+def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10, verify_key: Path | None = None) -> dict:
     from pydantic import ValidationError
 
     from vdeploy.backends import get_backend
     from vdeploy.errors import first_line
     from vdeploy.judging import figures_of_run, judge_figures
+    from vdeploy.signing import verify_bundle
     from vdeploy.targets import Budgets, Tolerance
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
 
     bundle_dir = Path(bundle_dir)
+    if not (bundle_dir / MANIFEST).is_file():
+        raise BundleError(f"{bundle_dir} is not a vdeploy bundle (no {MANIFEST})", "pass the directory `build` wrote")
+    signature = verify_bundle(bundle_dir, verify_key)  # before anything is read from the manifest
     manifest = _read(bundle_dir)
     artifact = checked_artifact(bundle_dir, manifest)
     _verify_files(bundle_dir, manifest)
@@ -82,6 +86,7 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
             "violations": [v.to_manifest() for v in judgement.violations],
             "verdict": judgement.verdict.value,
             "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
+            "signature": signature.to_report(),
         }
     )
 
@@ -103,8 +108,6 @@ def _build_top1_drop(manifest: dict, artifact, missing: dict) -> float | None:
 
 
 def _read(bundle_dir: Path) -> dict:
-    if not (bundle_dir / MANIFEST).is_file():
-        raise BundleError(f"{bundle_dir} is not a vdeploy bundle (no {MANIFEST})", "pass the directory `build` wrote")
     try:
         return check_structure(read_manifest(bundle_dir), bundle_dir / MANIFEST)
     except ValueError as exc:  # JSON, or UTF-8
