@@ -9,9 +9,12 @@ INT8 form, power meters, toolchain packages) and overrides only what differs fro
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import importlib.metadata
+import signal
+import threading
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,3 +182,40 @@ def _admits_bool(annotation) -> bool:
 
 def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+class InterruptWatch(contextlib.AbstractContextManager):
+    """Runtimes that call back into Python wrap a Ctrl-C landing there into their own exception (OpenVINO:
+    OpConversionFailure "... KeyboardInterrupt ..."). Inside this block SIGINT/SIGTERM handlers also record the
+    signal; `reraise()` raises it again as the interrupt it was, so the CLI says "interrupted", not "cannot convert".
+    Outside the main thread (no handlers can be set there) only the exception's text is read."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.seen: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> InterruptWatch:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                handler = signal.getsignal(sig)
+                if callable(handler):  # only Python handlers (SIGINT's default raises KeyboardInterrupt)
+                    self.previous[sig] = handler
+                    signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum, frame) -> None:
+        self.seen.append(signum)
+        self.previous[signum](signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def reraise(self, exc: BaseException) -> None:
+        """Raise the interrupt hidden in `exc` (a signal seen in the block, or KeyboardInterrupt in its text)."""
+        if self.seen:
+            self.previous[self.seen[0]](self.seen[0], None)  # the handler raises again, outside the runtime
+        if self.seen or "KeyboardInterrupt" in str(exc):
+            raise KeyboardInterrupt from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form, runtime_module
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form, InterruptWatch, runtime_module
 from vdeploy.errors import BackendError, first_line
 
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
@@ -43,8 +43,10 @@ class OpenVinoBackend(BackendBase):
             source = Path(tmp) / "model.onnx"
             onnx.save(model, str(source))
             try:
-                ov_model = ov.convert_model(str(source))
+                with InterruptWatch() as watch:
+                    ov_model = ov.convert_model(str(source))
             except Exception as exc:  # OpenVINO raises its own exception types from C++
+                watch.reraise(exc)  # a Ctrl-C it wrapped is an interrupt, not a conversion failure
                 raise BackendError(
                     f"OpenVINO could not convert the model: {first_line(exc)}",
                     "run `vdeploy coverage` to see which ops the target lacks",
