@@ -24,6 +24,11 @@ def signed_bundle(saved_pt2, keys, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def unsigned_bundle(saved_pt2, tmp_path_factory):
+    return vdeploy.build(str(saved_pt2("cnn")), "onnxruntime-cpu", out=tmp_path_factory.mktemp("plain"), iters=3).bundle
+
+
+@pytest.fixture(scope="module")
 def openvino_bundle(saved_pt2, tmp_path_factory):
     out = tmp_path_factory.mktemp("ov")
     return vdeploy.build(str(saved_pt2("cnn")), "x86-cpu", out=out, iters=3).bundle
@@ -31,11 +36,9 @@ def openvino_bundle(saved_pt2, tmp_path_factory):
 
 @pytest.fixture
 def copy(tmp_path):
-    def make(source, signed: bool = False):
+    def make(source):
         path = tmp_path / "bundle"
         shutil.copytree(source, path)
-        if not signed:
-            (path / "signature.json").unlink(missing_ok=True)
         return path
 
     return make
@@ -61,15 +64,15 @@ def refused(cli, path, *needles, args=()):
 
 
 @pytest.mark.parametrize("where", ["../../../../../../../../etc/passwd", "/etc/passwd"])
-def test_files_entry_outside_the_bundle_is_not_read(cli, signed_bundle, copy, where):
-    path = copy(signed_bundle)
+def test_files_entry_outside_the_bundle_is_not_read(cli, unsigned_bundle, copy, where):
+    path = copy(unsigned_bundle)
     sha = hashlib.sha256(open("/etc/passwd", "rb").read()).hexdigest()
     edit_manifest(path, lambda m: m["files"].append({"path": where, "sha256": sha, "bytes": 1}))
     refused(cli, path, f"the manifest's file {where!r}", "validate reads only files inside the bundle")
 
 
-def test_artifact_entry_outside_the_bundle_is_not_run(cli, signed_bundle, copy, tmp_path):
-    path = copy(signed_bundle)
+def test_artifact_entry_outside_the_bundle_is_not_run(cli, unsigned_bundle, copy, tmp_path):
+    path = copy(unsigned_bundle)
     shutil.copy(path / "model.onnx", tmp_path / "elsewhere.onnx")
 
     def point_outside(manifest):
@@ -80,22 +83,22 @@ def test_artifact_entry_outside_the_bundle_is_not_run(cli, signed_bundle, copy, 
     refused(cli, path, "artifact entry '../elsewhere.onnx' climbs out of the bundle")
 
 
-def test_artifact_file_dropped_from_files_cannot_be_swapped(cli, signed_bundle, copy):
-    path = copy(signed_bundle)
+def test_artifact_file_dropped_from_files_cannot_be_swapped(cli, unsigned_bundle, copy):
+    path = copy(unsigned_bundle)
     edit_manifest(path, lambda m: m.update(files=[f for f in m["files"] if f["path"] != "model.onnx"]))
     refused(cli, path, "model.onnx is used by validate but not listed (with its sha256)")
 
 
-def test_symlinked_bundle_file_is_refused_even_with_the_right_hash(cli, signed_bundle, copy, tmp_path):
-    path = copy(signed_bundle)
+def test_symlinked_bundle_file_is_refused_even_with_the_right_hash(cli, unsigned_bundle, copy, tmp_path):
+    path = copy(unsigned_bundle)
     shutil.move(path / "model.onnx", tmp_path / "outside.onnx")
     (path / "model.onnx").symlink_to(tmp_path / "outside.onnx")  # same bytes: the sha256 still matches
     refused(cli, path, "'model.onnx' goes through a symbolic link")
 
 
 @pytest.mark.parametrize("key", ["files", "artifact"])
-def test_manifest_without_files_or_artifact_is_a_bundle_error_not_a_key_error(cli, signed_bundle, copy, key):
-    path = copy(signed_bundle)
+def test_manifest_without_files_or_artifact_is_a_bundle_error_not_a_key_error(cli, unsigned_bundle, copy, key):
+    path = copy(unsigned_bundle)
     edit_manifest(path, lambda m: m.pop(key))
     refused(cli, path, f"has no {key!r}: it is not a complete vdeploy manifest")
 
@@ -152,7 +155,7 @@ def remove_file(path):
     ],
 )
 def test_tampered_signed_bundle_fails_verification(cli, signed_bundle, keys, copy, tamper, needle):
-    path = copy(signed_bundle, signed=True)
+    path = copy(signed_bundle)
     tamper(path)
     refused(cli, path, "signature: ", needle, args=("--verify", keys[1]))
     refused(cli, path, needle)  # a signature that no longer holds fails without --verify too
@@ -161,15 +164,15 @@ def test_tampered_signed_bundle_fails_verification(cli, signed_bundle, keys, cop
 def test_bundle_edited_and_re_signed_by_another_key_fails(cli, signed_bundle, keys, copy, tmp_path):
     from vdeploy.signing import load_private_key, sign_bundle
 
-    path = copy(signed_bundle, signed=True)
+    path = copy(signed_bundle)
     loosen_tolerance(path)
     other, _ = vdeploy.keygen(tmp_path / "attacker")
     sign_bundle(path, load_private_key(other))
     refused(cli, path, "not by the trusted key", args=("--verify", keys[1]))
 
 
-def test_unsigned_bundle_says_unsigned_and_fails_verify(cli, signed_bundle, keys, copy):
-    path = copy(signed_bundle)
+def test_unsigned_bundle_says_unsigned_and_fails_verify(cli, unsigned_bundle, keys):
+    path = unsigned_bundle
     result = cli("validate", path, "--iters", 2)
     assert result.exit_code == 0 and "signature: unsigned" in result.stdout
     refused(cli, path, "is unsigned (no signature.json)", args=("--verify", keys[1]))
