@@ -192,7 +192,7 @@ class InterruptWatch(contextlib.AbstractContextManager):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seen: list[int] = []
         self.previous: dict[int, Any] = {}
 

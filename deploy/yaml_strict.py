@@ -50,13 +50,15 @@ def loads_yaml(data: bytes | str, limits: YamlLimits = YamlLimits()) -> Any:
         if len(data) > limits.max_bytes:
             raise YamlRefused(f"the text is {len(data)} bytes, over the {limits.max_bytes} byte limit")
         try:
-            data = data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise YamlRefused(f"byte 0x{data[exc.start]:02x} is not UTF-8 (save the file as UTF-8)", line) from None
+    else:
+        text = data
     loader = None
     try:
-        loader = _StrictLoader(data, limits)
+        loader = _StrictLoader(text, limits)
         root = loader.get_single_node()
         if root is None:
             return None
@@ -67,7 +69,7 @@ def loads_yaml(data: bytes | str, limits: YamlLimits = YamlLimits()) -> Any:
         problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
         raise YamlRefused(f"not valid YAML: {problem}", mark.line + 1 if mark else 0) from None
     except ReaderError as exc:  # a control character: a position, no mark
-        line = data[: exc.position].count("\n") + 1
+        line = text[: exc.position].count("\n") + 1
         raise YamlRefused(f"character #x{exc.character:04x} is not allowed in YAML", line) from None
     except yaml.YAMLError as exc:
         raise YamlRefused(f"not valid YAML: {' '.join(str(exc).split())}") from None
@@ -100,7 +102,7 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, MappingNode):
-            seen: dict[Any, int] = {}
+            seen = {}  # key -> the line it was first given at
             for key_node, _ in node.value:
                 if key_node.tag == MERGE_TAG:
                     continue

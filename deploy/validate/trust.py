@@ -12,8 +12,14 @@ from pathlib import Path, PurePosixPath
 
 from vdeploy.errors import VdeployError
 
-REQUIRED = {"target": str, "files": list, "artifact": dict, "budgets": dict, "size_mb": (int, float)}
-ARTIFACT_REQUIRED = {"backend": str, "precision": str, "entry": str, "files": list}
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "target": str,
+    "files": list,
+    "artifact": dict,
+    "budgets": dict,
+    "size_mb": (int, float),
+}
+ARTIFACT_REQUIRED: dict[str, type] = {"backend": str, "precision": str, "entry": str, "files": list}
 REFERENCE_IO = "reference_io.npz"
 
 
