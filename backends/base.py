@@ -9,9 +9,13 @@ INT8 form, power meters, toolchain packages) and overrides only what differs fro
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import importlib.metadata
+import signal
+import threading
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +125,9 @@ class BackendBase:
     int8_form: ClassVar[Int8Form] = Int8Form.ort_qdq
     power_meters: ClassVar[tuple[str, ...]] = ("rapl", "tegrastats")  # meters that see the device, best first
     toolchain_packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions the manifest records
+    # Artifact.options `vdeploy validate` takes back from a bundle's manifest: key -> regex its value must match.
+    # Anything else is refused (options reach the runtime; OpenVINO would honour a CACHE_DIR written there).
+    run_options: ClassVar[Mapping[str, str]] = {}
 
     def available(self) -> bool:
         raise NotImplementedError
@@ -160,6 +167,55 @@ class BackendBase:
         """The target's `options:` section as the typed model (ValueError/ValidationError when it does not fit)."""
         if self.options_model is None:
             if raw:
-                raise ValueError(f"backend {self.name} takes no options (got {', '.join(raw)})")
+                raise ValueError(f"backend {self.name} takes no options (got {', '.join(map(str, raw))})")
             return None
+        for key, value in raw.items():  # pydantic's lax mode reads true as 1 / 1.0: a number must be written as one
+            field = self.options_model.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                raise ValueError(f"options.{key}: a boolean ({value}) where {_type_name(field.annotation)} is expected")
         return self.options_model.model_validate(dict(raw))
+
+
+def _admits_bool(annotation) -> bool:
+    return annotation is bool or annotation is Any or bool in typing.get_args(annotation)
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+class InterruptWatch(contextlib.AbstractContextManager):
+    """Runtimes that call back into Python wrap a Ctrl-C landing there into their own exception (OpenVINO:
+    OpConversionFailure "... KeyboardInterrupt ..."). Inside this block SIGINT/SIGTERM handlers also record the
+    signal; `reraise()` raises it again as the interrupt it was, so the CLI says "interrupted", not "cannot convert".
+    Outside the main thread (no handlers can be set there) only the exception's text is read."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> InterruptWatch:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                handler = signal.getsignal(sig)
+                if callable(handler):  # only Python handlers (SIGINT's default raises KeyboardInterrupt)
+                    self.previous[sig] = handler
+                    signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum, frame) -> None:
+        self.seen.append(signum)
+        self.previous[signum](signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def reraise(self, exc: BaseException) -> None:
+        """Raise the interrupt hidden in `exc` (a signal seen in the block, or KeyboardInterrupt in its text)."""
+        if self.seen:
+            self.previous[self.seen[0]](self.seen[0], None)  # the handler raises again, outside the runtime
+        if self.seen or "KeyboardInterrupt" in str(exc):
+            raise KeyboardInterrupt from None

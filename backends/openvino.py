@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form, runtime_module
+from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form, InterruptWatch, runtime_module
 from vdeploy.errors import BackendError, first_line
 
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
@@ -22,6 +22,7 @@ class OpenVinoBackend(BackendBase):
     name = "openvino"
     int8_form = Int8Form.nncf_openvino
     toolchain_packages = ("openvino", "nncf")
+    run_options = {"INFERENCE_PRECISION_HINT": "f32|f16|bf16"}  # never CACHE_DIR & co. from a manifest
 
     def available(self) -> bool:
         return runtime_module("openvino") is not None
@@ -42,8 +43,10 @@ class OpenVinoBackend(BackendBase):
             source = Path(tmp) / "model.onnx"
             onnx.save(model, str(source))
             try:
-                ov_model = ov.convert_model(str(source))
+                with InterruptWatch() as watch:
+                    ov_model = ov.convert_model(str(source))
             except Exception as exc:  # OpenVINO raises its own exception types from C++
+                watch.reraise(exc)  # a Ctrl-C it wrapped is an interrupt, not a conversion failure
                 raise BackendError(
                     f"OpenVINO could not convert the model: {first_line(exc)}",
                     "run `vdeploy coverage` to see which ops the target lacks",

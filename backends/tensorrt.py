@@ -187,6 +187,7 @@ class TensorRtBackend(BackendBase):
     int8_form = Int8Form.symmetric_qdq  # strongly typed Q/DQ (TensorRT 11 has no --int8 flag)
     power_meters = ("tegrastats", "nvml")
     toolchain_packages = ("tensorrt",)
+    run_options = {"build": r"[A-Za-z0-9 :+_-]+", "tensorrt": r"[A-Za-z0-9.+_-]+"}  # recorded, not passed on
 
     def host_latency_reason(self, artifact: Artifact) -> str | None:
         """Timed only when the artifact is an engine this host runs (what open() returns a TensorRT session for)."""

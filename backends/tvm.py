@@ -77,6 +77,7 @@ class TvmBackend(BackendBase):
     name = "tvm"
     options_model = TvmOptions
     toolchain_packages = ("apache-tvm", "apache-tvm-ffi")
+    run_options = {"arch": r"[A-Za-z0-9_]+", "inputs": r"\[.*\]", "num_threads": r"[1-9][0-9]{0,2}"}
 
     def available(self) -> bool:
         return runtime_module("tvm") is not None

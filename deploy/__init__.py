@@ -1,12 +1,12 @@
 """vdeploy: compile vision models for edge targets, validate them against budgets, write release bundles.
 
 Python API (imported on first use, so `import vdeploy` stays light): vdeploy.build, vdeploy.coverage, vdeploy.debug,
-vdeploy.validate, vdeploy.targets() — see vdeploy.api.
+vdeploy.validate, vdeploy.targets(), vdeploy.keygen — see vdeploy.api.
 """
 
 __version__ = "0.1.0"
 
-_API = ("build", "coverage", "debug")
+_API = ("build", "coverage", "debug", "keygen")
 
 
 def callable_as_api(module_name: str, function: str) -> None:

@@ -3,6 +3,7 @@
 vdeploy.build(model, target=..., example_inputs=..., precision=..., budgets=..., out=...) -> BuildResult
 vdeploy.coverage(model, target=...) -> {target: Coverage} · vdeploy.validate(bundle) -> ValidationResult
 vdeploy.targets() -> [TargetInfo] · vdeploy.debug(model, target=...) -> BisectReport
+vdeploy.keygen(path) -> (private, public) · build(..., sign_key=PEM) signs the bundle · validate(..., verify_key=PUB)
 `model`: a path or timm:NAME, an nn.Module (exported with example_inputs), a torch.export.ExportedProgram or an
 onnx.ModelProto. Every build option of the CLI is a keyword here (calib=, eval_data=, int8_sensitive=, ...), and
 prune_heads= (attention-head pruning: a count, or {block id: heads kept}; see vdeploy.prune_stage, vdeploy.prune).
@@ -69,7 +70,7 @@ def request_for(
         )
     in_memory = not isinstance(model, (str, Path))
     name = name or (type(model).__name__.lower() if in_memory else str(model))
-    for key in ("calib", "eval_data", "catalog"):
+    for key in ("calib", "eval_data", "catalog", "sign_key"):
         if options.get(key) is not None:
             options[key] = Path(options[key])
     if options.get("input_shape") is not None:
@@ -140,11 +141,20 @@ def debug(model: Any, target: str, *, example_inputs=None, progress: Progress = 
     return bisect(request.model, target, request=request, progress=progress)
 
 
-def validate(bundle: str | Path, *, iters: int = 50) -> ValidationResult:
-    """Re-run a bundle's reference I/O, latency and budgets on this machine."""
+def validate(bundle: str | Path, *, iters: int = 50, verify_key: str | Path | None = None) -> ValidationResult:
+    """Re-run a bundle's reference I/O, latency and budgets on this machine. With `verify_key` (an ed25519 public key
+    PEM) the bundle must carry a signature by that key over every file, else SignatureError."""
     from vdeploy.validate.rerun import validate_bundle
 
-    return ValidationResult(Path(bundle), validate_bundle(Path(bundle), iters=iters))
+    key = Path(verify_key) if verify_key is not None else None
+    return ValidationResult(Path(bundle), validate_bundle(Path(bundle), iters=iters, verify_key=key))
+
+
+def keygen(path: str | Path) -> tuple[Path, Path]:
+    """A new ed25519 key pair for signing bundles: `path` (private, PEM, mode 0600) and `path`.pub."""
+    from vdeploy.signing import keygen as make
+
+    return make(Path(path))
 
 
 def targets(catalog: str | Path | None = None) -> list[TargetInfo]:

@@ -31,6 +31,7 @@ from vdeploy.cli_common import (
     sensitive_arg,
     shape_arg,
 )
+from vdeploy.cli_sign import SIGN_KEY, VERIFY_KEY
 
 app = typer.Typer(
     add_completion=False,
@@ -70,6 +71,7 @@ def build(
     input_spec: list[str] = INPUT_SPEC,
     arch: str | None = ARCH,
     weights: Path | None = WEIGHTS,
+    sign: Path | None = SIGN_KEY,
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -101,6 +103,7 @@ def build(
             max_top1_drop=max_top1_drop,
             tune_trials=tune_trials,
             tuning_db=tuple(tuning_db),
+            sign_key=sign,
         )
         with Progress(as_json) as progress:
             outcomes = run_build(request, progress)
@@ -176,13 +179,14 @@ def validate(
     bundle: Path = typer.Argument(..., help="A bundle directory written by `vdeploy build`."),
     as_json: bool = typer.Option(False, "--json", help="Print the validation report as JSON on stdout."),
     iters: int = typer.Option(50, min=1, help="Timed runs for the latency measurement."),
+    verify: Path | None = VERIFY_KEY,
 ) -> None:
     """Re-run a bundle's reference I/O, latency and budgets on this machine (e.g. on the device)."""
 
     def work():
         from vdeploy import api
 
-        report = api.validate(bundle, iters=iters).report
+        report = api.validate(bundle, iters=iters, verify_key=verify).report
         if as_json:
             typer.echo(json.dumps(report, indent=2, allow_nan=False))
         else:
@@ -251,11 +255,13 @@ def targets(
 # Commands whose bodies live in their own modules, registered here explicitly.
 def _register() -> None:
     from vdeploy.cli_debug import debug
+    from vdeploy.cli_sign import keygen
     from vdeploy.cli_toolchain import toolchain_app
     from vdeploy.matrix.cli import matrix
 
     app.command()(debug)
     app.command(name="matrix")(matrix)
+    app.command()(keygen)
     app.add_typer(toolchain_app, name="toolchain")
 
 

@@ -96,6 +96,12 @@ def guarded(work, as_json: bool) -> int:
     except Exception as exc:  # the last line of defence: never a traceback unless asked for
         if os.environ.get("VDEPLOY_DEBUG"):
             raise
+        from vdeploy.host_errors import host_error
+
+        mapped = host_error(exc) if isinstance(exc, OSError) else None  # a full disk is the host's, not a bug
+        if mapped is not None:
+            fail_line(mapped.one_line(), mapped.as_dict(), as_json)
+            return 1
         message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         fail_line(
             f"{message} — rerun with VDEPLOY_DEBUG=1 for the traceback and report it",

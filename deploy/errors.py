@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class VdeployError(Exception):
     """A failure with a user-facing message and a hint; the CLI prints both on one line and exits 1."""
@@ -47,10 +49,21 @@ class UsageError(VdeployError):
     kind = "usage"
 
 
+# ONNX Runtime's prefix and C++ source location: "[ONNXRuntimeError] : 1 : FAIL : /src/model.cc:256 ns::F(args) "
+_RUNTIME_NOISE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |\S+\.(?:cc|cpp|h):\d+ [\w:~<>]+\(.*?\) ")
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message (runtimes raise walls of text), or its type name."""
+    """The first non-empty line of an exception's message (runtimes raise walls of text), or its type name; ONNX
+    Runtime's error prefix and C++ source location dropped, and a long line cut at a word with an ellipsis."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0].strip()[:limit] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    line = _RUNTIME_NOISE.sub("", lines[0].strip()).strip()
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return (cut if len(cut) > limit // 2 else line[:limit]) + " …"
 
 
 class InputSpecError(VdeployError):

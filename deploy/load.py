@@ -12,12 +12,14 @@ import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from vdeploy.errors import ModelLoadError, first_line
 
 TIMM_PREFIX = "timm:"
+MAX_ARCHIVE_BYTES = 64 << 30  # declared uncompressed size of a .pt2 / TorchScript archive
+BOMB_RATIO, BOMB_MIN_BYTES = 100, 256 << 20  # a compressed member inflating > 100x to > 256 MiB: a zip bomb
 
 
 class ModelFormat(str, enum.Enum):
@@ -88,6 +90,7 @@ def _load_zip(path: Path, trust_pickle: bool) -> LoadedModel:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            _refuse_bomb(path, archive.infolist())  # by the sizes the archive declares, before inflating anything
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelLoadError(f"{path} is truncated or corrupt ({exc})", "re-save or re-download the model") from None
@@ -101,6 +104,24 @@ def _load_zip(path: Path, trust_pickle: bool) -> LoadedModel:
     if "data.pkl" in tails:
         return _load_pickle(path, trust_pickle)
     raise ModelLoadError(f"{path} is a zip archive but not a PyTorch model", "pass a .pt2, TorchScript, ONNX file")
+
+
+def _refuse_bomb(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > BOMB_MIN_BYTES and ratio > BOMB_RATIO:
+            raise ModelLoadError(
+                f"{path} member {info.filename} declares {info.file_size / 2**30:.3g} GiB compressed into "
+                f"{info.compress_size / 2**20:.3g} MiB ({ratio:.0f}x): refused as a zip bomb, nothing was inflated",
+                "PyTorch writes its archives uncompressed: re-save the model with torch.export.save / torch.jit.save",
+            )
+    total = sum(info.file_size for info in infos)
+    if total > MAX_ARCHIVE_BYTES:
+        raise ModelLoadError(
+            f"{path} declares {total / 2**30:.3g} GiB uncompressed, over the {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB "
+            "limit for a model archive",
+            "check the file; an edge model this large will not fit the device",
+        )
 
 
 def _load_exported(path: Path) -> LoadedModel:
@@ -176,7 +197,7 @@ def _load_onnx(path: Path) -> LoadedModel:
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)  # external data only once its paths are checked
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(
             f"{path} is not a recognised model file (not .pt2, TorchScript, pickle or ONNX: {first_line(exc)})",
@@ -187,11 +208,45 @@ def _load_onnx(path: Path) -> LoadedModel:
             f"{path} is not a recognised model file (no ONNX graph in it)",
             "check that the file is complete and in a supported format",
         )
+    _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"{path} is not a valid ONNX model: {first_line(exc)}", "re-export the model") from None
     return _loaded(path, ModelFormat.onnx, onnx_inputs(model), onnx_model=model)
+
+
+def _load_external_data(model, path: Path) -> None:
+    """Tensors stored in external files are read only from files inside the model's folder: an absolute location,
+    a `..` or a symbolic link out of the folder is refused (onnx would raise its own ValidationError)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    folder = path.parent.resolve()  # where onnx.load looks: beside the path as given
+    for tensor in (t for t in _get_all_tensors(model) if uses_external_data(t)):
+        location = ExternalDataInfo(tensor).location or ""
+        where = folder / location
+        if not location or PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute():
+            problem = "is an absolute path" if location else "is empty"
+        elif ".." in PurePosixPath(location.replace("\\", "/")).parts:
+            problem = "climbs out of the model's folder (..)"
+        elif not where.resolve().is_relative_to(folder):
+            problem = f"leads out of the model's folder through a symbolic link (to {where.resolve()})"
+        elif not where.is_file():
+            problem = "does not exist beside the model"
+        else:
+            continue
+        raise ModelLoadError(
+            f"{path}: tensor {tensor.name!r} keeps its data in an external file whose location {location!r} {problem}",
+            "keep external data files in the model's folder: onnx.save(model, path, save_as_external_data=True, "
+            "location='model.data'), and copy the .data file with the model",
+        )
+    try:
+        onnx.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(
+            f"{path}: its external data cannot be read: {first_line(exc)}", "re-save the model"
+        ) from None
 
 
 def onnx_inputs(model) -> list[InputSpec]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from vdeploy.bundle import BundleWriter, check_out_dir
 from vdeploy.errors import TargetError, VdeployError
+from vdeploy.host_errors import host_error, refuse_dangling_link
 from vdeploy.plan import BuildState, Shared, plan, run_plan
 from vdeploy.targets import Budgets, Precision, Target, Tolerance, load_catalog
 
@@ -46,6 +47,7 @@ class BuildRequest:
     tuning_db: tuple[Path, ...] = ()  # TVM: bundles or tuning/ folders whose records seed the cache
     input_specs: tuple[str, ...] = ()  # --input-spec NAME:KIND[:ARGS]: how seeded validation inputs are drawn
     arch: str | None = None  # --arch timm:NAME | package.module:factory (then `model` is the weights file)
+    sign_key: Path | None = None  # --sign: ed25519 private key (PEM); the bundle gets signature.json (signing.py)
     samples: int = 8
     warmup: int = 10
     iters: int = 50
@@ -156,11 +158,24 @@ def new_state(request: BuildRequest, target: Target, shared: Shared, progress: P
 
 def build_target(state: BuildState, instruments=None) -> BuildResult:
     """Run the target's whole plan inside a bundle writer and write the bundle."""
+    request, target = state.request, state.target
+    name = f"{state.shared.loaded.stem}-{target.name}"
+    refuse_dangling_link(request.out_dir / name, "the bundle path")
+    try:
+        return _write_bundle(state, name, instruments)
+    except OSError as exc:  # a full disk while writing the bundle is the host's condition: say where
+        mapped = host_error(exc, str(request.out_dir / name))
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def _write_bundle(state: BuildState, name: str, instruments) -> BuildResult:
     from vdeploy.manifest import serialize
     from vdeploy.report_html import render_html
 
     request, target = state.request, state.target
-    with BundleWriter(request.out_dir, f"{state.shared.loaded.stem}-{target.name}") as writer:
+    with BundleWriter(request.out_dir, name) as writer:
         state.work_dir = writer.tmp
         run_plan(plan(target, request), state, instruments)
         np.savez(
@@ -170,6 +185,10 @@ def build_target(state: BuildState, instruments=None) -> BuildResult:
         )
         manifest = serialize(state, writer.file_entries())
         (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
+        if request.sign_key is not None:  # last: the signature covers every file, manifest and report.html included
+            from vdeploy.signing import load_private_key, sign_bundle
+
+            sign_bundle(writer.tmp, load_private_key(request.sign_key), manifest)
         bundle = writer.finish(manifest)
     return BuildResult(target.name, manifest, bundle, dict(state.timings))
 
@@ -177,7 +196,12 @@ def build_target(state: BuildState, instruments=None) -> BuildResult:
 def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Outcome]:
     """Build every requested target from one load and one reference run. With one target its error is raised."""
     targets = resolve_targets(request.targets, request.catalog)
+    refuse_dangling_link(request.out_dir, "--out")
     check_out_dir(request.out_dir)
+    if request.sign_key is not None:  # a bad key fails before any work
+        from vdeploy.signing import load_private_key
+
+        load_private_key(request.sign_key)
     shared = Shared()
     run_plan(plan(targets[0], request, until="reference"), new_state(request, targets[0], shared, progress))
     outcomes = []

@@ -8,6 +8,9 @@ graph optimisations off) -> refused when they hold NaN (the inputs, not the buil
 from __future__ import annotations
 
 import enum
+import math
+import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +19,9 @@ from vdeploy.errors import InputSpecError, ModelLoadError, first_line
 from vdeploy.load import InputSpec, LoadedModel, ModelFormat
 
 SEED = 20261122
+MAX_RANK = 16  # dimensions of one input (numpy stops at 64; vision models use <= 6)
+MAX_SAMPLE_BYTES = 4 << 30  # all seeded validation samples together, as drawn (float64), before any allocation
+SAMPLE_BYTES_ENV = "VDEPLOY_MAX_SAMPLE_BYTES"
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -25,7 +31,33 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise ModelLoadError(f"--input-shape {text!r} is not a list of integers", "write it as 1,3,224,224") from None
     if not dims or any(d <= 0 for d in dims):
         raise ModelLoadError(f"--input-shape {text!r} has a non-positive dimension", "write it as 1,3,224,224")
+    check_rank("--input-shape", dims)
     return dims
+
+
+def check_rank(name: str, shape: tuple[int, ...]) -> None:
+    if len(shape) > MAX_RANK:
+        raise InputSpecError(
+            f"{name} has {len(shape)} dimensions; vdeploy takes inputs of at most {MAX_RANK}",
+            "check the shape (vision inputs are N,C,H,W or similar)",
+        )
+
+
+def check_sample_size(inputs: tuple[InputSpec, ...], count: int) -> None:
+    """Refuse, before allocating, inputs whose seeded samples would not fit: a declared 10^12-element input or
+    --input-shape 1,3,100000,100000 is a clear error, not a MemoryError."""
+    limit = int(os.environ.get(SAMPLE_BYTES_ENV) or MAX_SAMPLE_BYTES)
+    total = 0
+    for spec in inputs:
+        check_rank(f"input {spec.name!r}", spec.shape)
+        elements = math.prod(spec.shape)
+        total += count * elements * 8  # drawn as float64, then cast
+        if total > limit:
+            raise InputSpecError(
+                f"input {spec.name!r} of shape {_fmt(spec.shape)} has {elements:.3g} elements: {count} validation "
+                f"samples would take {total / 2**30:.3g} GiB, over the {limit / 2**30:.3g} GiB limit",
+                f"check the shape (--input-shape, or the model's declared input); to allow it, set {SAMPLE_BYTES_ENV}",
+            )
 
 
 def resolve_inputs(loaded: LoadedModel, shape: tuple[int, ...] | None) -> tuple[InputSpec, ...]:
@@ -158,6 +190,7 @@ def make_samples(
 ) -> dict[str, np.ndarray]:
     """Seeded samples, one batch per sample: {name: [count, *shape]}. Inputs without a spec are standard normal
     (the same draws as before specs existed, so default builds see the same inputs)."""
+    check_sample_size(inputs, count)
     rng = np.random.default_rng(SEED)
     samples = {}
     for spec in inputs:
@@ -244,14 +277,36 @@ def _torch_runner(loaded: LoadedModel):
             with torch.inference_mode():
                 result = loaded.module(*tensors)
         except Exception as exc:  # a shape mismatch surfaces as any of several torch errors
-            shapes = " and ".join(_fmt(a.shape) for a in arrays)
-            raise ModelLoadError(
-                f"input shape {shapes} does not fit the model: {first_line(exc, 200)}",
-                "pass the shape the model was built for with --input-shape",
-            ) from None
+            raise _forward_error(exc, " and ".join(_fmt(a.shape) for a in arrays)) from None
         return [t.detach().float().numpy() if t.is_floating_point() else t.numpy() for t in _flatten(result)]
 
     return run
+
+
+_SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1 and mat2|must match|broadcast|expected input", re.I)
+
+
+def _forward_error(exc: Exception, shapes: str) -> ModelLoadError:
+    """A shape mismatch is blamed on the shape; anything else the model's forward raised is reported as that
+    (TorchScript wraps it: its last line holds the model's own exception)."""
+    kind, text = type(exc).__name__, first_line(exc)
+    if text.startswith("The following operation failed in the TorchScript interpreter"):
+        last = [line for line in str(exc).splitlines() if line.strip()][-1].strip()
+        kind, _, text = last.partition(": ")
+        kind = kind.removeprefix("builtins.")
+    if kind == "RuntimeError" and _SHAPE_WORDS.search(text):
+        return ModelLoadError(
+            f"input shape {shapes} does not fit the model: {text}",
+            "pass the shape the model was built for with --input-shape",
+        )
+    return ModelLoadError(
+        f"the model's forward raised {kind} on the validation inputs (shape {shapes}): {text}",
+        "the error comes from the model's own code: fix it, or check the inputs it expects (--input-shape, "
+        "--input-spec)",
+    )
+
+
+_IR_VERSION = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 
 
 def _onnx_runner(loaded: LoadedModel):
@@ -264,8 +319,16 @@ def _onnx_runner(loaded: LoadedModel):
             loaded.onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:
+        ir = _IR_VERSION.search(str(exc))
+        if ir:
+            raise ModelLoadError(
+                f"{loaded.source} is saved at ONNX IR version {ir[1]}; ONNX Runtime {ort.__version__} reads IR "
+                f"versions up to {ir[2]}",
+                f"re-save it at IR version {ir[2]} (model.ir_version = {ir[2]}; onnx.save(model, path)), or export "
+                "it with the onnx release that matches this ONNX Runtime",
+            ) from None
         raise ModelLoadError(
-            f"ONNX Runtime cannot run {loaded.source} as given: {first_line(exc, 200)}",
+            f"ONNX Runtime cannot run {loaded.source} as given: {first_line(exc)}",
             "check the model with onnx.checker and onnxruntime first",
         ) from None
     names = [i.name for i in session.get_inputs()]

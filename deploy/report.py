@@ -114,6 +114,10 @@ def print_validation(report: dict, console: Console | None = None) -> None:
     )
     console.print(numerics_line(report["numerics"], report["budgets"]["numerics"]))
     console.print(latency_line(report["latency_ms"], report["budgets"]))
+    if "signature" in report:
+        from vdeploy.signing import SignatureStatus
+
+        console.print(SignatureStatus(report["signature"]["state"], report["signature"]["key_fingerprint"]).line())
     _print_verdict(report, console)
 
 

@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vdeploy import callable_as_api
 from vdeploy.errors import TargetError
 from vdeploy.graph_passes.ops import OpId, OpSet  # noqa: F401  (re-exported: the op-set types live there)
 
 DEFAULT_CATALOG = Path(__file__).with_name("targets.yaml")
+RESERVED_NAMES = frozenset({"all"})  # `--target all` selects every target: no target or alias may be called that
+MAX_PROFILE_CHAIN = 32  # op profiles built on one another through `base:`
+OP_NAME = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_.\-]*::)?[A-Za-z_][A-Za-z0-9_]*")  # Op or domain::Op
 
 
 class Precision(str, enum.Enum):
@@ -48,35 +61,43 @@ class OpProfile(_Strict):
     # legalization does not rely on them; not inherited through base
     unknown: list[str] = []
 
+    @field_validator("ops", "add", "remove", "unknown")
+    @classmethod
+    def _op_names(cls, names: list[str]) -> list[str]:
+        bad = [name for name in names if not OP_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an op name (write Op or domain::Op)")
+        return names
+
 
 class Tolerance(_Strict):
     """Numerics gate against the PyTorch reference, per output."""
 
-    max_rel_err: float = Field(gt=0, lt=1)  # max |out - ref| / max |ref|
-    min_cosine: float = Field(gt=0, le=1)
-    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
-    max_top1_drop: float | None = Field(default=None, ge=0)  # points of labelled top-1 (needs --eval-data)
+    max_rel_err: StrictFloat = Field(gt=0, lt=1)  # max |out - ref| / max |ref|
+    min_cosine: StrictFloat = Field(gt=0, le=1)
+    min_top1_agreement: StrictFloat | None = Field(default=None, ge=0, le=1)
+    max_top1_drop: StrictFloat | None = Field(default=None, ge=0)  # points of labelled top-1 (needs --eval-data)
 
 
-class Budgets(_Strict):
-    latency_ms: float | None = Field(default=None, gt=0)
+class Budgets(_Strict):  # Strict*: `latency_ms: true` is refused, not read as 1.0
+    latency_ms: StrictFloat | None = Field(default=None, gt=0)
     latency_stat: LatencyStat = LatencyStat.p50
-    power_w: float | None = Field(default=None, gt=0)
-    energy_mj: float | None = Field(default=None, gt=0)  # energy per inference
-    size_mb: float | None = Field(default=None, gt=0)
-    peak_mem_mb: float | None = Field(default=None, gt=0)  # peak resident memory of the process running the artifact
-    sram_kb: float | None = Field(default=None, gt=0)  # on-chip SRAM / tensor arena (MCU NPUs; from the compiler)
-    flash_kb: float | None = Field(default=None, gt=0)  # read-only model storage (MCU NPUs; from the compiler)
+    power_w: StrictFloat | None = Field(default=None, gt=0)
+    energy_mj: StrictFloat | None = Field(default=None, gt=0)  # energy per inference
+    size_mb: StrictFloat | None = Field(default=None, gt=0)
+    peak_mem_mb: StrictFloat | None = Field(default=None, gt=0)  # peak resident memory of the process running it
+    sram_kb: StrictFloat | None = Field(default=None, gt=0)  # on-chip SRAM / tensor arena (MCU NPUs; from the compiler)
+    flash_kb: StrictFloat | None = Field(default=None, gt=0)  # read-only model storage (MCU NPUs; from the compiler)
 
 
 class Hardware(_Strict):
     """Device figures for the analytic latency/power estimate; each target cites where they come from."""
 
-    peak_gops: dict[Precision, float]  # dense peak, giga-ops per second (a MAC counts as 2 ops)
-    mem_bw_gbs: float = Field(gt=0)  # DRAM bandwidth, GB/s
-    idle_w: float = Field(ge=0)
-    active_w: float = Field(gt=0)  # board/package power at full load
-    efficiency: float = Field(default=0.3, gt=0, le=1)  # achieved fraction of peak; calibrated where measured
+    peak_gops: dict[Precision, StrictFloat]  # dense peak, giga-ops per second (a MAC counts as 2 ops)
+    mem_bw_gbs: StrictFloat = Field(gt=0)  # DRAM bandwidth, GB/s
+    idle_w: StrictFloat = Field(ge=0)
+    active_w: StrictFloat = Field(gt=0)  # board/package power at full load
+    efficiency: StrictFloat = Field(default=0.3, gt=0, le=1)  # achieved fraction of peak; calibrated where measured
     source: str = Field(min_length=1)
 
 
@@ -84,7 +105,9 @@ class PrecisionOptions(_Strict):
     keep_fp32: list[
         str
     ] = []  # FP16 builds: op types, node names or rule families kept FP32 (default: see precision.py)
-    int8_everywhere: bool = False  # INT8 builds quantize every layer (NPU profiles); else transformer-aware placement
+    int8_everywhere: StrictBool = (
+        False  # INT8 builds quantize every layer (NPU profiles); else transformer-aware placement
+    )
     int8_keep_float: list[str] = []  # ONNX node names never quantized
 
 
@@ -93,8 +116,8 @@ class TargetSpec(_Strict):
     aliases: list[str] = []
     backend: str  # a row of vdeploy.backends' table
     op_profile: str
-    fallback: bool = False  # may ops outside the profile run on a fallback device (e.g. CPU)?
-    opset: int = Field(default=18, ge=13, le=23)
+    fallback: StrictBool = False  # may ops outside the profile run on a fallback device (e.g. CPU)?
+    opset: StrictInt = Field(default=18, ge=13, le=23)
     precisions: list[Precision]
     default_precision: Precision = Precision.fp32
     budgets: Budgets = Budgets()
@@ -102,7 +125,7 @@ class TargetSpec(_Strict):
     precision_options: PrecisionOptions = PrecisionOptions()
     hardware: Hardware | None = None
     options: dict[str, Any] = {}  # the backend's own settings, validated by its options_model
-    allow_estimates: bool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
+    allow_estimates: StrictBool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
     handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)
     sources: list[str] = []
 
@@ -168,6 +191,12 @@ class Catalog:
                     f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
                 )
             for key in (name, *spec.aliases):
+                if key in RESERVED_NAMES or not key.strip():
+                    raise TargetError(
+                        f"{self.path}: target {name!r}: the name {key!r} cannot be selected "
+                        + ("(`--target all` means every target)" if key in RESERVED_NAMES else "(it is empty)"),
+                        "rename it",
+                    )
                 if key in seen:
                     raise TargetError(
                         f"{self.path}: name {key!r} is used by targets {seen[key]!r} and {name!r}",
@@ -176,17 +205,29 @@ class Catalog:
                 seen[key] = name
 
     def _resolve(self, name: str, chain: tuple[str, ...]) -> frozenset:
-        if name in chain:
-            raise TargetError(f"{self.path}: op profile cycle {' -> '.join((*chain, name))}", "remove the cycle")
-        profile = self.data.op_profiles.get(name)
-        if profile is None:
-            raise TargetError(
-                f"{self.path}: op profile {chain[-1]!r} has unknown base {name!r}",
-                f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
-            )
-        ops = set(self._resolve(profile.base, (*chain, name))) if profile.base else set()
-        ops |= {OpId.parse(o) for o in (*profile.ops, *profile.add)}
-        ops -= {OpId.parse(o) for o in profile.remove}
+        """The op set of a profile: its `base:` chain walked without recursion (a long chain or a cycle is a
+        TargetError, never a RecursionError), then ops/add/remove applied from the root down."""
+        profiles = []
+        while name is not None:
+            if name in chain:
+                raise TargetError(f"{self.path}: op profile cycle {' -> '.join((*chain, name))}", "remove the cycle")
+            if len(chain) >= MAX_PROFILE_CHAIN:
+                raise TargetError(
+                    f"{self.path}: op profile {chain[0]!r} has over {MAX_PROFILE_CHAIN} profiles under it (base:)",
+                    "flatten the chain: list the ops in fewer profiles",
+                )
+            profile = self.data.op_profiles.get(name)
+            if profile is None:
+                raise TargetError(
+                    f"{self.path}: op profile {chain[-1]!r} has unknown base {name!r}",
+                    f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
+                )
+            profiles.append(profile)
+            chain, name = (*chain, name), profile.base
+        ops: set = set()
+        for profile in reversed(profiles):
+            ops |= {OpId.parse(o) for o in (*profile.ops, *profile.add)}
+            ops -= {OpId.parse(o) for o in profile.remove}
         return frozenset(ops)
 
     @cached_property
@@ -215,22 +256,27 @@ class Catalog:
 
 def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
     """Read and validate a targets.yaml (default: $VDEPLOY_TARGETS, else the shipped catalogue)."""
+    from vdeploy.yaml_strict import YamlRefused, load_yaml
+
     path = Path(path or os.environ.get("VDEPLOY_TARGETS") or DEFAULT_CATALOG)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path)
     except OSError as exc:
         raise TargetError(f"cannot read target catalogue {path}: {exc.strerror}", "check the path") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where else ""
-        raise TargetError(f"{path} is not valid YAML{at}", "fix the syntax") from None
+    except YamlRefused as exc:
+        raise TargetError(
+            f"{path}: {exc}", "fix the file (catalogues are read strictly: see docs/refusals.md)"
+        ) from None
     try:
         data = CatalogFile.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
+        where = f"{loc}: " if loc else ""
+        got = f" (got {first['input']!r})" if isinstance(first.get("input"), (bool, int, float, str)) else ""
         raise TargetError(
-            f"{path}: {loc}: {first['msg']}", f"{exc.error_count()} problem(s); see the schema in deploy/targets.py"
+            f"{path}: {where}{first['msg'].removeprefix('Value error, ')}{got}",
+            f"{exc.error_count()} problem(s); see the schema in deploy/targets.py",
         ) from None
     return Catalog(data, path)
 

@@ -1,6 +1,7 @@
 """`vdeploy validate BUNDLE`: re-run a bundle's reference I/O on this machine, using only the bundle.
 
-bundle dir -> verify file hashes -> run artifact on reference_io inputs (child process) -> compare, time -> judge
+bundle dir -> manifest checked (validate/trust.py: paths inside, all hashed, options allowed) -> verify file
+hashes -> run artifact on reference_io inputs (child process) -> compare, time -> judge
 """
 
 from __future__ import annotations
@@ -11,27 +12,29 @@ from pathlib import Path
 import numpy as np
 
 from vdeploy.bundle import MANIFEST, read_manifest
-from vdeploy.errors import VdeployError
 from vdeploy.load import sha256_file
 from vdeploy.strict_json import with_reasons
+from vdeploy.validate.trust import BundleError, check_structure, checked_artifact, inside
 
 
-class BundleError(VdeployError):
-    kind = "bundle"
+def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10, verify_key: Path | None = None) -> dict:
+    from pydantic import ValidationError
 
-
-def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> dict:
     from vdeploy.backends import get_backend
-    from vdeploy.backends.base import Artifact
+    from vdeploy.errors import first_line
     from vdeploy.judging import figures_of_run, judge_figures
+    from vdeploy.signing import verify_bundle
     from vdeploy.targets import Budgets, Tolerance
     from vdeploy.validate.compare import compare
     from vdeploy.validate.isolate import run_artifact
 
     bundle_dir = Path(bundle_dir)
+    if not (bundle_dir / MANIFEST).is_file():
+        raise BundleError(f"{bundle_dir} is not a vdeploy bundle (no {MANIFEST})", "pass the directory `build` wrote")
+    signature = verify_bundle(bundle_dir, verify_key)  # before anything is read from the manifest
     manifest = _read(bundle_dir)
+    artifact = checked_artifact(bundle_dir, manifest)
     _verify_files(bundle_dir, manifest)
-    artifact = Artifact.from_dict(manifest["artifact"])
     backend = get_backend(artifact.backend)
     artifact = backend.prepare(artifact, bundle_dir)  # finish a deferred build where this host can (TensorRT)
     with np.load(bundle_dir / "reference_io.npz") as data:
@@ -53,9 +56,15 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
     if figures.power is None and not run.power_reason:
         figures.missing["power_w"] = "no power meter on this host"
     power = figures.power
+    try:
+        gates = Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}), Tolerance(**budgets["numerics"])
+    except (ValidationError, TypeError) as exc:
+        problem = first_line(exc)
+        if isinstance(exc, ValidationError):
+            problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise BundleError(f"the manifest's budgets are not valid ({problem})", "rebuild the bundle") from None
     judgement = judge_figures(
-        Budgets(**{k: v for k, v in budgets.items() if k != "numerics"}),
-        Tolerance(**budgets["numerics"]),
+        *gates,
         numerics,
         figures,
         allow_estimates=False,
@@ -77,6 +86,7 @@ def validate_bundle(bundle_dir: Path, *, iters: int = 50, warmup: int = 10) -> d
             "violations": [v.to_manifest() for v in judgement.violations],
             "verdict": judgement.verdict.value,
             "reason": {**missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})},
+            "signature": signature.to_report(),
         }
     )
 
@@ -98,17 +108,15 @@ def _build_top1_drop(manifest: dict, artifact, missing: dict) -> float | None:
 
 
 def _read(bundle_dir: Path) -> dict:
-    if not (bundle_dir / MANIFEST).is_file():
-        raise BundleError(f"{bundle_dir} is not a vdeploy bundle (no {MANIFEST})", "pass the directory `build` wrote")
     try:
-        return read_manifest(bundle_dir)
-    except ValueError as exc:
+        return check_structure(read_manifest(bundle_dir), bundle_dir / MANIFEST)
+    except ValueError as exc:  # JSON, or UTF-8
         raise BundleError(f"{bundle_dir / MANIFEST} is not valid JSON ({exc})", "rebuild the bundle") from None
 
 
 def _verify_files(bundle_dir: Path, manifest: dict) -> None:
     for entry in manifest["files"]:
-        path = bundle_dir / entry["path"]
+        path = inside(bundle_dir, entry["path"], "file")
         if not path.is_file():
             raise BundleError(f"bundle file {entry['path']} is missing", "copy the whole bundle directory")
         if sha256_file(path) != entry["sha256"]:
