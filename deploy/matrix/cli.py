@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -30,7 +33,7 @@ def matrix(
         from vdeploy.report import make_console
 
         release, base = load_release(release_file)
-        with Display(quiet=as_json) as display:
+        with Display(quiet=as_json) as display, _stdout_on_stderr():
             result = run_release(
                 release, base, out=out.resolve() if out else None, ray_address=ray_address, force=force, display=display
             )
@@ -44,3 +47,18 @@ def matrix(
         return result.exit_code
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+@contextlib.contextmanager
+def _stdout_on_stderr():
+    """While Ray runs, whatever writes to stdout (Ray's own `(raylet) A worker died ...` notices) goes to stderr:
+    stdout carries only the summary, or the JSON with --json."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

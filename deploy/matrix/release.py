@@ -111,6 +111,13 @@ class Cell:
     device: str | None = None
 
     @property
+    def bundle(self) -> Path:
+        """Where the build puts its bundle: OUT/<model file stem or timm name>-<target>, as a single build does."""
+        model = self.request.model
+        stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
+        return Path(self.request.out_dir) / f"{stem}-{self.target}"
+
+    @property
     def cell_id(self) -> str:
         return "__".join(
             part.replace("/", "_").replace(":", "_") for part in (self.model, self.target, self.precision or "default")
@@ -241,14 +248,10 @@ def _resolve(base: Path, path: str | Path) -> Path:
 
 def _check_unique(all_cells: list[Cell]) -> None:
     """Two cells writing one bundle (two models with the same file stem) would overwrite each other."""
-    seen: dict[tuple, str] = {}
+    seen: dict[Path, str] = {}
     for cell in all_cells:
-        model = cell.request.model
-        stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
-        key = (str(cell.request.out_dir), stem, cell.target)
-        if key in seen:
+        if cell.bundle in seen:
             raise ReleaseFileError(
-                f"models {seen[key]} and {cell.model} would both write {cell.request.out_dir}/{stem}-{cell.target}",
-                "rename one model file",
+                f"models {seen[cell.bundle]} and {cell.model} would both write {cell.bundle}", "rename one model file"
             )
-        seen[key] = cell.model
+        seen[cell.bundle] = cell.model

@@ -60,6 +60,7 @@ def release_dict(result: ReleaseRun) -> dict:
                         "attempts",
                         "node",
                         "host",
+                        "pid",
                         "seconds",
                         "files",
                         "device_validation",
@@ -179,6 +180,12 @@ def render_html(data: dict) -> str:
     for cell in data["cells"]:
         counts[cell["status"]] = counts.get(cell["status"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    ray = data.get("ray") or {}
+    where = (
+        f"Ray {esc(str(ray.get('address')))}: {len(ray.get('nodes') or [])} node(s), {ray.get('cpus')} CPUs"
+        if ray
+        else "no Ray started (every cell unchanged)"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>release {esc(data["name"])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}
@@ -186,7 +193,7 @@ td,th{{border:1px solid #ccc;padding:.4em .6em;vertical-align:top;text-align:lef
 td.none{{color:#aaa}}small{{color:#555}}a.log{{color:#555}}</style></head><body>
 <h1>release {esc(data["name"])}</h1>
 <p>{len(data["cells"])} cells: {esc(summary)} · {data["built"]} built, {data["cached"]} unchanged ·
-wall {data["wall_s"]:.1f} s · exit code {data["exit_code"]} · {esc(data["finished"])}</p>
+wall {data["wall_s"]:.1f} s · {where} · exit code {data["exit_code"]} · {esc(data["finished"])}</p>
 <table><tr><th>model</th>{head}</tr>
 {chr(10).join(rows)}
 </table></body></html>

@@ -127,7 +127,7 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
             memory=int(res.memory_gb * 2**30),
             max_retries=release.retries,
             retry_exceptions=False,
-        ).remote(run.cell.request, str(run.log), python_path)
+        ).remote(with_tuning_seed(run.cell), str(run.log), python_path)
         run.started = time.perf_counter()
         waiting[run.ref] = (run, "build")
     resources = ray.cluster_resources()
@@ -141,6 +141,7 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
                 outcome = {"status": "crashed", "error": _crash_line(exc, run)}
             if step == "build":
                 run.record = {**outcome, "attempts": run.attempts}
+                _check_visible(run.record)
                 if run.cell.device and run.record["status"] in ("pass", "fail", "unverified"):
                     resource = f"device:{run.cell.device}"
                     if resources.get(resource, 0) < 1:
@@ -151,11 +152,13 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
                     else:
                         validate = ray.remote(run_validate).options(
                             num_cpus=res.num_cpus,
+                            memory=int(res.memory_gb * 2**30),
                             resources={resource: 1},
                             max_retries=release.retries,
                             name=f"validate:{run.cell.cell_id}",
                         )
-                        ref2 = validate.remote(run.record["bundle"], str(run.log))
+                        request = run.cell.request
+                        ref2 = validate.remote(run.record["bundle"], str(run.log), request.iters, request.warmup)
                         waiting[ref2] = (run, "validate")
                         run.state = "validating"
                         continue
@@ -175,6 +178,17 @@ def _finish(run: CellRun, out_root: Path) -> None:
         save_record(out_root, run.cell, run.key, run.record)
 
 
+def _check_visible(record: dict) -> None:
+    """A bundle written on another node must be on this machine too: `out:` has to be storage every node shares."""
+    bundle = record.get("bundle")
+    if bundle and not (Path(bundle) / "manifest.json").is_file():
+        record["status"] = "error"
+        record["error"] = (
+            f"the bundle was written on node {record.get('node')} (host {record.get('host')}) at {bundle}, which "
+            "this machine does not see: put the models, data and out: on storage every Ray node shares (NFS)"
+        )
+
+
 def _crash_line(exc, run: CellRun) -> str:
     text = " ".join(str(exc).split())
     kind = type(exc).__name__
@@ -188,13 +202,22 @@ def _clean_tmp(run: CellRun) -> None:
     """A worker killed mid-build leaves its bundle's temporary directory; the retry wrote its own."""
     if run.state not in ("done", "cached"):
         return
-    request = run.cell.request
-    model = request.model
-    stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
-    bundle = run.record.get("bundle")
-    name = Path(bundle).name if bundle else f"{stem}-{run.cell.target}"
-    for tmp in Path(request.out_dir).glob(f".{name}.tmp-*"):
+    bundle = run.cell.bundle
+    for tmp in bundle.parent.glob(f".{bundle.name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def with_tuning_seed(cell: Cell):
+    """The cell's request, its last bundle's TVM tuning records added as a seed: a rebuild on any node starts from
+    them (each machine's own cache holds only what was tuned there). Not part of the cell key."""
+    from dataclasses import replace
+
+    from vdeploy.targets import load_catalog
+
+    request = cell.request
+    if load_catalog(request.catalog).get(cell.target).backend != "tvm" or not (cell.bundle / "tuning").is_dir():
+        return request
+    return replace(request, tuning_db=(*request.tuning_db, cell.bundle))
 
 
 class _Ray:
@@ -206,6 +229,9 @@ class _Ray:
 
     def __enter__(self) -> dict:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report: nothing leaves the machine
+        if not self.address:
+            # a one-node Ray: Ray binds 127.0.0.1 only when it is told the node is no cluster (read at import)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             import ray
         except ImportError:
@@ -231,10 +257,9 @@ class _Ray:
         else:
             self.temp = tempfile.mkdtemp(prefix="vdray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", _temp_dir=self.temp, **kwargs)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
         return {
             "address": self.address or "embedded",
-            "nodes": len(nodes),
+            "nodes": [_node(n) for n in ray.nodes() if n.get("Alive")],
             "cpus": ray.cluster_resources().get("CPU"),
             "ray": ray.__version__,
         }
@@ -245,3 +270,16 @@ class _Ray:
         ray.shutdown()
         if self.temp:
             shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _node(info: dict) -> dict:
+    """A Ray node as release.json lists it: id, address, CPUs, memory and its custom resources (device:<kind>)."""
+    resources = info.get("Resources") or {}
+    builtin = ("CPU", "GPU", "memory", "object_store_memory")
+    return {
+        "id": info.get("NodeID"),
+        "address": info.get("NodeManagerAddress"),
+        "cpus": resources.get("CPU"),
+        "memory_gb": round(resources.get("memory", 0) / 2**30, 1),
+        "resources": {k: v for k, v in resources.items() if k not in builtin and not k.startswith("node:")},
+    }

@@ -60,6 +60,7 @@ def run_cell(request, log: str, python_path: list[str]) -> dict:
             fh.write(f"vdeploy: {message}\n")
 
         try:
+            _check_inputs(request)
             outcome = build(request, progress)[0]
             result = outcome.result
         except VdeployError as exc:
@@ -80,7 +81,7 @@ def run_cell(request, log: str, python_path: list[str]) -> dict:
     }
 
 
-def run_validate(bundle: str, log: str) -> dict:
+def run_validate(bundle: str, log: str, iters: int = 50, warmup: int = 10) -> dict:
     """`vdeploy validate BUNDLE` on this worker (the one offering the device resource)."""
     from vdeploy.errors import VdeployError
     from vdeploy.validate.rerun import validate_bundle
@@ -89,7 +90,7 @@ def run_validate(bundle: str, log: str) -> dict:
     base = {"pid": os.getpid(), "node": _node_id(), "host": socket.gethostname()}
     with _logged(Path(log), "validate") as fh:
         try:
-            report = validate_bundle(Path(bundle))
+            report = validate_bundle(Path(bundle), iters=iters, warmup=warmup)
         except VdeployError as exc:
             fh.write(f"validate error: {exc.one_line()}\n")
             return {**base, "status": "error", "error": exc.one_line(), "seconds": time.perf_counter() - started}
@@ -103,6 +104,18 @@ def run_validate(bundle: str, log: str) -> dict:
         "violations": [v.get("message") for v in report["violations"]],
         "seconds": time.perf_counter() - started,
     }
+
+
+def _check_inputs(request) -> None:
+    """The release's files must be on this node too (a cluster without shared storage fails here, per cell)."""
+    from vdeploy.errors import ModelLoadError
+
+    for path in (request.model, request.calib, request.eval_data):
+        if path is not None and not str(path).startswith("timm:") and not Path(path).exists():
+            raise ModelLoadError(
+                f"{path} is not on node {_node_id()} (host {socket.gethostname()})",
+                "put the release's models, data and out: on storage every Ray node shares (NFS)",
+            )
 
 
 def summary_of(manifest: dict, bundle: Path) -> dict:
