@@ -56,15 +56,15 @@ def sequential(models, targets, out: Path) -> tuple[float, dict]:
     return time.perf_counter() - started, cells
 
 
-def matrix(release: Path, out: Path) -> tuple[float, dict]:
+def matrix(release: Path, out: Path) -> tuple[float, dict, str]:
+    """(wall, release.json, what a user sees: progress lines + summary) of `vdeploy matrix` off a terminal."""
     started = time.perf_counter()
-    proc = subprocess.run(
-        [VDEPLOY, "matrix", str(release), "--out", str(out), "--json"], capture_output=True, text=True
-    )
+    cmd = [VDEPLOY, "matrix", str(release), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "150"})
     wall = time.perf_counter() - started
-    if not proc.stdout.strip():
+    if not (out / "release.json").is_file():
         sys.exit(f"vdeploy matrix failed: {proc.stderr[-2000:]}")
-    return wall, json.loads(proc.stdout)
+    return wall, json.loads((out / "release.json").read_text()), proc.stderr + proc.stdout
 
 
 def main() -> None:
@@ -85,8 +85,9 @@ def main() -> None:
         print(f"sequential single builds ({len(args.models)} x {len(args.targets)}):", flush=True)
         seq_wall, seq_cells = sequential(args.models, args.targets, tmp / "single")
         print(f"vdeploy matrix (embedded Ray, {slots} CPUs):", flush=True)
-        mx_wall, data = matrix(release, tmp / "matrix")
-        again_wall, again = matrix(release, tmp / "matrix")
+        mx_wall, data, shown = matrix(release, tmp / "matrix")
+        again_wall, again, shown_again = matrix(release, tmp / "matrix")
+        print(shown, shown_again, sep="\n", flush=True)
     tasks = {(c["model"].removeprefix("timm:"), c["target"]): c for c in data["cells"]}
     times = [c["seconds"] for c in tasks.values() if c.get("seconds")]
     overhead = mx_wall - makespan(times, slots)

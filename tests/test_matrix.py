@@ -252,6 +252,8 @@ def test_cluster_matrix_survives_a_killed_worker_and_a_crashing_build(golden_fil
         ("models: [{path: m.pt2}]\ntargets: [no-such-chip]\n", "unknown target 'no-such-chip'"),
         ("models: [{path: m.pt2, budgets: {speed: 1}}]\ntargets: [onnxruntime-cpu]\n", "unknown budget"),
         ("models: [{path: m.pt2, colour: red}]\ntargets: [onnxruntime-cpu]\n", "colour"),
+        ("models: [{path: m.pt2, options: {iters: ten}}]\ntargets: [onnxruntime-cpu]\n", "iters: Input should be"),
+        ("models: [{path: m.pt2, precisions: [int4]}]\ntargets: [x86-cpu]\n", "x86-cpu offers no precision"),
     ],
 )
 def test_bad_release_file_is_one_line(tmp_path, text, words):
@@ -266,3 +268,18 @@ def test_bad_release_file_is_one_line(tmp_path, text, words):
     )
     assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bundles").exists()
+
+
+def test_a_tvm_cell_is_seeded_with_its_last_bundles_tuning_records(tmp_path):
+    from vdeploy.matrix.release import Cell
+    from vdeploy.matrix.runner import with_tuning_seed
+    from vdeploy.pipeline import BuildRequest
+
+    def cell(target: str) -> Cell:
+        return Cell("m", target, None, BuildRequest(model=str(tmp_path / "m.pt2"), targets=(target,), out_dir=tmp_path))
+
+    assert with_tuning_seed(cell("x86-cpu-tvm")).tuning_db == ()  # no earlier bundle: nothing to seed
+    for target in ("x86-cpu-tvm", "onnxruntime-cpu"):
+        (tmp_path / f"m-{target}" / "tuning").mkdir(parents=True)
+    assert with_tuning_seed(cell("x86-cpu-tvm")).tuning_db == (tmp_path / "m-x86-cpu-tvm",)
+    assert with_tuning_seed(cell("onnxruntime-cpu")).tuning_db == ()  # not a TVM target
