@@ -8,6 +8,7 @@ stops the other cells. Per-task logs: OUT/release-logs/<cell>.log.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -256,6 +257,8 @@ class _Ray:
                 ) from None
         else:
             self.temp = tempfile.mkdtemp(prefix="vdray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+            # Ray's default token auth stays on; its notice about it is not news for a run-scoped, loopback Ray
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", _temp_dir=self.temp, **kwargs)
         return {
             "address": self.address or "embedded",
