@@ -26,6 +26,7 @@ from tests.matrix_helpers import (
     LocalCluster,
     attempt_pids,
     by_cell,
+    free_port,
     matrix_command,
     ray_env,
     run_matrix,
@@ -283,3 +284,18 @@ def test_a_tvm_cell_is_seeded_with_its_last_bundles_tuning_records(tmp_path):
         (tmp_path / f"m-{target}" / "tuning").mkdir(parents=True)
     assert with_tuning_seed(cell("x86-cpu-tvm")).tuning_db == (tmp_path / "m-x86-cpu-tvm",)
     assert with_tuning_seed(cell("onnxruntime-cpu")).tuning_db == ()  # not a TVM target
+
+
+def test_an_unreachable_cluster_is_one_line_at_once(tmp_path):
+    (tmp_path / "m.pt2").write_bytes(b"not read")  # never built: the address fails first
+    (tmp_path / "r.yaml").write_text("models: [{path: m.pt2}]\ntargets: [onnxruntime-cpu]\n")
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [str(VENV_BIN / "vdeploy"), "matrix", str(tmp_path / "r.yaml"), "--ray-address", address],
+        env=ray_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and f"no Ray cluster answers at {address}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bundles" / "m-onnxruntime-cpu").exists()

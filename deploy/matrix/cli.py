@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from vdeploy.errors import VdeployError
+
 
 def matrix(
     release_file: Path = typer.Argument(..., help="The release file (YAML): models, targets, precisions, budgets."),
@@ -33,10 +35,21 @@ def matrix(
         from vdeploy.report import make_console
 
         release, base = load_release(release_file)
-        with Display(quiet=as_json) as display, _stdout_on_stderr():
-            result = run_release(
-                release, base, out=out.resolve() if out else None, ray_address=ray_address, force=force, display=display
-            )
+        try:
+            with Display(quiet=as_json) as display, _stdout_on_stderr():
+                result = run_release(
+                    release,
+                    base,
+                    out=out.resolve() if out else None,
+                    ray_address=ray_address,
+                    force=force,
+                    display=display,
+                )
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "the cells that finished are kept (bundles and resume state); the others were stopped",
+                "run the same command again to build only what is missing",
+            ) from None
         data = write_outputs(result)
         if as_json:
             typer.echo(json.dumps(data, indent=2, default=str))
@@ -47,6 +60,10 @@ def matrix(
         return result.exit_code
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+class Interrupted(VdeployError):
+    kind = "interrupted"
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ def release_dict(result: ReleaseRun) -> dict:
                         "bundle",
                         "report",
                         "latency_p50_ms",
+                        "latency_source",
                         "power_w",
                         "power_source",
                         "energy",
@@ -98,14 +99,19 @@ def write_outputs(result: ReleaseRun) -> dict:
 
 
 def _figure(cell: dict) -> str:
+    """p50 and energy (or power), each labelled with its source unless it was measured."""
     parts = []
     if cell.get("latency_p50_ms") is not None:
-        parts.append(f"{cell['latency_p50_ms']:.3g} ms")
+        parts.append(f"{cell['latency_p50_ms']:.3g} ms" + _source(cell.get("latency_source")))
     if cell.get("energy"):
-        parts.append(f"{cell['energy']['mj']:.3g} mJ")
+        parts.append(f"{cell['energy']['mj']:.3g} mJ" + _source(cell.get("power_source")))
     elif cell.get("power_w") is not None:
-        parts.append(f"{cell['power_w']:.3g} W")
+        parts.append(f"{cell['power_w']:.3g} W" + _source(cell.get("power_source")))
     return " · ".join(parts)
+
+
+def _source(source: str | None) -> str:
+    return f" ({source})" if source and "estimate" in source else ""
 
 
 def summary_table(data: dict):

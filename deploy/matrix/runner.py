@@ -248,6 +248,7 @@ class _Ray:
                         "pip install 'ray[client]==2.60.0', or use the cluster's GCS address",
                     ) from None
                 kwargs.pop("include_dashboard")
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -273,6 +274,24 @@ class _Ray:
         ray.shutdown()
         if self.temp:
             shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) nobody listens on fails now: ray.init would retry it for minutes."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayError(f"--ray-address {address} is not auto, HOST:PORT or ray://HOST:PORT", "e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RayError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc})",
+            "start it with `ray start --head`, or omit --ray-address for an embedded one",
+        ) from None
 
 
 def _node(info: dict) -> dict:

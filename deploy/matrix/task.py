@@ -123,7 +123,9 @@ def summary_of(manifest: dict, bundle: Path) -> dict:
     latency = manifest.get("latency_ms") or {}
     power = manifest.get("power_w") or {}
     energy = None
-    if latency.get("p50") is not None and power.get("mean") is not None:
+    if power.get("energy_mj") is not None:
+        energy = {"mj": power["energy_mj"], "source": power.get("source")}
+    elif latency.get("p50") is not None and power.get("mean") is not None:
         energy = {"mj": round(latency["p50"] * power["mean"], 3), "source": f"p50 × power ({power.get('source')})"}
     numerics = manifest.get("numerics") or {}
     return {
@@ -134,6 +136,7 @@ def summary_of(manifest: dict, bundle: Path) -> dict:
         "precision": manifest["precision"],
         "files": {f["path"]: f["sha256"] for f in manifest["files"]},
         "latency_p50_ms": latency.get("p50"),
+        "latency_source": latency.get("source", "measured"),  # an estimate says so: never shown as measured
         "power_w": power.get("mean"),
         "power_source": power.get("source"),
         "energy": energy,
