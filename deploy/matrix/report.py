@@ -99,19 +99,22 @@ def write_outputs(result: ReleaseRun) -> dict:
 
 
 def _figure(cell: dict) -> str:
-    """p50 and energy (or power), each labelled with its source unless it was measured."""
-    parts = []
+    """p50 and energy (or power), each labelled with its source unless it was measured (one label when shared)."""
+    figures = []
     if cell.get("latency_p50_ms") is not None:
-        parts.append(f"{cell['latency_p50_ms']:.3g} ms" + _source(cell.get("latency_source")))
+        figures.append((f"{cell['latency_p50_ms']:.3g} ms", _estimate(cell.get("latency_source"))))
     if cell.get("energy"):
-        parts.append(f"{cell['energy']['mj']:.3g} mJ" + _source(cell.get("power_source")))
+        figures.append((f"{cell['energy']['mj']:.3g} mJ", _estimate(cell.get("power_source"))))
     elif cell.get("power_w") is not None:
-        parts.append(f"{cell['power_w']:.3g} W" + _source(cell.get("power_source")))
-    return " · ".join(parts)
+        figures.append((f"{cell['power_w']:.3g} W", _estimate(cell.get("power_source"))))
+    labels = {label for _, label in figures}
+    if len(labels) == 1:
+        return " · ".join(text for text, _ in figures) + (f" ({labels.pop()})" if figures[0][1] else "")
+    return " · ".join(text + (f" ({label})" if label else "") for text, label in figures)
 
 
-def _source(source: str | None) -> str:
-    return f" ({source})" if source and "estimate" in source else ""
+def _estimate(source: str | None) -> str:
+    return source if source and "estimate" in source else ""
 
 
 def summary_table(data: dict):
@@ -128,7 +131,7 @@ def summary_table(data: dict):
         status = cell["status"]
         seconds = "cached" if cell["cached"] else f"{cell['seconds']:.1f} s" if cell.get("seconds") else "-"
         device = cell.get("device_validation") or {}
-        note = cell.get("bundle") or cell.get("error") or ""
+        note = _rel(cell["bundle"], Path(data["out"])) if cell.get("bundle") else cell.get("error") or ""
         if device:
             note += f" (device: {device.get('status')}{', ' + device['reason'] if device.get('reason') else ''})"
         if cell.get("error") and cell.get("bundle"):
