@@ -173,8 +173,18 @@ def test_force_rebuilds_and_a_tampered_bundle_or_changed_model_is_not_reused(gol
     model_file.write_bytes(original)
     assert cached_record(bundles, cell, cell_key(cell)) is not None
 
-    code, forced, _, _ = run_matrix(release, "--force")
-    assert code == 0 and forced["built"] == 1 and forced["cells"][0]["files"] == before["files"]
+    proc = subprocess.run(  # off a terminal, without --json: plain progress lines, one per state change
+        [str(VENV_BIN / "vdeploy"), "matrix", str(release), "--force"],
+        env=ray_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    forced = json.loads((bundles / "release.json").read_text())
+    assert proc.returncode == 0 and forced["built"] == 1 and forced["cells"][0]["files"] == before["files"]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vdeploy matrix: ")]
+    states = [line.split(": ")[2].split(" ")[0] for line in lines]
+    assert states == ["queued", "running", "pass"], proc.stderr
     log = bundles / "release-logs" / "cnn__onnxruntime-cpu__default.log"
     assert attempt_pids(log) == [forced["cells"][0]["pid"]]  # the cell's log is its latest build's
 
@@ -243,6 +253,23 @@ def test_cluster_matrix_survives_a_killed_worker_and_a_crashing_build(golden_fil
     assert proc.returncode == 1 == data["exit_code"]  # a crashed cell is an error; everything else finished
     html = (tmp_path / "bundles" / "release.html").read_text()
     assert "crashed" in html and 'href="held-onnxruntime-cpu/report.html"' in html
+
+
+def test_device_steps_skipped_before_run_alone_once_a_device_node_joins(embedded, cluster):
+    """The embedded run had no device:jetson node (skipped); the same release on the cluster builds nothing and runs
+    only the three device steps, on the device node."""
+    release = embedded[0]
+    code, data, _, _ = run_matrix(release, "--ray-address", cluster.address, env=cluster.env)
+    cells = by_cell(data)
+    assert data["built"] == 0 and data["ray"]["address"] == cluster.address and code == embedded[1]
+    for (_, target), cell in cells.items():
+        device = cell["device_validation"]
+        if target == JETSON:
+            assert device["node"] == cluster.worker_id and device["status"] == cell["status"] == "unverified"
+        else:
+            assert device is None
+    again = run_matrix(release, "--ray-address", cluster.address, env=cluster.env)[1]
+    assert again["built"] == 0 and again["ray"] is None  # every device step has its verdict now: nothing to run
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from vdeploy.matrix.release import cells as release_cells
 from vdeploy.matrix.task import ATTEMPT
 
 LOGS = "release-logs"
-DONE = ("pass", "fail", "unverified", "error", "crashed")
+VERDICTS = ("pass", "fail", "unverified")
 
 
 class RayError(VdeployError):
@@ -43,6 +43,9 @@ class CellRun:
 
     @property
     def attempts(self) -> int:
+        """Tries so far, from the `attempt build` lines in this run's log (none before it was submitted)."""
+        if self.started is None:
+            return 0
         try:
             return sum(line.startswith(f"{ATTEMPT} build") for line in self.log.read_text().splitlines())
         except OSError:
@@ -95,13 +98,19 @@ def run_release(
             run.state, run.record = "cached", {**record, "cached": True}
     result = ReleaseRun(release, out_root, runs)
     pending = [r for r in runs if r.state == "queued"]
+    # an unchanged build whose device step has no verdict yet (no device then, or it failed): only that step again
+    revalidate = [r for r in runs if r.state == "cached" and r.cell.device and not _device_verdict(r.record)]
+    if not ray_address:  # the embedded Ray offers no device: no need to start it for these
+        for run in revalidate:
+            run.record["device_validation"] = _skipped(run.cell.device)
+        revalidate = []
     display = display or (lambda _runs: None)
     display(runs)
-    if pending:
+    if pending or revalidate:
         with _Ray(ray_address) as ray_info:
             result.ray_info = ray_info
             python_path = [str((base / p).resolve()) for p in release.python_path]
-            _execute(release, pending, out_root, display, runs, python_path)
+            _execute(release, pending, revalidate, out_root, display, runs, python_path)
     for run in runs:
         _clean_tmp(run)
     result.wall_s = time.perf_counter() - started
@@ -109,10 +118,10 @@ def run_release(
     return result
 
 
-def _execute(release: Release, pending: list[CellRun], out_root: Path, display, runs, python_path) -> None:
+def _execute(release: Release, pending, revalidate, out_root: Path, display, runs, python_path) -> None:
     import ray
 
-    from vdeploy.matrix.task import run_cell, run_validate
+    from vdeploy.matrix.task import run_cell
 
     res = release.resources
     build_task = ray.remote(run_cell)
@@ -131,7 +140,11 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
         ).remote(with_tuning_seed(run.cell), str(run.log), python_path)
         run.started = time.perf_counter()
         waiting[run.ref] = (run, "build")
-    resources = ray.cluster_resources()
+    offered = ray.cluster_resources()
+    for run in revalidate:
+        run.started = time.perf_counter()
+        if not _validate(run, release, offered, waiting):
+            _finish(run, out_root)
     while waiting:
         ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.5)
         for ref in ready:
@@ -139,30 +152,12 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
             try:
                 outcome = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the worker died on every try, or its node was lost
-                outcome = {"status": "crashed", "error": _crash_line(exc, run)}
+                outcome = {"status": "crashed", "error": _crash_line(exc, run, step)}
             if step == "build":
                 run.record = {**outcome, "attempts": run.attempts}
                 _check_visible(run.record)
-                if run.cell.device and run.record["status"] in ("pass", "fail", "unverified"):
-                    resource = f"device:{run.cell.device}"
-                    if resources.get(resource, 0) < 1:
-                        run.record["device_validation"] = {
-                            "status": "skipped",
-                            "reason": f"no Ray node offers resource {resource}",
-                        }
-                    else:
-                        validate = ray.remote(run_validate).options(
-                            num_cpus=res.num_cpus,
-                            memory=int(res.memory_gb * 2**30),
-                            resources={resource: 1},
-                            max_retries=release.retries,
-                            name=f"validate:{run.cell.cell_id}",
-                        )
-                        request = run.cell.request
-                        ref2 = validate.remote(run.record["bundle"], str(run.log), request.iters, request.warmup)
-                        waiting[ref2] = (run, "validate")
-                        run.state = "validating"
-                        continue
+                if run.cell.device and run.record["status"] in VERDICTS and _validate(run, release, offered, waiting):
+                    continue
             else:
                 run.record["device_validation"] = outcome
             _finish(run, out_root)
@@ -172,10 +167,43 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
         display(runs)
 
 
+def _validate(run: CellRun, release: Release, offered: dict, waiting: dict) -> bool:
+    """Submit the cell's device step (`vdeploy validate` on a node offering device:<kind>); False (and the record
+    says skipped) when no node offers it."""
+    import ray
+
+    from vdeploy.matrix.task import run_validate
+
+    resource = f"device:{run.cell.device}"
+    if offered.get(resource, 0) < 1:
+        run.record["device_validation"] = _skipped(run.cell.device)
+        return False
+    res, request = release.resources, run.cell.request
+    validate = ray.remote(run_validate).options(
+        num_cpus=res.num_cpus,
+        memory=int(res.memory_gb * 2**30),
+        resources={resource: 1},
+        max_retries=release.retries,
+        name=f"validate:{run.cell.cell_id}",
+    )
+    ref = validate.remote(run.record["bundle"], str(run.log), request.iters, request.warmup)
+    waiting[ref] = (run, "validate")
+    run.state = "validating"
+    return True
+
+
+def _skipped(device: str) -> dict:
+    return {"status": "skipped", "reason": f"no Ray node offers resource device:{device}"}
+
+
+def _device_verdict(record: dict) -> bool:
+    return (record.get("device_validation") or {}).get("status") in VERDICTS
+
+
 def _finish(run: CellRun, out_root: Path) -> None:
     run.state = "done"
     run.record["seconds_total"] = round(time.perf_counter() - run.started, 2)
-    if run.record.get("status") in ("pass", "fail", "unverified"):
+    if run.record.get("status") in VERDICTS:  # a build that made a bundle; its device step may run again
         save_record(out_root, run.cell, run.key, run.record)
 
 
@@ -190,11 +218,11 @@ def _check_visible(record: dict) -> None:
         )
 
 
-def _crash_line(exc, run: CellRun) -> str:
+def _crash_line(exc, run: CellRun, step: str) -> str:
     text = " ".join(str(exc).split())
-    kind = type(exc).__name__
+    tries = max(run.attempts, 1) if step == "build" else "every"
     return (
-        f"the build's worker process died ({kind}) on each of {max(run.attempts, 1)} attempt(s): "
+        f"the {step} task's worker process died ({type(exc).__name__}) on {tries} attempt(s): "
         f"{text[:240]} — see {run.log}"
     )
 
