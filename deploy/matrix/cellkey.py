@@ -2,7 +2,8 @@
 
 cell -> key = sha256(model/weights/data file hashes, target spec + op set, build options, toolchain versions)
 OUT/.matrix/cells/<cell>.json holds {key, record} of the last finished build; skip when the key matches and the
-bundle's files still match their manifest hashes (deploy/validate/rerun.py's verification).
+bundle's files still match their manifest hashes (deploy/validate/rerun.py's verification); the skipped cell's
+figures are read again from that verified manifest.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def state_path(out_root: Path, cell) -> Path:
 
 def cached_record(out_root: Path, cell, key: str) -> dict | None:
     """The last record of this cell when its key is unchanged and its bundle verifies, else None."""
+    from vdeploy.matrix.task import summary_of
     from vdeploy.validate.rerun import _read, _verify_files
 
     path = state_path(out_root, cell)
@@ -73,10 +75,11 @@ def cached_record(out_root: Path, cell, key: str) -> dict | None:
         return None
     bundle = Path(record["bundle"])
     try:
-        _verify_files(bundle, _read(bundle))
+        manifest = _read(bundle)
+        _verify_files(bundle, manifest)
     except VdeployError:
         return None
-    return record
+    return {**record, **summary_of(manifest, bundle)}  # the figures as the verified bundle states them
 
 
 def save_record(out_root: Path, cell, key: str, record: dict) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import typer
+
+from vdeploy.errors import VdeployError
 
 
 def matrix(
@@ -30,10 +35,21 @@ def matrix(
         from vdeploy.report import make_console
 
         release, base = load_release(release_file)
-        with Display(quiet=as_json) as display:
-            result = run_release(
-                release, base, out=out.resolve() if out else None, ray_address=ray_address, force=force, display=display
-            )
+        try:
+            with Display(quiet=as_json) as display, _stdout_on_stderr():
+                result = run_release(
+                    release,
+                    base,
+                    out=out.resolve() if out else None,
+                    ray_address=ray_address,
+                    force=force,
+                    display=display,
+                )
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "the cells that finished are kept (bundles and resume state); the others were stopped",
+                "run the same command again to build only what is missing",
+            ) from None
         data = write_outputs(result)
         if as_json:
             typer.echo(json.dumps(data, indent=2, default=str))
@@ -44,3 +60,22 @@ def matrix(
         return result.exit_code
 
     raise typer.Exit(_guarded(work, as_json))
+
+
+class Interrupted(VdeployError):
+    kind = "interrupted"
+
+
+@contextlib.contextmanager
+def _stdout_on_stderr():
+    """While Ray runs, whatever writes to stdout (Ray's own `(raylet) A worker died ...` notices) goes to stderr:
+    stdout carries only the summary, or the JSON with --json."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -7,7 +7,7 @@ lands where that build puts it (OUT/<model-stem>-<target>/; OUT/<precision>/... 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,13 @@ class Cell:
     device: str | None = None
 
     @property
+    def bundle(self) -> Path:
+        """Where the build puts its bundle: OUT/<model file stem or timm name>-<target>, as a single build does."""
+        model = self.request.model
+        stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
+        return Path(self.request.out_dir) / f"{stem}-{self.target}"
+
+    @property
     def cell_id(self) -> str:
         return "__".join(
             part.replace("/", "_").replace(":", "_") for part in (self.model, self.target, self.precision or "default")
@@ -130,14 +137,15 @@ def load_release(path: str | Path) -> tuple[Release, Path]:
         ) from None
     if not isinstance(raw, dict):
         raise ReleaseFileError(
-            f"{path} is not a release file (expected a mapping with models: and targets:)", "see README: Release matrix"
+            f"{path} is not a release file (expected a mapping with models: and targets:)",
+            "see docs/release-pipeline.md",
         )
     try:
         release = Release(**raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ReleaseFileError(f"{path}: {where}: {first['msg']}", "see README: Release matrix") from None
+        raise ReleaseFileError(f"{path}: {where}: {first['msg']}", "see docs/release-pipeline.md") from None
     if not release.models or not release.targets:
         raise ReleaseFileError(f"{path} lists no models or no targets", "add at least one of each")
     return release, path.resolve().parent
@@ -170,6 +178,12 @@ def cells(release: Release, base: Path, out: Path | None = None) -> list[Cell]:
             offered = [p.value for p in target.spec.precisions]
             if model.precisions or entry.precisions:
                 precisions = list(model.precisions or entry.precisions)  # explicit: an unoffered one is an error
+                missing = [p for p in precisions if p not in offered]
+                if missing:
+                    raise ReleaseFileError(
+                        f"model {model.label}: target {target.name} offers no precision {missing}",
+                        f"{target.name} offers {', '.join(offered)}",
+                    )
             elif release.precisions:
                 precisions = [p for p in release.precisions if p in offered]
             else:
@@ -183,23 +197,34 @@ def cells(release: Release, base: Path, out: Path | None = None) -> list[Cell]:
                     f"unknown budget(s) {bad} for {model.label} × {target.name}",
                     f"budgets: {', '.join(Budgets.model_fields)}",
                 )
+            _checked(Budgets, {**target.spec.budgets.model_dump(), **budgets}, f"{model.label}: budgets")
             options = _options(release.options, model, base)
             if precision is not None:
                 options["precision"] = precision
             if release.fit:
                 options["fit"] = True
             cell_out = out_root / precision if several else out_root
-            request = BuildRequest(
-                model=_model_path(model, base),
-                targets=(target.name,),
-                out_dir=cell_out,
+            fields_ = dict(model=_model_path(model, base), targets=(target.name,), out_dir=cell_out, **options)
+            request = replace(
+                _checked(BuildRequest, fields_, f"model {model.label}: options"),  # a value of the wrong type: one line
                 budgets=tuple(sorted(budgets.items())),
                 catalog=catalog_path,
-                **options,
             )
             result.append(Cell(model.label, target.name, precision, request, entry.device))
     _check_unique(result)
     return result
+
+
+def _checked(kind, values: dict, where: str):
+    """`kind` validated from `values` (pydantic, strict about types): one-line ReleaseFileError for a bad value."""
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(kind).validate_python(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("int", "str", "float")))
+        raise ReleaseFileError(f"{where}: {name}: {first['msg']}", "see docs/release-pipeline.md") from None
 
 
 def _options(release_options: dict, model: ModelEntry, base: Path) -> dict:
@@ -241,14 +266,10 @@ def _resolve(base: Path, path: str | Path) -> Path:
 
 def _check_unique(all_cells: list[Cell]) -> None:
     """Two cells writing one bundle (two models with the same file stem) would overwrite each other."""
-    seen: dict[tuple, str] = {}
+    seen: dict[Path, str] = {}
     for cell in all_cells:
-        model = cell.request.model
-        stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
-        key = (str(cell.request.out_dir), stem, cell.target)
-        if key in seen:
+        if cell.bundle in seen:
             raise ReleaseFileError(
-                f"models {seen[key]} and {cell.model} would both write {cell.request.out_dir}/{stem}-{cell.target}",
-                "rename one model file",
+                f"models {seen[cell.bundle]} and {cell.model} would both write {cell.bundle}", "rename one model file"
             )
-        seen[key] = cell.model
+        seen[cell.bundle] = cell.model

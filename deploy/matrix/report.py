@@ -50,6 +50,7 @@ def release_dict(result: ReleaseRun) -> dict:
                         "bundle",
                         "report",
                         "latency_p50_ms",
+                        "latency_source",
                         "power_w",
                         "power_source",
                         "energy",
@@ -60,6 +61,7 @@ def release_dict(result: ReleaseRun) -> dict:
                         "attempts",
                         "node",
                         "host",
+                        "pid",
                         "seconds",
                         "files",
                         "device_validation",
@@ -97,14 +99,22 @@ def write_outputs(result: ReleaseRun) -> dict:
 
 
 def _figure(cell: dict) -> str:
-    parts = []
+    """p50 and energy (or power), each labelled with its source unless it was measured (one label when shared)."""
+    figures = []
     if cell.get("latency_p50_ms") is not None:
-        parts.append(f"{cell['latency_p50_ms']:.3g} ms")
+        figures.append((f"{cell['latency_p50_ms']:.3g} ms", _estimate(cell.get("latency_source"))))
     if cell.get("energy"):
-        parts.append(f"{cell['energy']['mj']:.3g} mJ")
+        figures.append((f"{cell['energy']['mj']:.3g} mJ", _estimate(cell.get("power_source"))))
     elif cell.get("power_w") is not None:
-        parts.append(f"{cell['power_w']:.3g} W")
-    return " · ".join(parts)
+        figures.append((f"{cell['power_w']:.3g} W", _estimate(cell.get("power_source"))))
+    labels = {label for _, label in figures}
+    if len(labels) == 1:
+        return " · ".join(text for text, _ in figures) + (f" ({labels.pop()})" if figures[0][1] else "")
+    return " · ".join(text + (f" ({label})" if label else "") for text, label in figures)
+
+
+def _estimate(source: str | None) -> str:
+    return source if source and "estimate" in source else ""
 
 
 def summary_table(data: dict):
@@ -121,7 +131,7 @@ def summary_table(data: dict):
         status = cell["status"]
         seconds = "cached" if cell["cached"] else f"{cell['seconds']:.1f} s" if cell.get("seconds") else "-"
         device = cell.get("device_validation") or {}
-        note = cell.get("bundle") or cell.get("error") or ""
+        note = _rel(cell["bundle"], Path(data["out"])) if cell.get("bundle") else cell.get("error") or ""
         if device:
             note += f" (device: {device.get('status')}{', ' + device['reason'] if device.get('reason') else ''})"
         if cell.get("error") and cell.get("bundle"):
@@ -179,6 +189,12 @@ def render_html(data: dict) -> str:
     for cell in data["cells"]:
         counts[cell["status"]] = counts.get(cell["status"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    ray = data.get("ray") or {}
+    where = (
+        f"Ray {esc(str(ray.get('address')))}: {len(ray.get('nodes') or [])} node(s), {ray.get('cpus')} CPUs"
+        if ray
+        else "no Ray started (every cell unchanged)"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>release {esc(data["name"])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}table{{border-collapse:collapse}}
@@ -186,7 +202,7 @@ td,th{{border:1px solid #ccc;padding:.4em .6em;vertical-align:top;text-align:lef
 td.none{{color:#aaa}}small{{color:#555}}a.log{{color:#555}}</style></head><body>
 <h1>release {esc(data["name"])}</h1>
 <p>{len(data["cells"])} cells: {esc(summary)} · {data["built"]} built, {data["cached"]} unchanged ·
-wall {data["wall_s"]:.1f} s · exit code {data["exit_code"]} · {esc(data["finished"])}</p>
+wall {data["wall_s"]:.1f} s · {where} · exit code {data["exit_code"]} · {esc(data["finished"])}</p>
 <table><tr><th>model</th>{head}</tr>
 {chr(10).join(rows)}
 </table></body></html>

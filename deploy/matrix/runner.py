@@ -8,6 +8,7 @@ stops the other cells. Per-task logs: OUT/release-logs/<cell>.log.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from vdeploy.matrix.release import cells as release_cells
 from vdeploy.matrix.task import ATTEMPT
 
 LOGS = "release-logs"
-DONE = ("pass", "fail", "unverified", "error", "crashed")
+VERDICTS = ("pass", "fail", "unverified")
 
 
 class RayError(VdeployError):
@@ -42,6 +43,9 @@ class CellRun:
 
     @property
     def attempts(self) -> int:
+        """Tries so far, from the `attempt build` lines in this run's log (none before it was submitted)."""
+        if self.started is None:
+            return 0
         try:
             return sum(line.startswith(f"{ATTEMPT} build") for line in self.log.read_text().splitlines())
         except OSError:
@@ -94,13 +98,19 @@ def run_release(
             run.state, run.record = "cached", {**record, "cached": True}
     result = ReleaseRun(release, out_root, runs)
     pending = [r for r in runs if r.state == "queued"]
+    # an unchanged build whose device step has no verdict yet (no device then, or it failed): only that step again
+    revalidate = [r for r in runs if r.state == "cached" and r.cell.device and not _device_verdict(r.record)]
+    if not ray_address:  # the embedded Ray offers no device: no need to start it for these
+        for run in revalidate:
+            run.record["device_validation"] = _skipped(run.cell.device)
+        revalidate = []
     display = display or (lambda _runs: None)
     display(runs)
-    if pending:
+    if pending or revalidate:
         with _Ray(ray_address) as ray_info:
             result.ray_info = ray_info
             python_path = [str((base / p).resolve()) for p in release.python_path]
-            _execute(release, pending, out_root, display, runs, python_path)
+            _execute(release, pending, revalidate, out_root, display, runs, python_path)
     for run in runs:
         _clean_tmp(run)
     result.wall_s = time.perf_counter() - started
@@ -108,10 +118,10 @@ def run_release(
     return result
 
 
-def _execute(release: Release, pending: list[CellRun], out_root: Path, display, runs, python_path) -> None:
+def _execute(release: Release, pending, revalidate, out_root: Path, display, runs, python_path) -> None:
     import ray
 
-    from vdeploy.matrix.task import run_cell, run_validate
+    from vdeploy.matrix.task import run_cell
 
     res = release.resources
     build_task = ray.remote(run_cell)
@@ -127,10 +137,14 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
             memory=int(res.memory_gb * 2**30),
             max_retries=release.retries,
             retry_exceptions=False,
-        ).remote(run.cell.request, str(run.log), python_path)
+        ).remote(with_tuning_seed(run.cell), str(run.log), python_path)
         run.started = time.perf_counter()
         waiting[run.ref] = (run, "build")
-    resources = ray.cluster_resources()
+    offered = ray.cluster_resources()
+    for run in revalidate:
+        run.started = time.perf_counter()
+        if not _validate(run, release, offered, waiting):
+            _finish(run, out_root)
     while waiting:
         ready, _ = ray.wait(list(waiting), num_returns=1, timeout=0.5)
         for ref in ready:
@@ -138,27 +152,12 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
             try:
                 outcome = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the worker died on every try, or its node was lost
-                outcome = {"status": "crashed", "error": _crash_line(exc, run)}
+                outcome = {"status": "crashed", "error": _crash_line(exc, run, step)}
             if step == "build":
                 run.record = {**outcome, "attempts": run.attempts}
-                if run.cell.device and run.record["status"] in ("pass", "fail", "unverified"):
-                    resource = f"device:{run.cell.device}"
-                    if resources.get(resource, 0) < 1:
-                        run.record["device_validation"] = {
-                            "status": "skipped",
-                            "reason": f"no Ray node offers resource {resource}",
-                        }
-                    else:
-                        validate = ray.remote(run_validate).options(
-                            num_cpus=res.num_cpus,
-                            resources={resource: 1},
-                            max_retries=release.retries,
-                            name=f"validate:{run.cell.cell_id}",
-                        )
-                        ref2 = validate.remote(run.record["bundle"], str(run.log))
-                        waiting[ref2] = (run, "validate")
-                        run.state = "validating"
-                        continue
+                _check_visible(run.record)
+                if run.cell.device and run.record["status"] in VERDICTS and _validate(run, release, offered, waiting):
+                    continue
             else:
                 run.record["device_validation"] = outcome
             _finish(run, out_root)
@@ -168,18 +167,62 @@ def _execute(release: Release, pending: list[CellRun], out_root: Path, display, 
         display(runs)
 
 
+def _validate(run: CellRun, release: Release, offered: dict, waiting: dict) -> bool:
+    """Submit the cell's device step (`vdeploy validate` on a node offering device:<kind>); False (and the record
+    says skipped) when no node offers it."""
+    import ray
+
+    from vdeploy.matrix.task import run_validate
+
+    resource = f"device:{run.cell.device}"
+    if offered.get(resource, 0) < 1:
+        run.record["device_validation"] = _skipped(run.cell.device)
+        return False
+    res, request = release.resources, run.cell.request
+    validate = ray.remote(run_validate).options(
+        num_cpus=res.num_cpus,
+        memory=int(res.memory_gb * 2**30),
+        resources={resource: 1},
+        max_retries=release.retries,
+        name=f"validate:{run.cell.cell_id}",
+    )
+    ref = validate.remote(run.record["bundle"], str(run.log), request.iters, request.warmup)
+    waiting[ref] = (run, "validate")
+    run.state = "validating"
+    return True
+
+
+def _skipped(device: str) -> dict:
+    return {"status": "skipped", "reason": f"no Ray node offers resource device:{device}"}
+
+
+def _device_verdict(record: dict) -> bool:
+    return (record.get("device_validation") or {}).get("status") in VERDICTS
+
+
 def _finish(run: CellRun, out_root: Path) -> None:
     run.state = "done"
     run.record["seconds_total"] = round(time.perf_counter() - run.started, 2)
-    if run.record.get("status") in ("pass", "fail", "unverified"):
+    if run.record.get("status") in VERDICTS:  # a build that made a bundle; its device step may run again
         save_record(out_root, run.cell, run.key, run.record)
 
 
-def _crash_line(exc, run: CellRun) -> str:
+def _check_visible(record: dict) -> None:
+    """A bundle written on another node must be on this machine too: `out:` has to be storage every node shares."""
+    bundle = record.get("bundle")
+    if bundle and not (Path(bundle) / "manifest.json").is_file():
+        record["status"] = "error"
+        record["error"] = (
+            f"the bundle was written on node {record.get('node')} (host {record.get('host')}) at {bundle}, which "
+            "this machine does not see: put the models, data and out: on storage every Ray node shares (NFS)"
+        )
+
+
+def _crash_line(exc, run: CellRun, step: str) -> str:
     text = " ".join(str(exc).split())
-    kind = type(exc).__name__
+    tries = max(run.attempts, 1) if step == "build" else "every"
     return (
-        f"the build's worker process died ({kind}) on each of {max(run.attempts, 1)} attempt(s): "
+        f"the {step} task's worker process died ({type(exc).__name__}) on {tries} attempt(s): "
         f"{text[:240]} — see {run.log}"
     )
 
@@ -188,13 +231,22 @@ def _clean_tmp(run: CellRun) -> None:
     """A worker killed mid-build leaves its bundle's temporary directory; the retry wrote its own."""
     if run.state not in ("done", "cached"):
         return
-    request = run.cell.request
-    model = request.model
-    stem = model.split(":", 1)[1] if model.startswith("timm:") else Path(model).stem
-    bundle = run.record.get("bundle")
-    name = Path(bundle).name if bundle else f"{stem}-{run.cell.target}"
-    for tmp in Path(request.out_dir).glob(f".{name}.tmp-*"):
+    bundle = run.cell.bundle
+    for tmp in bundle.parent.glob(f".{bundle.name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def with_tuning_seed(cell: Cell):
+    """The cell's request, its last bundle's TVM tuning records added as a seed: a rebuild on any node starts from
+    them (each machine's own cache holds only what was tuned there). Not part of the cell key."""
+    from dataclasses import replace
+
+    from vdeploy.targets import load_catalog
+
+    request = cell.request
+    if load_catalog(request.catalog).get(cell.target).backend != "tvm" or not (cell.bundle / "tuning").is_dir():
+        return request
+    return replace(request, tuning_db=(*request.tuning_db, cell.bundle))
 
 
 class _Ray:
@@ -206,6 +258,9 @@ class _Ray:
 
     def __enter__(self) -> dict:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report: nothing leaves the machine
+        if not self.address:
+            # a one-node Ray: Ray binds 127.0.0.1 only when it is told the node is no cluster (read at import)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             import ray
         except ImportError:
@@ -221,6 +276,7 @@ class _Ray:
                         "pip install 'ray[client]==2.60.0', or use the cluster's GCS address",
                     ) from None
                 kwargs.pop("include_dashboard")
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -230,11 +286,12 @@ class _Ray:
                 ) from None
         else:
             self.temp = tempfile.mkdtemp(prefix="vdray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+            # Ray's default token auth stays on; its notice about it is not news for a run-scoped, loopback Ray
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", _temp_dir=self.temp, **kwargs)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
         return {
             "address": self.address or "embedded",
-            "nodes": len(nodes),
+            "nodes": [_node(n) for n in ray.nodes() if n.get("Alive")],
             "cpus": ray.cluster_resources().get("CPU"),
             "ray": ray.__version__,
         }
@@ -245,3 +302,34 @@ class _Ray:
         ray.shutdown()
         if self.temp:
             shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) nobody listens on fails now: ray.init would retry it for minutes."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayError(f"--ray-address {address} is not auto, HOST:PORT or ray://HOST:PORT", "e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RayError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc})",
+            "start it with `ray start --head`, or omit --ray-address for an embedded one",
+        ) from None
+
+
+def _node(info: dict) -> dict:
+    """A Ray node as release.json lists it: id, address, CPUs, memory and its custom resources (device:<kind>)."""
+    resources = info.get("Resources") or {}
+    builtin = ("CPU", "GPU", "memory", "object_store_memory")
+    return {
+        "id": info.get("NodeID"),
+        "address": info.get("NodeManagerAddress"),
+        "cpus": resources.get("CPU"),
+        "memory_gb": round(resources.get("memory", 0) / 2**30, 1),
+        "resources": {k: v for k, v in resources.items() if k not in builtin and not k.startswith("node:")},
+    }

@@ -60,6 +60,7 @@ def run_cell(request, log: str, python_path: list[str]) -> dict:
             fh.write(f"vdeploy: {message}\n")
 
         try:
+            _check_inputs(request)
             outcome = build(request, progress)[0]
             result = outcome.result
         except VdeployError as exc:
@@ -80,7 +81,7 @@ def run_cell(request, log: str, python_path: list[str]) -> dict:
     }
 
 
-def run_validate(bundle: str, log: str) -> dict:
+def run_validate(bundle: str, log: str, iters: int = 50, warmup: int = 10) -> dict:
     """`vdeploy validate BUNDLE` on this worker (the one offering the device resource)."""
     from vdeploy.errors import VdeployError
     from vdeploy.validate.rerun import validate_bundle
@@ -89,7 +90,7 @@ def run_validate(bundle: str, log: str) -> dict:
     base = {"pid": os.getpid(), "node": _node_id(), "host": socket.gethostname()}
     with _logged(Path(log), "validate") as fh:
         try:
-            report = validate_bundle(Path(bundle))
+            report = validate_bundle(Path(bundle), iters=iters, warmup=warmup)
         except VdeployError as exc:
             fh.write(f"validate error: {exc.one_line()}\n")
             return {**base, "status": "error", "error": exc.one_line(), "seconds": time.perf_counter() - started}
@@ -105,12 +106,26 @@ def run_validate(bundle: str, log: str) -> dict:
     }
 
 
+def _check_inputs(request) -> None:
+    """The release's files must be on this node too (a cluster without shared storage fails here, per cell)."""
+    from vdeploy.errors import ModelLoadError
+
+    for path in (request.model, request.calib, request.eval_data):
+        if path is not None and not str(path).startswith("timm:") and not Path(path).exists():
+            raise ModelLoadError(
+                f"{path} is not on node {_node_id()} (host {socket.gethostname()})",
+                "put the release's models, data and out: on storage every Ray node shares (NFS)",
+            )
+
+
 def summary_of(manifest: dict, bundle: Path) -> dict:
     """The cell's record from a bundle manifest: verdict, files, figures (no numbers made up here)."""
     latency = manifest.get("latency_ms") or {}
     power = manifest.get("power_w") or {}
     energy = None
-    if latency.get("p50") is not None and power.get("mean") is not None:
+    if power.get("energy_mj") is not None:
+        energy = {"mj": power["energy_mj"], "source": power.get("source")}
+    elif latency.get("p50") is not None and power.get("mean") is not None:
         energy = {"mj": round(latency["p50"] * power["mean"], 3), "source": f"p50 × power ({power.get('source')})"}
     numerics = manifest.get("numerics") or {}
     return {
@@ -121,6 +136,7 @@ def summary_of(manifest: dict, bundle: Path) -> dict:
         "precision": manifest["precision"],
         "files": {f["path"]: f["sha256"] for f in manifest["files"]},
         "latency_p50_ms": latency.get("p50"),
+        "latency_source": latency.get("source", "measured"),  # an estimate says so: never shown as measured
         "power_w": power.get("mean"),
         "power_source": power.get("source"),
         "energy": energy,
