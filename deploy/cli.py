@@ -70,6 +70,7 @@ def build(
     input_spec: list[str] = INPUT_SPEC,
     arch: str | None = ARCH,
     weights: Path | None = WEIGHTS,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even when the build cache holds this build."),
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -103,7 +104,7 @@ def build(
             tuning_db=tuple(tuning_db),
         )
         with Progress(as_json) as progress:
-            outcomes = run_build(request, progress)
+            outcomes = run_build(request, progress, use_cache=not no_cache)
         if as_json:
             payload = [o.result.manifest if o.result else {"target": o.target, **o.error.as_dict()} for o in outcomes]
             typer.echo(json.dumps(payload[0] if len(outcomes) == 1 else payload, indent=2, allow_nan=False))
