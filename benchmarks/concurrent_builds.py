@@ -1,4 +1,4 @@
-"""Concurrent builds of one bundle (issue 15): W `vdeploy build` processes write OUT/cnn-onnxruntime-cpu at once, R rounds.
+"""Concurrent builds of one bundle (issue 15): W `vdeploy build` processes write OUT/cnn-onnxruntime-cpu at once.
 
 python benchmarks/concurrent_builds.py [--writers 4] [--rounds 100] [--no-cache] [--work DIR]
 Each writer builds its own cnn.pt2 (the golden CNN, a different seed each: different weights, so a bundle mixed from

@@ -15,21 +15,21 @@ from pathlib import Path
 
 from vdeploy.bundle import SCHEMA, BundleWriter
 
-WRITERS, ROUNDS = 4, 12
+WRITERS, ROUNDS, BURST = 4, 10, 6  # each writer finishes BURST bundles back to back per round
 TIMEOUT_S = 60
 
 
 def _write_rounds(out: str, tag: int, start, done, errors) -> None:
     try:
         for round_no in range(ROUNDS):
-            with BundleWriter(Path(out), "m-t") as writer:
-                payload = f"writer {tag} round {round_no}\n".encode() * 2000
-                (writer.tmp / "model.bin").write_bytes(payload)
-                (writer.tmp / "sub").mkdir()
-                (writer.tmp / "sub" / "extra.bin").write_bytes(payload[::-1])
-                files = writer.file_entries()
-                start.wait(TIMEOUT_S)  # all writers finish together
-                writer.finish({"schema": SCHEMA, "files": files, "writer": tag, "round": round_no})
+            start.wait(TIMEOUT_S)  # all writers start together
+            for burst in range(BURST):
+                with BundleWriter(Path(out), "m-t") as writer:
+                    payload = f"writer {tag} round {round_no} burst {burst}\n".encode() * 500
+                    (writer.tmp / "model.bin").write_bytes(payload)
+                    (writer.tmp / "sub").mkdir()
+                    (writer.tmp / "sub" / "extra.bin").write_bytes(payload[::-1])
+                    writer.finish({"schema": SCHEMA, "files": writer.file_entries(), "writer": tag, "round": round_no})
             done.wait(TIMEOUT_S)  # the parent checks the bundle
             done.wait(TIMEOUT_S)  # ... and lets the next round start
     except BaseException:
