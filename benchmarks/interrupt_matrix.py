@@ -1,9 +1,11 @@
 """Interrupt matrix (issue 15): SIGINT / SIGTERM / SIGKILL delivered in the middle of each stage of a real build.
 
 python benchmarks/interrupt_matrix.py [--model timm:deit_tiny_patch16_224] [--target x86-cpu] [--work DIR]
-1. a good bundle is built (and cached) with the progress lines timed -> how long each stage takes here
+The CLI runs with one instrument added to the plan (a line when each stage begins and ends: the harness's clock).
+1. a good bundle is built (and cached), each plan stage timed -> how long each stage takes here
 2. per (signal, stage): `vdeploy build --no-cache` into the same --out (TMPDIR a folder of its own), the signal sent
-   when the stage is 40% through; then: exit 1 and one line (SIGINT/SIGTERM), no process of the build left, --out
+   40% into the stage (retried earlier if the stage had ended: it must land inside); then: exit 1 and one line
+   (SIGINT/SIGTERM), no process of the build left, --out
    holds only the good bundle (files verify, manifest unchanged), the temp dir is empty. After a SIGKILL the same
    checks run after the next build (a cached one: it sweeps what the killed one left).
    The `api` column sends SIGTERM to a Python process inside vdeploy.build() (the API's path).
@@ -25,35 +27,42 @@ import threading
 import time
 from pathlib import Path
 
-VDEPLOY = str(Path(sys.executable).with_name("vdeploy"))
-STAGES = {  # stage -> the progress line that opens it
-    "load": "loading",
-    "export": "exporting",
-    "legalize": "legalizing",
-    "compile": "compiling",
-    "validate": "validating",
-}
-ORDER = [*STAGES, "end"]
-FRACTION = 0.4
-API = """
-import sys, vdeploy
-vdeploy.build(sys.argv[1], sys.argv[2], out=sys.argv[3], no_cache=True, progress=lambda l: print("vdeploy:", l,
-              file=sys.stderr, flush=True))
+STAGES = {"load": "load", "export": "export", "legalize": "legalize", "compile": "compile", "validate": "run"}
+FRACTION = 0.4  # of the stage's duration in the good build; halved and retried when the stage ended first
+DRIVER = """
+import sys, time
+import vdeploy.plan as plan
+
+class StageMarks(plan.Instrument):  # the harness's clock on the plan: when each stage begins and ends
+    def before(self, stage, state):
+        print(f"vdeploy-stage: begin {stage.name} {time.monotonic():.3f}", file=sys.stderr, flush=True)
+
+    def after(self, stage, state):
+        print(f"vdeploy-stage: end {stage.name} {time.monotonic():.3f}", file=sys.stderr, flush=True)
+
+_default = plan.default_instruments
+plan.default_instruments = lambda: (*_default(), StageMarks())
 """
+CLI = DRIVER + "from vdeploy.cli import main\nsys.argv = ['vdeploy', *sys.argv[1:]]\nmain()\n"
+API = DRIVER + (
+    "import vdeploy\nvdeploy.build(sys.argv[1], sys.argv[2], out=sys.argv[3], iters=int(sys.argv[4]), no_cache=True)\n"
+)
+
+
+def marks(lines: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    begin, end = {}, {}
+    for line in lines:
+        if line.startswith("vdeploy-stage: "):
+            _, kind, name, at = line.split()
+            (begin if kind == "begin" else end).setdefault(name, float(at))
+    return begin, end
 
 
 def run_timed(cmd: list[str], env: dict) -> tuple[int, dict[str, float], str]:
-    """Run a build to the end: exit code, when each stage's line appeared (s from start), stderr."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    seen, lines = {}, []
-    for line in proc.stderr:
-        lines.append(line)
-        for stage, marker in STAGES.items():
-            if marker in line and stage not in seen:
-                seen[stage] = time.monotonic() - started
-    seen["end"] = time.monotonic() - started
-    return proc.wait(), seen, "".join(lines)
+    """Run a build to the end: exit code, each plan stage's duration (s), stderr."""
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    begin, end = marks(proc.stderr.splitlines())
+    return proc.returncode, {k: round(end[k] - begin[k], 2) for k in begin if k in end}, proc.stderr
 
 
 def descendants(pid: int) -> set[int]:
@@ -93,26 +102,25 @@ def bundle_state(bundle: Path) -> tuple[bool, dict]:
     return ok, {k: v for k, v in manifest.items() if k != "measured"}
 
 
-def interrupt(cmd, env, sig, at_s: float, stage_marker: str) -> dict:
-    """Start the build, send `sig` `at_s` after the stage's line; the build's processes and its stderr."""
+def interrupt(cmd, env, sig, stage: str, delay_s: float) -> dict:
+    """Start the build, send `sig` `delay_s` into `stage`; what happened (and whether it landed inside the stage)."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: list[str] = []
     reached = threading.Event()
 
     def read():
         for line in proc.stderr:
-            lines.append(line)
-            if stage_marker in line:
+            lines.append(line.rstrip("\n"))
+            if line.startswith(f"vdeploy-stage: begin {stage} "):
                 reached.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    if not reached.wait(600):
+    if not reached.wait(900):
         proc.kill()
-        return {"error": "stage never reached", "stderr": "".join(lines)[-2000:]}
-    time.sleep(at_s)
+        return {"error": "stage never reached", "stderr": "\n".join(lines)[-2000:]}
+    time.sleep(delay_s)
     family = descendants(proc.pid) | {proc.pid}
-    last_line = [line for line in lines if line.startswith("vdeploy: ")][-1:]
     proc.send_signal(sig)
     try:
         code = proc.wait(120)
@@ -120,15 +128,16 @@ def interrupt(cmd, env, sig, at_s: float, stage_marker: str) -> dict:
         proc.kill()
         code = "hung"
     reader.join(10)
-    time.sleep(2.0)  # PR_SET_PDEATHSIG / the watchdog act within ~0.5 s
+    time.sleep(2.0)  # PR_SET_PDEATHSIG / the worker's watchdog act within ~0.5 s
     orphans = sorted(pid for pid in family if alive(pid))
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
-    stderr = [line for line in "".join(lines).splitlines() if line.strip()]
+    begin, end = marks(lines)
+    shown = [line for line in lines if line.strip() and not line.startswith("vdeploy-stage: ")]
     return {
         "exit": code,
-        "last_stage_line": last_line[0].strip() if last_line else "",
-        "final_line": stderr[-1] if stderr else "",
+        "landed_in_stage": stage in begin and stage not in end,
+        "final_line": shown[-1] if shown else "",
         "processes": len(family),
         "orphans": orphans,
     }
@@ -142,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="timm:deit_tiny_patch16_224")
     parser.add_argument("--target", default="x86-cpu")
+    parser.add_argument("--iters", default="300")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--signals", default="SIGINT,SIGTERM,SIGKILL,api")
     args = parser.parse_args()
@@ -149,33 +159,42 @@ def main() -> None:
     out, tmpdir = work / "out", work / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir), "VDEPLOY_CACHE": str(work / "cache"), "VDEPLOY_BUILD_CACHE": "on"}
-    base = [VDEPLOY, "build", args.model, "--target", args.target, "--out", str(out), "--iters", "200"]
+    build_args = ["build", args.model, "--target", args.target, "--out", str(out), "--iters", args.iters]
+    cli = [sys.executable, "-c", CLI, *build_args]
 
-    code, seen, text = run_timed([*base, "--no-cache"], env)
+    code, durations, text = run_timed([*cli, "--no-cache"], env)
     if code not in (0, 3):
         sys.exit(f"the good build failed ({code}):\n{text[-3000:]}")
     bundle = next(p for p in out.iterdir() if not p.name.startswith("."))
     ok, good = bundle_state(bundle)
-    durations = {s: round(seen[ORDER[i + 1]] - seen[s], 2) for i, s in enumerate(ORDER[:-1]) if s in seen}
-    print(f"good build: {seen['end']:.1f} s; stage durations (s from its line to the next): {durations}", flush=True)
+    print(f"good build (cached for the sweeping rebuilds): stage durations {durations} s", flush=True)
     records = []
     for name in args.signals.split(","):
         sig = signal.SIGTERM if name == "api" else signal.Signals[name]
-        cmd = [sys.executable, "-c", API, args.model, args.target, str(out)] if name == "api" else [*base, "--no-cache"]
-        for stage, marker in STAGES.items():
-            at = FRACTION * durations.get(stage, 1.0)
-            started = time.monotonic()
-            record = {"signal": name, "stage": stage, "at_s": round(at, 2), **interrupt(cmd, env, sig, at, marker)}
+        cmd = [sys.executable, "-c", API, args.model, args.target, str(out), args.iters] if name == "api" else cli
+        cmd = cmd if name == "api" else [*cmd, "--no-cache"]
+        for label, stage in STAGES.items():
+            started, fraction = time.monotonic(), FRACTION
+            for attempt in range(1, 4):
+                delay = round(fraction * durations.get(stage, 1.0), 2)
+                record = {"signal": name, "stage": label, "delay_s": delay, "attempt": attempt}
+                record.update(interrupt(cmd, env, sig, stage, delay))
+                if record.get("landed_in_stage") or record.get("error"):
+                    break
+                fraction /= 2
+                if sig == signal.SIGKILL:
+                    run_timed([*cli], env)  # sweep before the retry
             record["left_right_after"] = leftovers(out, tmpdir, bundle)
             if sig == signal.SIGKILL:  # the next build sweeps: a cached one, quick
-                record["next_build_exit"] = run_timed(base, env)[0]
+                record["next_build_exit"] = run_timed(cli, env)[0]
             record["left"] = leftovers(out, tmpdir, bundle)
             intact, now = bundle_state(bundle)
             record["bundle_intact"] = intact and now == good
             record["seconds"] = round(time.monotonic() - started, 1)
             expected_exit = {"SIGKILL": -9, "api": "any"}.get(name, 1)
-            record["ok"] = (
+            record["ok"] = bool(
                 not record.get("error")
+                and record["landed_in_stage"]
                 and not record["orphans"]
                 and not record["left"]
                 and record["bundle_intact"]
@@ -184,18 +203,25 @@ def main() -> None:
             )
             records.append(record)
             print(json.dumps(record), flush=True)
-    validate = subprocess.run([VDEPLOY, "validate", str(bundle), "--iters", "20"], env=env, capture_output=True)
+    validate = subprocess.run(
+        [str(Path(sys.executable).with_name("vdeploy")), "validate", str(bundle), "--iters", "20"],
+        env=env,
+        capture_output=True,
+    )
     (work / "interrupt_matrix.json").write_text(json.dumps({"durations": durations, "records": records}, indent=1))
-    print(f"\n{args.model} on {args.target}; signal at {FRACTION:.0%} of each stage; work dir {work}\n")
-    print("| signal | stage | exit | last line | processes / orphans | left in --out + TMP | bundle intact | ok |")
+    print(
+        f"\n{args.model} on {args.target}; signal {FRACTION:.0%} into each stage (less on a retry); work dir {work}\n"
+    )
+    print("| signal | stage (plan) | delay s | exit | last line | processes / orphans | left in --out + TMP | bundle |")
     print("|---|---|---|---|---|---|---|---|")
     for r in records:
+        left = ", ".join(r.get("left", [])) or "nothing"
+        if "next_build_exit" in r:
+            left += f" (after the next build; {len(r['left_right_after'])} right after the kill)"
         print(
-            f"| {r['signal']} | {r['stage']} | {r.get('exit')} | {r.get('final_line', '')[:60]} | "
-            f"{r.get('processes')} / {len(r.get('orphans', []))} | "
-            f"{', '.join(r.get('left', [])) or 'nothing'}"
-            + (f" (after the next build; before: {len(r['left_right_after'])})" if "next_build_exit" in r else "")
-            + f" | {r['bundle_intact']} | {'yes' if r['ok'] else 'NO'} |"
+            f"| {r['signal']} | {r['stage']} ({STAGES[r['stage']]}) | {r['delay_s']} | {r.get('exit')} | "
+            f"{r.get('final_line', '')[:70]} | {r.get('processes')} / {len(r.get('orphans', []))} | {left} | "
+            f"{'intact' if r['bundle_intact'] else 'CHANGED'} |" + ("" if r["ok"] else " **FAILED**")
         )
     print(f"\nvdeploy validate of the good bundle afterwards: exit {validate.returncode}")
     print(f"all cases ok: {all(r['ok'] for r in records)} ({sum(r['ok'] for r in records)}/{len(records)})")
