@@ -299,10 +299,10 @@ class BuildCache:
     def __init__(self, request, targets, *, reuse: bool = True, progress=lambda _: None):
         on = enabled()
         self.request, self.reuse, self.progress = request, reuse and on, progress
-        self.keys = {t.name: build_key(request, t) if on else None for t in targets}
+        self.keys = {t.name: _key_or_none(request, t) if on else None for t in targets}
 
     def note(self, target) -> dict | None:
-        """measured.cache of a fresh build."""
+        """measured.cache of a fresh build (None: not cached)."""
         key = self.keys.get(target.name)
         return None if key is None else {"hit": False, "key": key}
 
@@ -336,3 +336,10 @@ class BuildCache:
             store(key, work_dir, manifest, final)
         except OSError as exc:  # a full or read-only cache never fails the build
             self.progress(f"build cache: not stored ({exc.strerror or exc})")
+
+
+def _key_or_none(request, target) -> str | None:
+    try:
+        return build_key(request, target)
+    except OSError:  # an unreadable input: the build itself says what is wrong with it
+        return None

@@ -13,6 +13,8 @@ import multiprocessing as mp
 import traceback
 from pathlib import Path
 
+import pytest
+
 from vdeploy.bundle import SCHEMA, BundleWriter
 
 WRITERS, ROUNDS, BURST = 4, 10, 6  # each writer finishes BURST bundles back to back per round
@@ -56,8 +58,12 @@ def _check_bundle(bundle: Path, round_no: int) -> str | None:
     return None
 
 
-def test_concurrent_finish_leaves_one_whole_bundle_every_round(tmp_path):
-    """Before the fix: OSError 'Directory not empty', FileNotFoundError, a left-over .old-PID dir."""
+@pytest.mark.parametrize("swap", ["rename-exchange", "lock-file"])
+def test_concurrent_finish_leaves_one_whole_bundle_every_round(tmp_path, monkeypatch, swap):
+    """Before the fix: OSError 'Directory not empty', FileNotFoundError, a left-over .old-PID dir. `lock-file`: the
+    path taken where renameat2 is missing (the forked writers inherit the patch)."""
+    if swap == "lock-file":
+        monkeypatch.setattr("vdeploy.atomic._exchange_supported", lambda parent: False)
     ctx = mp.get_context("fork")
     start, done = ctx.Barrier(WRITERS), ctx.Barrier(WRITERS + 1)
     errors = ctx.Queue()
@@ -70,7 +76,7 @@ def test_concurrent_finish_leaves_one_whole_bundle_every_round(tmp_path):
         for round_no in range(ROUNDS):
             done.wait(TIMEOUT_S)
             wrong = _check_bundle(out / "m-t", round_no)
-            debris = sorted(p.name for p in out.iterdir() if p.name != "m-t")
+            debris = sorted(p.name for p in out.iterdir() if p.name not in ("m-t", ".m-t.lock"))
             if wrong or debris:
                 problems.append(f"round {round_no}: {wrong or ''} {debris or ''}")
             done.wait(TIMEOUT_S)
@@ -82,6 +88,7 @@ def test_concurrent_finish_leaves_one_whole_bundle_every_round(tmp_path):
         problems.append(errors.get())
     assert not problems, "\n".join(problems)
     assert all(proc.exitcode == 0 for proc in procs)
+    assert (out / ".m-t.lock").exists() == (swap == "lock-file")  # the path under test was the one taken
 
 
 def _fresh_out(out: str, tag: int, start, errors) -> None:
