@@ -3,7 +3,7 @@
 BuildState (after the plan's judge stage) + bundle file entries -> manifest dict. Nothing is computed here.
 What differs between two builds of the same inputs (latency samples, power, peak memory, the estimate's calibration
 against the measured latency, stage timings, where a cached build came from) sits in one section, `measured`, so
-two manifests diff clean everywhere else (`verdict` / `violations` too, unless a figure crossed a budget).
+two manifests diff clean everywhere else (bar `verdict` / `violations` when a figure is over a budget).
 """
 
 from __future__ import annotations
