@@ -40,10 +40,9 @@ class BundleWriter:
                 sweep_leftovers(self.out_root)
                 self.tmp = atomic.owned_dir(self.out_root, f".{self.final.name}.tmp-")
                 return self
-            except FileNotFoundError:  # a concurrent build that failed removed the empty root: make it again
-                if attempt == 4:
-                    raise
             except OSError as exc:
+                if isinstance(exc, FileNotFoundError) and attempt < 4:
+                    continue  # a concurrent build that failed removed the empty root: make it again
                 raise OutDirError(
                     f"cannot write a bundle in {self.out_root}: {exc.strerror}", "pass --out a writable directory"
                 ) from None
@@ -70,7 +69,10 @@ class BundleWriter:
         """Write manifest.json and swap the bundle into place, replacing an older bundle of the same name."""
         (self.tmp / MANIFEST).write_text(strict_json.dumps(manifest, indent=2) + "\n")
         self.tmp.chmod(0o755)
-        old = atomic.swap_into_place(self.tmp, self.final, check_replaceable)
+        try:
+            old = atomic.swap_into_place(self.tmp, self.final, check_replaceable)
+        except OSError as exc:
+            raise OutDirError(f"cannot move the bundle into {self.final}: {exc.strerror}", "check --out") from None
         atomic.release(self.tmp)  # our flock now sits on the finished bundle: let it go
         self.tmp = None
         if old is not None:
