@@ -80,9 +80,8 @@ class ServeSession:
         self._kind = kind
         venv = toolchains().require(TOOLCHAIN)
         worker = toolchains().WORKERS / "serve.py"
-        import tempfile  # the worker's stderr: never inside the bundle (its files are hashed)
-
-        self._log = open(log or Path(tempfile.gettempdir()) / f"vdeploy-{kind}-serve-{os.getpid()}.log", "w")
+        # the worker's stderr: never inside the bundle (its files are hashed), nor in the build's scratch temp dir
+        self._log = open(log or toolchains().log_dir() / f"{kind}-serve-{os.getpid()}.log", "w")
         self._proc = subprocess.Popen(
             [str(venv / "bin" / "python"), str(worker), kind, str(path)],
             stdin=subprocess.PIPE,

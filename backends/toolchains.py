@@ -120,6 +120,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VDEPLOY_CACHE") or Path.home() / ".cache" / "vdeploy")
 
 
+def log_dir() -> Path:
+    """Where worker logs go: they outlive the build (the temp dir is the build's own scratch, removed after it)."""
+    path = cache_dir() / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def venv_dir(name: str | Toolchain) -> Path:
     entry = toolchain(name)
     return cache_dir() / "toolchains" / f"{entry.name}-{entry.pins_hash()}"
@@ -229,7 +236,7 @@ def call(
     venv = require(entry)
     script = entry.workers / f"{worker}.py"
     if log is None:
-        log = Path(tempfile.gettempdir()) / f"vdeploy-{entry.name}-{worker}-{os.getpid()}-{time.time_ns()}.log"
+        log = log_dir() / f"{entry.name}-{worker}-{os.getpid()}-{time.time_ns()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     with open(log, "w") as log_file:

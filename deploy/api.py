@@ -103,10 +103,12 @@ def build(
     budgets: dict | None = None,
     out: str | Path = "out",
     progress: Progress = lambda _: None,
+    no_cache: bool = False,
     **options,
 ):
     """Build, validate and bundle `model` for one target (-> pipeline.BuildResult) or several (-> a list). A target that
-    cannot be built raises its VdeployError (for several targets: the first, after the others were built)."""
+    cannot be built raises its VdeployError (for several targets: the first, after the others were built).
+    An unchanged build comes from the build cache (docs/reliability.md) unless no_cache=True."""
     from vdeploy.pipeline import BuildResult
     from vdeploy.pipeline import build as run_build
 
@@ -114,7 +116,7 @@ def build(
     request = request_for(
         model, names, example_inputs=example_inputs, budgets=budgets, out=out, precision=precision, **options
     )
-    outcomes = run_build(request, progress)
+    outcomes = run_build(request, progress, use_cache=not no_cache)
     results: list[BuildResult] = [o.result for o in outcomes if o.result]
     errors = [o.error for o in outcomes if o.error]
     if errors:

@@ -72,6 +72,7 @@ def build(
     arch: str | None = ARCH,
     weights: Path | None = WEIGHTS,
     sign: Path | None = SIGN_KEY,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even when the build cache holds this build."),
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -106,7 +107,7 @@ def build(
             sign_key=sign,
         )
         with Progress(as_json) as progress:
-            outcomes = run_build(request, progress)
+            outcomes = run_build(request, progress, use_cache=not no_cache)
         if as_json:
             payload = [o.result.manifest if o.result else {"target": o.target, **o.error.as_dict()} for o in outcomes]
             typer.echo(json.dumps(payload[0] if len(outcomes) == 1 else payload, indent=2, allow_nan=False))

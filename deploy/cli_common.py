@@ -84,15 +84,24 @@ def floats_arg(text: str | None, option: str) -> tuple[float, ...] | None:
 
 
 def guarded(work, as_json: bool) -> int:
-    """Run a command body; a VdeployError or an unexpected exception becomes one line and exit 1."""
+    """Run a command body; a VdeployError, an interrupt (SIGINT, SIGTERM, SIGHUP) or an unexpected exception
+    becomes one line and exit 1."""
+    from vdeploy.interrupts import handled
+
     try:
-        return work()
+        with handled():
+            return work()
     except typer.BadParameter:  # a usage error found while reading options: click prints it, exit 2
         raise
     except VdeployError as exc:
         fail_line(exc.one_line(), exc.as_dict(), as_json)
-    except KeyboardInterrupt:
-        fail_line("interrupted: nothing was written", {"error": "interrupted"}, as_json)
+    except KeyboardInterrupt as exc:
+        name = getattr(getattr(exc, "signal", None), "name", "SIGINT")
+        fail_line(
+            f"interrupted by {name}: stopped, no half-written bundle or temporary file left behind",
+            {"error": "interrupted", "signal": name},
+            as_json,
+        )
     except Exception as exc:  # the last line of defence: never a traceback unless asked for
         if os.environ.get("VDEPLOY_DEBUG"):
             raise

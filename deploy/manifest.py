@@ -1,6 +1,9 @@
 """The manifest (schema vdeploy.manifest/1): the judged BuildState written out, every null with its reason.
 
 BuildState (after the plan's judge stage) + bundle file entries -> manifest dict. Nothing is computed here.
+What differs between two builds of the same inputs (latency samples, power, peak memory, the estimate's calibration
+against the measured latency, stage timings, where a cached build came from) sits in one section, `measured`, so
+two manifests diff clean everywhere else (bar `verdict` / `violations` when a figure is over a budget).
 """
 
 from __future__ import annotations
@@ -15,9 +18,22 @@ from vdeploy.strict_json import with_reasons
 TOOLCHAIN_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim")  # + the backend's own
 
 
-def serialize(state, files: list[dict]) -> dict:
+MEASURED = ("latency_ms", "power_w", "peak_mem_mb")  # figures that moved into `measured` (flat before)
+
+
+def measured(doc: dict, name: str):
+    """A measured figure: from a manifest's `measured` section, or from a flat document (a `vdeploy validate` report,
+    a manifest written before the section existed)."""
+    section = doc.get("measured")
+    return section.get(name) if isinstance(section, dict) and name in section else doc.get(name)
+
+
+def serialize(state, files: list[dict], cache: dict | None = None) -> dict:
+    """`cache`: where the build cache stands for this build (build_cache.note), kept in the measured section."""
     loaded, exported, canonical = state.shared.loaded, state.exported, state.canonical
     figures, judgement = state.figures, state.judgement
+    estimate = dict(state.estimate) if state.estimate else state.estimate
+    calibration = estimate.pop("calibration", None) if estimate else None
     reason = {**figures.missing, **({"unverified": list(judgement.unverified)} if judgement.unverified else {})}
     return with_reasons(
         {  # strict JSON: a non-finite figure becomes null, named in reason.non_finite
@@ -37,10 +53,7 @@ def serialize(state, files: list[dict]) -> dict:
                 "inputs": state.shared.samples_source,
                 "outputs_from": state.outputs_source,
             },
-            "latency_ms": figures.latency_manifest(),
-            "power_w": figures.power,
             "size_mb": round(figures.size_mb, 4),
-            "peak_mem_mb": round(figures.peak_mem_mb, 1) if figures.peak_mem_mb else None,
             "budgets": judgement.budgets,
             "violations": [v.to_manifest() for v in judgement.violations],
             "verdict": judgement.verdict.value,
@@ -55,10 +68,18 @@ def serialize(state, files: list[dict]) -> dict:
                 "simplified": canonical.simplified,
                 "simplify_note": canonical.note,
             },
-            "estimate": state.estimate,
+            "estimate": estimate,
             "precision_info": state.lowered.info,
             "accuracy": state.accuracy.to_manifest() if state.accuracy else None,
             "pruning": state.pruning.to_manifest() if state.pruning else None,
+            "measured": {
+                "latency_ms": figures.latency_manifest(),
+                "power_w": figures.power,
+                "peak_mem_mb": round(figures.peak_mem_mb, 1) if figures.peak_mem_mb else None,
+                "estimate_calibration": calibration,
+                "stage_seconds": dict(state.timings),
+                "cache": cache,
+            },
         }
     )
 

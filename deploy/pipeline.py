@@ -1,8 +1,10 @@
 """Builds from a request: one plan per target (deploy/plan.py), sharing the load, reference and exports.
 
-BuildRequest -> resolve targets -> per target: BuildState -> run_plan(plan(target)) inside a BundleWriter
--> reference_io.npz, manifest.json (pure serialization of the state), report.html -> BuildResult.
-A failure before a bundle is finished raises a VdeployError and leaves no bundle directory behind.
+BuildRequest -> resolve targets -> refuse bundle paths that are not bundles / hold inputs -> per target: a build
+cache hit (deploy/build_cache.py), or BuildState -> run_plan(plan(target)) inside a BundleWriter
+-> reference_io.npz, manifest.json (pure serialization of the state), report.html -> BuildResult (-> the cache).
+A failure before a bundle is finished raises a VdeployError and leaves no bundle directory behind; SIGTERM/SIGHUP
+are raised like Ctrl-C meanwhile, and temporary files live in the build's own scratch dir (deploy/scratch.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from vdeploy.bundle import BundleWriter, check_out_dir
+from vdeploy import interrupts, scratch
+from vdeploy.bundle import BundleWriter, check_inputs_outside, check_out_dir, check_replaceable
 from vdeploy.errors import TargetError, VdeployError
 from vdeploy.host_errors import host_error, refuse_dangling_link
 from vdeploy.plan import BuildState, Shared, plan, run_plan
+from vdeploy.signing import sign_if_asked
 from vdeploy.targets import Budgets, Precision, Target, Tolerance, load_catalog
 
 Progress = Callable[[str], None]
@@ -55,6 +59,15 @@ class BuildRequest:
     prune_heads: Any = None  # prune_stage.HeadPruning: heads kept per block, or a count by measured importance
     source: Any = field(default=None, compare=False)  # an in-memory nn.Module / ExportedProgram / ModelProto
     example_inputs: tuple | None = field(default=None, compare=False)  # export inputs for an nn.Module source
+
+    @property
+    def bundle_stem(self) -> str:
+        """The <model> of OUT/<model>-<target>, known before loading (the LoadedModel's stem)."""
+        if self.source is not None:
+            return self.model
+        if self.arch is None and self.model.startswith("timm:"):
+            return self.model.removeprefix("timm:")
+        return Path(self.model).stem
 
     @property
     def model_label(self) -> str:
@@ -110,8 +123,8 @@ class BuildResult:
     backend = property(lambda self: self.manifest["backend"])
     precision = property(lambda self: self.manifest["precision"])
     numerics = property(lambda self: self.manifest["numerics"])
-    latency_ms = property(lambda self: self.manifest["latency_ms"])
-    power_w = property(lambda self: self.manifest["power_w"])
+    latency_ms = property(lambda self: self.manifest["measured"]["latency_ms"])
+    power_w = property(lambda self: self.manifest["measured"]["power_w"])
     size_mb = property(lambda self: self.manifest["size_mb"])
     coverage = property(lambda self: self.manifest["coverage"])
     violations = property(lambda self: self.manifest["violations"])
@@ -156,13 +169,13 @@ def new_state(request: BuildRequest, target: Target, shared: Shared, progress: P
     return BuildState(request, target, shared, progress, precision=precision_for(target, request.precision))
 
 
-def build_target(state: BuildState, instruments=None) -> BuildResult:
-    """Run the target's whole plan inside a bundle writer and write the bundle."""
+def build_target(state: BuildState, instruments=None, cache=None) -> BuildResult:
+    """Run the target's whole plan inside a bundle writer and write the bundle (and store it in `cache`)."""
     request, target = state.request, state.target
     name = f"{state.shared.loaded.stem}-{target.name}"
     refuse_dangling_link(request.out_dir / name, "the bundle path")
     try:
-        return _write_bundle(state, name, instruments)
+        return _write_bundle(state, name, instruments, cache)
     except OSError as exc:  # a full disk while writing the bundle is the host's condition: say where
         mapped = host_error(exc, str(request.out_dir / name))
         if mapped is None:
@@ -170,7 +183,7 @@ def build_target(state: BuildState, instruments=None) -> BuildResult:
         raise mapped from None
 
 
-def _write_bundle(state: BuildState, name: str, instruments) -> BuildResult:
+def _write_bundle(state: BuildState, name: str, instruments, cache) -> BuildResult:
     from vdeploy.manifest import serialize
     from vdeploy.report_html import render_html
 
@@ -183,18 +196,20 @@ def _write_bundle(state: BuildState, name: str, instruments) -> BuildResult:
             **{f"input:{k}": v for k, v in state.feeds.items()},
             **{f"output:{k}": v for k, v in state.expected.items()},
         )
-        manifest = serialize(state, writer.file_entries())
+        manifest = serialize(state, writer.file_entries(), cache.note(target) if cache else None)
         (writer.tmp / "report.html").write_text(render_html(manifest))  # derived from the manifest: not hashed
-        if request.sign_key is not None:  # last: the signature covers every file, manifest and report.html included
-            from vdeploy.signing import load_private_key, sign_bundle
-
-            sign_bundle(writer.tmp, load_private_key(request.sign_key), manifest)
+        if cache:  # stored unsigned: a restore writes its own manifest (measured.cache) and signs that
+            cache.store(target, writer.tmp, manifest, writer.final)
+        sign_if_asked(request, writer.tmp, manifest)  # last: the signature covers every file
         bundle = writer.finish(manifest)
     return BuildResult(target.name, manifest, bundle, dict(state.timings))
 
 
-def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Outcome]:
-    """Build every requested target from one load and one reference run. With one target its error is raised."""
+def build(request: BuildRequest, progress: Progress = lambda _: None, *, use_cache: bool = True) -> list[Outcome]:
+    """Build every requested target from one load and one reference run. With one target its error is raised.
+    An unchanged target comes from the build cache unless `use_cache` is False (then it is rebuilt and re-stored)."""
+    from vdeploy.build_cache import BuildCache
+
     targets = resolve_targets(request.targets, request.catalog)
     refuse_dangling_link(request.out_dir, "--out")
     check_out_dir(request.out_dir)
@@ -202,18 +217,34 @@ def build(request: BuildRequest, progress: Progress = lambda _: None) -> list[Ou
         from vdeploy.signing import load_private_key
 
         load_private_key(request.sign_key)
-    shared = Shared()
-    run_plan(plan(targets[0], request, until="reference"), new_state(request, targets[0], shared, progress))
-    outcomes = []
+    check_bundle_paths(request, targets)
+    with interrupts.handled(), scratch.build_scratch():
+        cache = BuildCache(request, targets, reuse=use_cache, progress=progress)
+        outcomes = {t.name: Outcome(t.name, hit) for t in targets if (hit := cache.restore(t, request.bundle_stem))}
+        todo = [t for t in targets if t.name not in outcomes]
+        shared = Shared()
+        if todo:
+            run_plan(plan(todo[0], request, until="reference"), new_state(request, todo[0], shared, progress))
+        for target in todo:
+            try:
+                result = build_target(new_state(request, target, shared, progress), cache=cache)
+                outcomes[target.name] = Outcome(target.name, result)
+            except VdeployError as exc:
+                if len(targets) == 1:
+                    raise
+                progress(f"{target.name}: {exc.one_line()}")
+                outcomes[target.name] = Outcome(target.name, error=exc)
+    return [outcomes[t.name] for t in targets]
+
+
+def check_bundle_paths(request: BuildRequest, targets: list[Target]) -> None:
+    """Before any work: each bundle this build replaces is a vdeploy bundle (or absent) holding none of its inputs."""
+    named = () if request.source is not None else (request.model,)
+    inputs = [Path(p) for p in (*named, request.calib, request.eval_data) if p and not str(p).startswith("timm:")]
     for target in targets:
-        try:
-            outcomes.append(Outcome(target.name, build_target(new_state(request, target, shared, progress))))
-        except VdeployError as exc:
-            if len(targets) == 1:
-                raise
-            progress(f"{target.name}: {exc.one_line()}")
-            outcomes.append(Outcome(target.name, error=exc))
-    return outcomes
+        final = request.out_dir / f"{request.bundle_stem}-{target.name}"
+        check_replaceable(final)
+        check_inputs_outside(final, inputs)
 
 
 def overall_exit_code(outcomes: list[Outcome]) -> int:

@@ -49,19 +49,27 @@ def print_build(manifest: dict, bundle, console: Console | None = None) -> None:
             f"accuracy on {acc['samples']} labelled samples: top-1 {acc['artifact_top1']:.2f}% vs reference "
             f"{acc['reference_top1']:.2f}% (drop {acc['top1_drop_pt']:.2f} pt)"
         )
-    console.print(latency_line(manifest["latency_ms"], manifest["budgets"]))
+    from vdeploy.manifest import measured
+
+    console.print(latency_line(measured(manifest, "latency_ms"), manifest["budgets"]))
+    peak = measured(manifest, "peak_mem_mb")
     console.print(
         f"size: {manifest['size_mb']:.2f} MB"
         + (f" (budget {manifest['budgets']['size_mb']} MB)" if manifest["budgets"]["size_mb"] else "")
-        + (f"; peak memory {manifest['peak_mem_mb']:.0f} MB" if manifest.get("peak_mem_mb") else "")
+        + (f"; peak memory {peak:.0f} MB" if peak else "")
     )
-    power = manifest["power_w"]
+    power = measured(manifest, "power_w")
     console.print(
         f"power: {power['mean']:.2f} W, {power['energy_mj']:.2f} mJ/inference ({power['source']})"
         if power
         else f"power: not measured ({manifest['reason'].get('power_w', 'no meter')})"
     )
     _print_verdict(manifest, console)
+    cached = (manifest.get("measured") or {}).get("cache") or {}
+    if cached.get("hit"):
+        console.print(
+            f"from the build cache: the build of {cached['built_at']} (figures measured then; --no-cache rebuilds)"
+        )
     console.print(f"bundle: {bundle}")
 
 
@@ -221,8 +229,10 @@ def print_summary(outcomes, console: Console | None = None) -> None:
         if outcome.error:
             table.add_row(outcome.target, "[red]ERROR[/]", "", "", "", outcome.error.one_line())
             continue
+        from vdeploy.manifest import measured
+
         m = outcome.result.manifest
-        latency = f"{m['latency_ms']['p50']:.2f}" if m["latency_ms"] else "-"
+        latency = f"{measured(m, 'latency_ms')['p50']:.2f}" if measured(m, "latency_ms") else "-"
         verdict = m["verdict"]
         table.add_row(
             outcome.target,

@@ -10,6 +10,8 @@ import html
 import math
 from dataclasses import dataclass
 
+from vdeploy.manifest import measured as measured_figure
+
 BAR_W, BAR_H, BAR_SCALE = 460, 22, 1.5  # the bar track spans 0..150% of a budget; the limit mark sits at 2/3
 HIST_W, HIST_H, HIST_PAD = 760, 230, 40
 VERDICT_TEXT = {"pass": "PASS", "fail": "FAIL", "unverified": "UNVERIFIED"}
@@ -112,6 +114,8 @@ def _facts(m: dict) -> str:
         ("size", f"{_num(m.get('size_mb'))} MB"),
         ("toolchain", toolchain),
     ]
+    if cached := ((m.get("measured") or {}).get("cache") or {}).get("built_at"):
+        facts.append(("from the build cache", f"the build of {cached} (its figures were measured then)"))
     rows = "".join(f"<dt>{_e(k)}</dt><dd><code>{_e(v)}</code></dd>" for k, v in facts)
     return f'<h2>Build</h2><dl class="facts">{rows}</dl>'
 
@@ -146,7 +150,8 @@ class BudgetRow:
 
 def budget_rows(m: dict) -> list[BudgetRow]:
     budgets, numerics, reason = m.get("budgets") or {}, m.get("numerics") or {}, m.get("reason") or {}
-    tol, latency, power = budgets.get("numerics") or {}, m.get("latency_ms") or {}, m.get("power_w") or {}
+    latency, power = measured_figure(m, "latency_ms") or {}, measured_figure(m, "power_w") or {}
+    tol = budgets.get("numerics") or {}
     stat = budgets.get("latency_stat", "p50")
     why = reason.get("numerics")
     rows = [
@@ -249,7 +254,7 @@ def _histogram_bins(samples: list[float]) -> tuple[float, float, list[int]]:
 
 
 def _latency_section(m: dict) -> str:
-    latency = m.get("latency_ms")
+    latency = measured_figure(m, "latency_ms")
     if not latency:
         reason = (m.get("reason") or {}).get("latency_ms", "not measured")
         return f'<h2>Latency</h2><p class="muted">not measured: {_e(reason)}</p>'

@@ -171,6 +171,12 @@ def sign_bundle(bundle_dir: Path, private_key, manifest: dict | None = None) -> 
     return path
 
 
+def sign_if_asked(request, bundle_dir: Path, manifest: dict) -> None:
+    """Sign a bundle being written when the build asked for it (`request.sign_key`; build and cache restore)."""
+    if request.sign_key is not None:
+        sign_bundle(bundle_dir, load_private_key(request.sign_key), manifest)
+
+
 def verify_bundle(bundle_dir: Path, trusted_key: Path | None = None) -> SignatureStatus:
     """The bundle's signature state; SignatureError when a signature is present but does not hold, when the trusted
     key did not sign it, or when a trusted key is given and the bundle is unsigned."""

@@ -53,15 +53,20 @@ def load_object(obj: Any, example_inputs: tuple | None, *, name: str = "model") 
             f"cannot build a {type(obj).__name__}",
             "pass an nn.Module, a torch.export.ExportedProgram, an onnx.ModelProto or a path",
         )
-    digest = hashlib.sha256(program.graph_module.code.encode())  # the graph and every weight
-    for key, value in sorted(program.state_dict.items()):
-        digest.update(key.encode() + value.detach().contiguous().numpy().tobytes())
     return LoadedModel(
         f"<in-memory {name}>",
         name,
         ModelFormat.exported_program,
-        digest.hexdigest(),
+        program_digest(program),
         tuple(exported_inputs(program)),
         module=program.module(),
         program=program,
     )
+
+
+def program_digest(program) -> str:
+    """sha256 of an ExportedProgram's graph and every weight."""
+    digest = hashlib.sha256(program.graph_module.code.encode())
+    for key, value in sorted(program.state_dict.items()):
+        digest.update(key.encode() + value.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()

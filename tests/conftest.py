@@ -14,6 +14,16 @@ from tests.models import GOLDEN
 from vdeploy.cli import app
 
 
+@pytest.fixture(scope="session", autouse=True)
+def build_cache_off():
+    """Tests build the same models again and again and each must really build: the build cache is off for the
+    session (tests/test_build_cache.py turns it on in a folder of its own)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("VDEPLOY_BUILD_CACHE", "off")
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def onnx_node_cases():
     """ONNX's backend node test cases, regenerated from onnx.backend.test.case.node (the wheel ships no data);

@@ -61,8 +61,8 @@ def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
     assert (bundle / "model_vela.tflite").read_bytes()[4:8] == b"TFL3"
     estimate = details["estimate"]
     assert estimate["source"] == "vela-estimate" and estimate["cycles"] > 0 and estimate["sram_kb"] > 0
-    assert manifest["latency_ms"]["source"] == "vela-estimate"
-    assert manifest["latency_ms"]["p50"] == pytest.approx(estimate["latency_ms"])
+    assert manifest["measured"]["latency_ms"]["source"] == "vela-estimate"
+    assert manifest["measured"]["latency_ms"]["p50"] == pytest.approx(estimate["latency_ms"])
     placement = details["placement"]
     assert placement["source"] == "vela" and sum(placement["counts"].values()) == len(placement["layers"])
     if name == "cnn":  # the NCHW global-average-pool MEAN, with Vela's reason
@@ -120,6 +120,6 @@ def test_xnnpack_pte_matches_pytorch_within_fp32_gate(cli, saved_pt2, tmp_path, 
     assert numerics["rel_err"] <= gate["max_rel_err"] and numerics["cosine"] >= gate["min_cosine"]
     assert manifest["artifact"]["details"]["placement"]["delegate_calls"] >= 1
     if target == "x86-cpu-xnnpack":
-        assert manifest["latency_ms"]["runs"] == 5  # the x86 twin's host timing counts
+        assert manifest["measured"]["latency_ms"]["runs"] == 5  # the x86 twin's host timing counts
     else:
-        assert manifest["latency_ms"] is None and "aarch64" in manifest["reason"]["latency_ms"]
+        assert manifest["measured"]["latency_ms"] is None and "aarch64" in manifest["reason"]["latency_ms"]

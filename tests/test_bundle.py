@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vdeploy.bundle import BundleWriter, read_manifest
+from vdeploy.bundle import SCHEMA, BundleWriter, read_manifest
 
 
 def test_failure_inside_leaves_nothing(tmp_path):
@@ -19,7 +19,7 @@ def test_failure_inside_leaves_nothing(tmp_path):
 def test_failure_keeps_the_previous_bundle(tmp_path):
     with BundleWriter(tmp_path, "m-t") as writer:
         (writer.tmp / "a.bin").write_bytes(b"v1")
-        writer.finish({"verdict": "pass"})
+        writer.finish({"schema": SCHEMA, "verdict": "pass"})
     with pytest.raises(KeyboardInterrupt):
         with BundleWriter(tmp_path, "m-t") as writer:
             (writer.tmp / "a.bin").write_bytes(b"v2-partial")

@@ -82,7 +82,7 @@ def test_power_budget_from_an_estimate(cli, saved_pt2, tmp_path, allow, power_bu
     assert result.exit_code == code, result.stderr
     manifest = result.json
     assert manifest["verdict"] == verdict
-    power, latency = manifest["power_w"], manifest["latency_ms"]
+    power, latency = manifest["measured"]["power_w"], manifest["measured"]["latency_ms"]
     assert power["source"] == "estimate" and 1.0 <= power["mean"] <= 4.0
     assert latency["source"] == "estimate" and latency["runs"] == 0 and latency["p50"] > 0
     assert manifest["estimate"]["model"] == "roofline"
@@ -109,8 +109,9 @@ def test_estimate_is_calibrated_where_latency_is_measured(cli, saved_pt2, tmp_pa
         catalog,
     )
     manifest = result.json
-    calibration = manifest["estimate"]["calibration"]
-    assert calibration["measured_p50_ms"] == manifest["latency_ms"]["p50"]  # the real measurement, not the estimate
+    calibration = manifest["measured"]["estimate_calibration"]
+    measured = manifest["measured"]["latency_ms"]["p50"]
+    assert calibration["measured_p50_ms"] == measured  # the real measurement, not the estimate
     assert 0 < calibration["efficiency"] <= 1
     estimated = manifest["estimate"]["latency_ms"]
     assert calibration["error_pct"] == pytest.approx(

@@ -149,8 +149,9 @@ def test_build_engine_script_runs_trtexec_from_its_own_directory(jetson_vit, tmp
 def test_jetson_latency_and_power_are_labelled_estimates(jetson_vit):
     needs_deferral()
     manifest = jetson_vit[0].json
-    assert manifest["latency_ms"]["source"] == "estimate" and manifest["latency_ms"]["runs"] == 0
-    assert manifest["power_w"]["source"] == "estimate"
+    latency = manifest["measured"]["latency_ms"]
+    assert latency["source"] == "estimate" and latency["runs"] == 0
+    assert manifest["measured"]["power_w"]["source"] == "estimate"
     assert manifest["estimate"]["model"] == "roofline"
     unverified = manifest["reason"]["unverified"]
     assert any(u.startswith("latency_ms: only estimated") for u in unverified)
@@ -185,8 +186,8 @@ def test_nvidia_gpu_without_hardware_figures_reports_nulls_with_reasons(saved_pt
     assert result.exit_code == 0, result.stderr
     manifest = result.json
     assert manifest["verdict"] == "unverified" and manifest["estimate"] is None
-    assert manifest["latency_ms"] is None and "no TensorRT engine" in manifest["reason"]["latency_ms"]
-    assert manifest["power_w"] is None and manifest["reason"]["power_w"]
+    assert manifest["measured"]["latency_ms"] is None and "no TensorRT engine" in manifest["reason"]["latency_ms"]
+    assert manifest["measured"]["power_w"] is None and manifest["reason"]["power_w"]
 
 
 def test_jetson_int8_is_symmetric_qdq(saved_pt2, tmp_path):
@@ -287,7 +288,7 @@ def test_engine_build_and_run_on_a_tensorrt_host(trt, saved_pt2, tmp_path):
     bundle = tmp_path / "vit-nvidia-gpu"
     assert manifest["artifact"]["entry"] == ENGINE and not manifest["artifact"]["deferred"]
     assert (bundle / ENGINE).stat().st_size > 0 and (bundle / CACHE).stat().st_size > 0
-    assert manifest["latency_ms"]["runs"] == 5 and "source" not in manifest["latency_ms"]
+    assert manifest["measured"]["latency_ms"]["runs"] == 5 and "source" not in manifest["measured"]["latency_ms"]
     assert manifest["numerics"]["rel_err"] <= manifest["budgets"]["numerics"]["max_rel_err"]
 
 
@@ -332,4 +333,4 @@ def test_timm_models_for_jetson(arch, tmp_path):
     if trt is None:
         assert manifest["verdict"] == report.json["verdict"] == "unverified"
         assert manifest["artifact"]["deferred"] == why and f"artifact: {why}" in report.json["reason"]["unverified"]
-        assert manifest["latency_ms"]["source"] == manifest["power_w"]["source"] == "estimate"
+        assert manifest["measured"]["latency_ms"]["source"] == manifest["measured"]["power_w"]["source"] == "estimate"

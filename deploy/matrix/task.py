@@ -120,8 +120,10 @@ def _check_inputs(request) -> None:
 
 def summary_of(manifest: dict, bundle: Path) -> dict:
     """The cell's record from a bundle manifest: verdict, files, figures (no numbers made up here)."""
-    latency = manifest.get("latency_ms") or {}
-    power = manifest.get("power_w") or {}
+    from vdeploy.manifest import measured
+
+    latency = measured(manifest, "latency_ms") or {}
+    power = measured(manifest, "power_w") or {}
     energy = None
     if power.get("energy_mj") is not None:
         energy = {"mj": power["energy_mj"], "source": power.get("source")}

@@ -29,6 +29,9 @@ SIGNAL_HINTS = {
 }
 
 
+DEADLINE_GRACE_S = 30.0  # the worker's own deadline runs this long past the parent's timeout
+
+
 @dataclass(frozen=True)
 class RunResult:
     outputs: list[np.ndarray]  # one array per model output, stacked over samples
@@ -54,7 +57,14 @@ def run_artifact(
         np.savez(job / "inputs.npz", **inputs)
         (job / "job.json").write_text(
             json.dumps(
-                {"artifact": artifact.to_dict(), "bundle_dir": str(bundle_dir), "warmup": warmup, "iters": iters}
+                {
+                    "artifact": artifact.to_dict(),
+                    "bundle_dir": str(bundle_dir),
+                    "warmup": warmup,
+                    "iters": iters,
+                    "parent_pid": os.getpid(),  # the worker dies with this process
+                    "deadline_s": timeout_s + DEADLINE_GRACE_S,  # ... and on its own, should this one hang
+                }
             )
         )
         try:

@@ -1,12 +1,53 @@
-"""Child-process side of isolate.run_artifact: open the artifact, run the samples, time it, write results."""
+"""Child-process side of isolate.run_artifact: open the artifact, run the samples, time it, write results.
+
+It dies with its parent (PR_SET_PDEATHSIG, and a watchdog thread for a parent that is gone before that is set, or
+where prctl is missing) and at its own deadline (job.json's deadline_s), so it never outlives the build.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+
+PR_SET_PDEATHSIG = 1
+WATCH_S = 0.5
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux); exit now if it already has."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below still sees the parent go
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def watchdog(job: Path, parent_pid: int | None, deadline_s: float | None) -> None:
+    """A daemon thread: exit when the parent is gone or the deadline has passed (writing why, for the parent)."""
+    started = time.monotonic()
+
+    def watch():
+        while True:
+            time.sleep(WATCH_S)
+            if parent_pid is not None and os.getppid() != parent_pid:
+                os._exit(1)
+            if deadline_s is not None and time.monotonic() - started > deadline_s:
+                message = f"the artifact run passed its deadline of {deadline_s:.0f} s and was stopped"
+                hint = "the artifact may hang on this host; try a smaller input shape"
+                (job / "error.json").write_text(json.dumps({"message": message, "hint": hint}))
+                os._exit(1)
+
+    threading.Thread(target=watch, name="vdeploy-worker-watchdog", daemon=True).start()
 
 
 def main(job: Path) -> int:
@@ -17,6 +58,8 @@ def main(job: Path) -> int:
     from vdeploy.validate.power import find_meter
 
     spec = json.loads((job / "job.json").read_text())
+    die_with_parent(spec.get("parent_pid"))
+    watchdog(job, spec.get("parent_pid"), spec.get("deadline_s"))
     artifact = Artifact.from_dict(spec["artifact"])
     try:
         with np.load(job / "inputs.npz") as data:
