@@ -76,7 +76,7 @@ def key_record(request, target) -> dict | None:
             sorted(map(str, target.op_set)),
             sorted(map(str, target.unknown)),
         ],
-        "options": {f.name: _plain(getattr(request, f.name)) for f in fields(request) if f.name not in NOT_OPTIONS},
+        "options": {f.name: plain(getattr(request, f.name)) for f in fields(request) if f.name not in NOT_OPTIONS},
         "rule_specs": None if request.rule_specs is None else [getattr(s, "name", str(s)) for s in request.rule_specs],
         "data": {
             "calib": path_hash(request.calib),
@@ -196,9 +196,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _plain(value):
+def plain(value):
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 

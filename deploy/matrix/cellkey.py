@@ -13,8 +13,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from vdeploy.build_cache import path_hash, plain
 from vdeploy.errors import VdeployError
-from vdeploy.load import sha256_file
 
 STATE_DIR = ".matrix"
 KEYED_OUT = (
@@ -41,11 +41,11 @@ def cell_key(cell) -> str:
     target = load_catalog(request.catalog).get(cell.target)
     record = {
         "model": _model_id(request.model),
-        "calib": _path_hash(request.calib),
-        "eval_data": _path_hash(request.eval_data),
-        "tuning_db": [_path_hash(p) for p in request.tuning_db],
+        "calib": path_hash(request.calib),
+        "eval_data": path_hash(request.eval_data),
+        "tuning_db": [path_hash(p) for p in request.tuning_db],
         "target": [target.name, target.backend, target.spec.model_dump(mode="json"), sorted(map(str, target.op_set))],
-        "options": {f.name: _plain(getattr(request, f.name)) for f in fields(request) if f.name not in KEYED_OUT},
+        "options": {f.name: plain(getattr(request, f.name)) for f in fields(request) if f.name not in KEYED_OUT},
         "toolchain": {**toolchain(), **backend_class(target.backend)().toolchain()},
         "device": cell.device,
     }
@@ -98,25 +98,4 @@ def _model_id(model: str) -> str:
             return f"{model}@timm-{importlib.metadata.version('timm')}"
         except importlib.metadata.PackageNotFoundError:
             return model
-    return _path_hash(Path(model)) or model
-
-
-def _path_hash(path: Path | None) -> str | None:
-    """sha256 of a file, or of a folder's file names and contents (a calibration image folder)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for item in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode())
-        return digest.hexdigest()
-    return f"missing:{path}"
-
-
-def _plain(value):
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    return path_hash(Path(model)) or model
