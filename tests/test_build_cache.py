@@ -120,3 +120,21 @@ def test_eviction_removes_the_least_recently_used_beyond_the_cap(tmp_path):
     assert evict(tmp_path, cap_bytes=900) == ["oldest"]
     assert evict(tmp_path, cap_bytes=100, keep="middle") == ["newest"]  # the entry just stored is kept
     assert [p.name for p in tmp_path.iterdir()] == ["middle"]
+
+
+def test_a_restored_bundle_is_signed_when_asked_and_verifies(saved_pt2, tmp_path, cache_on, cli):
+    """The cache stores bundles unsigned (a restore writes its own manifest); `--sign` on a cache hit must still
+    give a bundle whose signature holds, and a hit without `--sign` must not carry a stale signature."""
+    import vdeploy
+
+    model = tmp_path / "cnn.pt2"
+    shutil.copy(saved_pt2("cnn"), model)
+    private, public = vdeploy.keygen(tmp_path / "release")
+    vdeploy.build(str(model), "onnxruntime-cpu", out=tmp_path / "a", iters=3, sign_key=private)
+    signed = cli("build", model, "-t", "onnxruntime-cpu", "-o", tmp_path / "b", "--iters", "3", "--sign", private)
+    assert signed.exit_code == 0 and "restored from the build cache" in signed.stderr
+    bundle = tmp_path / "b" / "cnn-onnxruntime-cpu"
+    assert cli("validate", bundle, "--verify", public, "--iters", "3").exit_code in (0, 3)
+    plain = cli("build", model, "-t", "onnxruntime-cpu", "-o", tmp_path / "c", "--iters", "3")
+    assert plain.exit_code == 0 and "restored from the build cache" in plain.stderr
+    assert not (tmp_path / "c" / "cnn-onnxruntime-cpu" / "signature.json").exists()
