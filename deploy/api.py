@@ -143,13 +143,19 @@ def debug(model: Any, target: str, *, example_inputs=None, progress: Progress = 
     return bisect(request.model, target, request=request, progress=progress)
 
 
-def validate(bundle: str | Path, *, iters: int = 50, verify_key: str | Path | None = None) -> ValidationResult:
+def validate(
+    bundle: str | Path,
+    *,
+    iters: int = 50,
+    verify_key: str | Path | None = None,
+    progress: Progress = lambda _: None,
+) -> ValidationResult:
     """Re-run a bundle's reference I/O, latency and budgets on this machine. With `verify_key` (an ed25519 public key
     PEM) the bundle must carry a signature by that key over every file, else SignatureError."""
     from vdeploy.validate.rerun import validate_bundle
 
     key = Path(verify_key) if verify_key is not None else None
-    return ValidationResult(Path(bundle), validate_bundle(Path(bundle), iters=iters, verify_key=key))
+    return ValidationResult(Path(bundle), validate_bundle(Path(bundle), iters=iters, verify_key=key, progress=progress))
 
 
 def keygen(path: str | Path) -> tuple[Path, Path]:

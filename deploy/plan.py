@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 Progress = Callable[[str], None]
+
+
+S = TypeVar("S")  # a plan's state: BuildState, or validate's ValidationState (both have progress, timings, instruments)
 
 
 @dataclass
@@ -79,10 +82,12 @@ class BuildState:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(Generic[S]):
+    """A name and a function over a plan's state: a BuildState, or validate's ValidationState."""
+
     name: str
-    run: Callable[[BuildState], None]
-    describe: Callable[[BuildState], str | None] = lambda _: None  # the progress line, if the stage prints one
+    run: Callable[[S], None]
+    describe: Callable[[S], str | None] = lambda _: None  # the progress line, if the stage prints one
 
 
 class Instrument:
@@ -120,15 +125,16 @@ def default_instruments() -> tuple[Instrument, ...]:
     return (ProgressInstrument(), TimingInstrument())
 
 
-def run_plan(stages: list[Stage], state: BuildState, instruments: tuple[Instrument, ...] | None = None) -> BuildState:
+def run_plan(stages: list[Stage[S]], state: S, instruments: tuple[Instrument, ...] | None = None) -> S:
     """Apply the stages in order; every instrument sees every stage."""
-    state.instruments = default_instruments() if instruments is None else instruments
+    st: Any = state  # any state with `instruments`, `progress` and `timings`
+    st.instruments = default_instruments() if instruments is None else instruments
     for stage in stages:
-        for instrument in state.instruments:
-            instrument.before(stage, state)
+        for instrument in st.instruments:
+            instrument.before(stage, st)
         stage.run(state)
-        for instrument in state.instruments:
-            instrument.after(stage, state)
+        for instrument in st.instruments:
+            instrument.after(stage, st)
     return state
 
 
