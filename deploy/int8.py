@@ -3,7 +3,8 @@
 quantize_int8(FP32 onnx, calibration, form, placement, gate, progress)
   -> calibration size by range convergence (activation_stats)          -> calib.head(n)
   -> SmoothQuant (ORT/TensorRT forms: graph-level, smoothquant.py; OpenVINO: NNCF's smooth_quant_alphas)
-  -> quantize in the form (quantize.py)                                 -> judge on held calibration samples
+  -> quantize in the form (quantize.py), Q/DQ forms bias-corrected (bias_correction.py) -> judge on held-out samples
+  -> OpenVINO: NNCF misses the gate -> the Q/DQ graph (run by OpenVINO) is tried; the better worst sample is kept
   -> gate missed and sensitive == "auto": int8_fallback.fewest_float_layers (measured sensitivity, binary search)
   -> (quantized model, info for the manifest's precision_info)
 Forms: ort_qdq (uint8 activations, int32 bias: ORT CPU), symmetric_qdq (int8 symmetric Q/DQ: TensorRT
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -96,6 +98,7 @@ class Int8Options:
     time_budget_s: float = 240.0  # the fallback search stops measuring layers after this
     learned_ranges: dict | None = None  # tensor -> (rmin, rmax) from QAT: used as-is, not re-calibrated
     run_env: dict | None = None  # environment OpenVINO INT8 must run under here (an ISA cap): judged in a child
+    bias_correction: bool = True  # Q/DQ forms: correct each Conv/Gemm bias for its weight rounding (bias_correction.py)
 
 
 def quantize_int8(
@@ -108,32 +111,61 @@ def quantize_int8(
     options: Int8Options = Int8Options(),
     evaluate: Callable | None = None,
 ):
-    """(quantized model, info). `evaluate(quantized) -> outputs [n, ...]` runs the form's artifact on the first
-    EVAL_SAMPLES calibration samples (default: ONNX Runtime for Q/DQ forms, OpenVINO CPU for NNCF)."""
+    """(quantized model, info). `evaluate(quantized) -> outputs [n, ...]` runs the form's artifact on the judging
+    samples (default: ONNX Runtime for Q/DQ forms, OpenVINO CPU for NNCF and for Q/DQ graphs built for OpenVINO)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vdeploy-int8-") as workdir:
+        return _quantize_int8(model, calib, form, placement, gate, progress, options, evaluate, Path(workdir))
+
+
+def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress, options, evaluate, workdir: Path):
     from vdeploy import int8_fallback
 
     started = time.perf_counter()
     model = name_nodes(model)
     info: dict = {"form": form.value}
     given = calib
-    calib = _converged(model, calib, options, info, progress)
+    calib, stats = _converged(model, calib, options, info, progress)
     eval_data, judged_on = _judging_samples(given, len(calib))
     info["gate"] = {"min_cosine": gate.min_cosine, "max_rel_err": gate.max_rel_err, "judged_on": judged_on}
     evaluate = evaluate or default_evaluator(form, eval_data, options.run_env)
     reference = reference_outputs(model, eval_data)
-    prepared, placement = _smooth(model, calib, form, placement, options, info, progress)
-    build = lambda p: quantize_in_form(prepared, calib, form, p, options)  # noqa: E731
-    quantized = build(placement)
+    candidate = _Candidate.make(model, calib, form, placement, options, info, progress, stats, workdir / "a.json")
+    quantized = candidate.build(candidate.placement)
     result = gate.check(reference, evaluate(quantized))
     info["int8_all"] = result.to_dict()
+    if form is Int8Form.nncf_openvino and not result.holds and options.sensitive == AUTO:
+        qdq = _Candidate.make(
+            model, calib, Int8Form.ort_qdq, placement, options, {}, progress, stats, workdir / "b.json"
+        )
+        progress(
+            f"NNCF's INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f}): trying Q/DQ on OpenVINO"
+        )
+        qdq_model = qdq.build(qdq.placement)
+        qdq_result = gate.check(reference, evaluate(qdq_model))
+        info["nncf_or_qdq"] = {"nncf": result.to_dict(), "qdq_on_openvino": qdq_result.to_dict()}
+        if qdq_result.worst_cosine > result.worst_cosine:
+            candidate, quantized, result = qdq, qdq_model, qdq_result
+            info["form"] = f"{Int8Form.ort_qdq.value} (run by OpenVINO)"
+            info.update(qdq.info)
+            info["int8_all"] = result.to_dict()
+    placement = candidate.placement
     sensitive = options.sensitive
     if isinstance(sensitive, int) and sensitive > 0:
         progress(f"measuring per-layer INT8 sensitivity (keeping the {sensitive} worst float)")
         ranking = int8_fallback.rank_layers(
-            prepared, calib, placement, eval_data, reference, options.time_budget_s, progress
+            candidate.prepared,
+            calib,
+            placement,
+            eval_data,
+            reference,
+            options.time_budget_s,
+            progress,
+            candidate.ort_base(quantized),
         )
         chosen = tuple(ranking.names[:sensitive])
-        quantized, result = build(placement.keep_float(chosen)), None
+        quantized = candidate.build(placement.keep_float(chosen))
         result = gate.check(reference, evaluate(quantized))
         info["fallback"] = {"mode": f"fixed {sensitive}", "ranking": ranking.to_dict(), "float_layers": list(chosen)}
         placement = placement.keep_float(chosen)
@@ -143,7 +175,20 @@ def quantize_int8(
             "searching the fewest layers to keep float"
         )
         search = int8_fallback.fewest_float_layers(
-            prepared, calib, placement, gate, eval_data, reference, build, evaluate, options.time_budget_s, progress
+            candidate.prepared,
+            calib,
+            placement,
+            gate,
+            eval_data,
+            reference,
+            candidate.build,
+            evaluate,
+            options.time_budget_s,
+            progress,
+            base=candidate.ort_base(quantized),
+            int8_all=quantized,
+            runtime="openvino" if form is Int8Form.nncf_openvino else "onnxruntime",
+            run_env=options.run_env,
         )
         info["fallback"] = search.to_dict()
         quantized, result, placement = (
@@ -163,6 +208,49 @@ def quantize_int8(
     return quantized, info
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """One way to build the INT8 model: the prepared (smoothed) FP32 graph, its placement and form, and the bias
+    means Q/DQ builds are corrected with."""
+
+    prepared: object
+    placement: Placement
+    form: Int8Form
+    options: Int8Options
+    calib: CalibrationData
+    means: dict | None
+    info: dict
+    cache: Path  # ONNX Runtime's calibrated ranges, shared by every build of this candidate
+
+    @classmethod
+    def make(cls, model, calib, form: Int8Form, placement, options: Int8Options, info: dict, progress, stats, cache):
+        prepared, placement = _smooth(model, calib, form, placement, options, info, progress, stats)
+        means = None
+        if form is not Int8Form.nncf_openvino and options.bias_correction and not options.learned_ranges:
+            from vdeploy.bias_correction import input_means
+
+            means = input_means(prepared, calib, stats)
+        return cls(prepared, placement, form, options, calib, means, info, cache)
+
+    def build(self, placement: Placement):
+        quantized = quantize_in_form(self.prepared, self.calib, self.form, placement, self.options, self.cache)
+        if self.means is None:
+            return quantized
+        from vdeploy.bias_correction import correct_biases
+
+        corrected = correct_biases(quantized, self.prepared, self.means)
+        self.info.setdefault("bias_correction", corrected.to_dict())
+        return corrected.model
+
+    def ort_base(self, quantized):
+        """The ONNX Runtime Q/DQ build the fallback probes: `quantized` itself where the form is Q/DQ."""
+        if self.form is not Int8Form.nncf_openvino:
+            return quantized
+        from vdeploy.quantize import quantize_onnx_qdq
+
+        return quantize_onnx_qdq(self.prepared, self.calib, self.placement, calibration_cache=self.cache)
+
+
 def _judging_samples(given: CalibrationData, used: int) -> tuple[CalibrationData, str]:
     """Samples the gate is judged on: held-out ones (given, not calibrated on) where there are enough, since ranges
     fitted to a sample flatter it (digits CNN: 0.991 worst cosine on calibrated samples, 0.983 on unseen ones)."""
@@ -173,7 +261,9 @@ def _judging_samples(given: CalibrationData, used: int) -> tuple[CalibrationData
     return head, f"first {len(head)} calibration samples, worst sample and pooled"
 
 
-def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, progress) -> CalibrationData:
+def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, progress):
+    """(calibration samples to use, their activation stats or None); the stats serve SmoothQuant and bias
+    correction too, so the FP32 graph is run over the calibration set once for all three."""
     from vdeploy.activation_stats import activation_stats
 
     if not options.converge or len(calib) <= 16:
@@ -183,14 +273,14 @@ def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, 
             "converged": None,
             "why": "all samples (convergence off or <= 16 given)",
         }
-        return calib
+        return calib, None
     progress(f"measuring activation-range convergence on up to {len(calib)} calibration samples")
     stats = activation_stats(model, calib, [])
     info["calibration_size"] = stats.to_dict()
-    return calib.head(stats.samples_used)
+    return calib.head(stats.samples_used), stats.stats
 
 
-def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Options, info: dict, progress):
+def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Options, info: dict, progress, stats):
     """SmoothQuant for the Q/DQ forms (graph-level); NNCF does its own in quantize_in_form."""
     alpha = options.smooth_alpha
     if form is Int8Form.nncf_openvino or (alpha is not None and alpha < 0) or options.learned_ranges:
@@ -198,7 +288,7 @@ def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Opt
     from vdeploy.smoothquant import DEFAULT_ALPHA, smooth_quant
 
     progress("SmoothQuant: migrating activation outliers into the weights")
-    smoothed = smooth_quant(model, calib, DEFAULT_ALPHA if alpha is None else alpha)
+    smoothed = smooth_quant(model, calib, DEFAULT_ALPHA if alpha is None else alpha, stats=stats)
     info["smooth_quant"] = smoothed.to_dict()
     return smoothed.model, placement.keep_float(smoothed.mul_nodes)
 
@@ -255,6 +345,10 @@ def _ov_run(ov_model, calib: CalibrationData) -> np.ndarray:
     this CPU first (cpu_features.probe: AMX SIGILL)."""
     import openvino as ov
 
+    if not isinstance(ov_model, ov.Model):  # a Q/DQ onnx.ModelProto built for OpenVINO
+        from vdeploy.quantize_openvino import onnx_to_ov
+
+        ov_model = onnx_to_ov(ov_model)
     compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     batch = compiled.inputs[0].get_partial_shape()[0]
     size = batch.get_length() if batch.is_static else len(calib)
@@ -270,10 +364,13 @@ def _ov_child(ov_model, calib: CalibrationData, env: dict) -> np.ndarray:
     import subprocess
     import sys
     import tempfile
-    from pathlib import Path
 
     import openvino as ov
 
+    if not isinstance(ov_model, ov.Model):
+        from vdeploy.quantize_openvino import onnx_to_ov
+
+        ov_model = onnx_to_ov(ov_model)
     with tempfile.TemporaryDirectory(prefix="vdeploy-int8-eval-") as tmp:
         ov.save_model(ov_model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
         np.savez(Path(tmp) / "in.npz", **calib.inputs)
