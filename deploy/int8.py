@@ -124,6 +124,10 @@ def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress
 
     started = time.perf_counter()
     model = name_nodes(model)
+    if form is not Int8Form.nncf_openvino:  # ORT's fused Attention keeps its QKV projection float otherwise
+        from vdeploy.attention_split import split_fused_attention
+
+        model = split_fused_attention(model)
     info: dict = {"form": form.value}
     given = calib
     calib, stats = _converged(model, calib, options, info, progress)

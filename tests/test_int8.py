@@ -116,6 +116,56 @@ def test_unreachable_gate_says_by_how_much_and_what_float_costs():
     assert info["fallback"]["latency"]["cheapest_float_fallback"]["what"] == "FP32 build"
 
 
+# ---- one machinery, every backend's form -----------------------------------------------------------------------
+
+
+def test_npu_toolchains_get_our_calibration_and_float_layers(tmp_path):
+    """Toolchain forms (rknn-toolkit2, Vela via LiteRT, ExecuTorch): the graph stays FP32 and the backend's own
+    quantizer gets our calibration set (same loader, same preprocessing record) and the per-layer float decisions
+    as ONNX node names (CompileJob.calibration / .float_layers)."""
+    from vdeploy.lower_precision import lower_precision
+    from vdeploy.targets import load_catalog
+
+    model = digits_onnx("cnn")
+    first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    np.save(tmp_path / "calib.npy", trained_digits("cnn").x_train.numpy()[:24])
+    for name in ("rk3588", "ethos-u55-128"):
+        target = load_catalog().get(name)
+        options = target.spec.precision_options.model_copy(update={"int8_keep_float": [first_conv]})
+        target = target._replace(spec=target.spec.model_copy(update={"precision_options": options}))
+        request = BuildRequest(model="digits.onnx", targets=(name,), calib=tmp_path / "calib.npy")
+        lowered = lower_precision(model, target, "int8", request, lambda _: None)
+        assert lowered.model is model, name  # the vendor compiler quantizes: the FP32 graph goes through
+        assert lowered.calibration is not None and len(lowered.calibration) == 24, name
+        assert lowered.float_layers == (first_conv,), name
+        naive = target.spec.precision_options.int8_everywhere  # Ethos-U: integer-only; rknn: its own float islands
+        assert lowered.info["placement"]["kind"] == ("naive" if naive else "transformer-aware"), name
+
+
+def test_x86_int8_takes_qdq_on_openvino_where_nncf_misses_the_gate(tmp_path):
+    """x86-cpu: NNCF's INT8 of the digits CNN misses the per-sample gate (worst digit ~0.97); the build then tries
+    the bias-corrected Q/DQ graph run by OpenVINO, keeps the better one and says so; the bundle runs INT8."""
+    trained = trained_digits("cnn")
+    torch.export.save(torch.export.export(trained.model.eval(), (trained.x_test[:1],)), tmp_path / "cnn.pt2")
+    np.save(tmp_path / "calib.npy", trained.x_train.numpy()[:96])
+    request = BuildRequest(
+        model=str(tmp_path / "cnn.pt2"),
+        targets=("x86-cpu",),
+        out_dir=tmp_path / "out",
+        precision="int8",
+        calib=tmp_path / "calib.npy",
+        iters=2,
+    )
+    (outcome,) = build(request)
+    manifest = outcome.result.manifest
+    info = manifest["precision_info"]
+    both = info["nncf_or_qdq"]
+    assert not both["nncf"]["holds"] and both["qdq_on_openvino"]["holds"], both
+    assert info["form"] == "ort_qdq (run by OpenVINO)" and info["bias_correction"]["layers_corrected"] >= 3
+    assert manifest["verdict"] == "pass" and manifest["numerics"]["worst_sample_cosine"] >= 0.99
+    assert "FakeQuantize" in (outcome.result.bundle / "model.xml").read_text()  # INT8 in the OpenVINO IR
+
+
 # ---- a real pretrained transformer encoder --------------------------------------------------------------------
 
 
@@ -195,12 +245,13 @@ def _effnet_case():
     return model, calib, photos, fp32, floor
 
 
-@pytest.mark.parametrize("form", [Int8Form.ort_qdq, Int8Form.nncf_openvino])
+@pytest.mark.parametrize("form", [Int8Form.ort_qdq])  # x86-cpu (nncf_openvino): benchmarks/int8_latency.py
 def test_effnet_lite0_int8_top1_on_real_photos(form, int8_isa_env):
     """EfficientNet-Lite0 (real ImageNet weights) INT8 by default options, calibrated on 48 crops of 24 real photos
     and run on the 24 whole photos: top-1 agrees with FP32 at least as often as FP32 agrees with itself under
     +-0.5 grey-level input noise (these photos are mostly not ImageNet scenes: flat logits, tiny margins), and the
-    logits keep a high worst-photo cosine. onnxruntime-cpu (Q/DQ, bias-corrected) and x86-cpu (OpenVINO)."""
+    logits keep a high worst-photo cosine. onnxruntime-cpu (Q/DQ, bias-corrected); the same test passes with
+    Int8Form.nncf_openvino (x86-cpu: NNCF misses, the Q/DQ graph on OpenVINO is kept) but takes 2-3x as long."""
     from tests.test_precision import ort_run
     from vdeploy.int8 import _ov_child, _ov_run
     from vdeploy.targets import Precision, load_catalog
@@ -232,9 +283,10 @@ def test_effnet_lite0_int8_top1_on_real_photos(form, int8_isa_env):
 
 
 def test_qat_recovers_what_aggressive_ptq_loses_on_digits(tmp_path):
-    """Aggressive placement: 4-bit per-channel weights + 8-bit activations on every Conv/Linear of the digits CNN.
-    PTQ (ranges from min/max, no training) vs a 2-epoch QAT run, same fake-quant, same test set. (At plain INT8 no
-    placement or form loses a point on digits: the model is too tame to need QAT there.)"""
+    """Aggressive placement: 3-bit per-channel weights + 8-bit activations on every Conv/Linear of the digits CNN.
+    PTQ (ranges from min/max, no training) vs a 2-epoch QAT run, same fake-quant, same 450 test digits. (At plain
+    INT8 no placement or form loses a point on digits; at 4-bit weights PTQ loses 0.67 pt and QAT 0.44 pt: one
+    digit apart, too close to judge.)"""
     import torch.nn.functional as F
 
     from vdeploy import qat
@@ -242,9 +294,9 @@ def test_qat_recovers_what_aggressive_ptq_loses_on_digits(tmp_path):
     trained, split = trained_digits("cnn"), load_split()
     example = (trained.x_train[:256],)
     ptq_drop = trained.accuracy - accuracy(
-        qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).eval(), trained.x_test, trained.y_test
+        qat.prepare(trained.model, "onnxruntime", example, weight_bits=3).eval(), trained.x_test, trained.y_test
     )
-    model = qat.prepare(trained.model, "onnxruntime", example, weight_bits=4).train()
+    model = qat.prepare(trained.model, "onnxruntime", example, weight_bits=3).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -255,8 +307,8 @@ def test_qat_recovers_what_aggressive_ptq_loses_on_digits(tmp_path):
             loss.backward()
             opt.step()
     qat_drop = trained.accuracy - accuracy(model.eval(), trained.x_test, trained.y_test)
-    print(f"\ndigits CNN W4A8: PTQ drop {100 * ptq_drop:.2f} pt, QAT drop {100 * qat_drop:.2f} pt")
-    assert ptq_drop >= 0.005 and qat_drop < ptq_drop
+    print(f"\ndigits CNN W3A8: PTQ drop {100 * ptq_drop:.2f} pt, QAT drop {100 * qat_drop:.2f} pt")
+    assert ptq_drop >= 0.02 and qat_drop <= ptq_drop / 2  # measured: 5.33 pt vs 0.89 pt
 
 
 def test_build_keeps_the_learned_ranges(tmp_path):
