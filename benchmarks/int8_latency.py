@@ -79,7 +79,7 @@ def time_bundles(bundles: list[str], iters: int, photos: str | None) -> dict:
     feeds = {}
     for bundle, session in sessions.items():
         with np.load(Path(bundle) / "reference_io.npz") as ref:
-            x = next(ref[k] for k in ref.files if k.startswith("input:"))[:1]
+            x = next(ref[k] for k in ref.files if k.startswith("input:"))[0]  # samples stacked: [N, *input shape]
         feeds[bundle] = {session.input_names[0]: x}
     for bundle, session in sessions.items():
         for _ in range(3):

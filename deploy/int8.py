@@ -23,6 +23,7 @@ import numpy as np
 
 from vdeploy.backends.base import Int8Form
 from vdeploy.calibration import CalibrationData
+from vdeploy.int8_eval import default_evaluator, reference_outputs
 from vdeploy.quantize import Placement, name_nodes
 
 EVAL_SAMPLES = 16  # calibration samples the in-build gate is judged on
@@ -49,20 +50,25 @@ def form_for_backend(backend: str) -> Int8Form:
 
 @dataclass(frozen=True)
 class Gate:
-    """The numerics gate the build is judged by: pooled and worst-sample cosine, pooled rel_err."""
+    """The numerics gate the build is judged by: pooled and worst-sample cosine, pooled rel_err, and (where the
+    target or --min-top1-agreement asks for it, and the output is class scores) top-1 agreement with FP32."""
 
     min_cosine: float
     max_rel_err: float
+    min_top1_agreement: float | None = None
 
     def check(self, reference: np.ndarray, outputs: np.ndarray) -> GateResult:
+        from vdeploy.validate.compare import _top1
+
         ref, out = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
         if not np.all(np.isfinite(out)):
-            return GateResult(0.0, 0.0, float("inf"), self)
+            return GateResult(0.0, 0.0, float("inf"), self, 0.0)
         a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
         per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
         pooled = float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
         rel = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-        return GateResult(pooled, float(per.min()), rel, self)
+        top1 = _top1(ref, out) if self.min_top1_agreement is not None else None
+        return GateResult(pooled, float(per.min()), rel, self, top1)
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,13 @@ class GateResult:
     worst_cosine: float
     rel_err: float
     gate: Gate
+    top1: float | None = None  # top-1 agreement, where the gate asks for it and the output is class scores
 
     @property
     def holds(self) -> bool:
-        return min(self.cosine, self.worst_cosine) >= self.gate.min_cosine and self.rel_err <= self.gate.max_rel_err
+        top1_ok = self.gate.min_top1_agreement is None or self.top1 is None or self.top1 >= self.gate.min_top1_agreement
+        cosine_ok = min(self.cosine, self.worst_cosine) >= self.gate.min_cosine
+        return cosine_ok and self.rel_err <= self.gate.max_rel_err and top1_ok
 
     @property
     def shortfall(self) -> float:
@@ -82,12 +91,15 @@ class GateResult:
         return max(0.0, self.gate.min_cosine - min(self.cosine, self.worst_cosine))
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "cosine": round(self.cosine, 6),
             "worst_sample_cosine": round(self.worst_cosine, 6),
             "rel_err": round(self.rel_err, 5),
             "holds": self.holds,
         }
+        if self.top1 is not None:
+            out["top1_agreement"] = round(self.top1, 4)
+        return out
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ class Int8Options:
     learned_ranges: dict | None = None  # tensor -> (rmin, rmax) from QAT: used as-is, not re-calibrated
     run_env: dict | None = None  # environment OpenVINO INT8 must run under here (an ISA cap): judged in a child
     bias_correction: bool = True  # Q/DQ forms: correct each Conv/Gemm bias for its weight rounding (bias_correction.py)
+    split_attention: bool = True  # Q/DQ forms: split ORT's fused Attention so its QKV projection is INT8 too
 
 
 def quantize_int8(
@@ -124,7 +137,7 @@ def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress
 
     started = time.perf_counter()
     model = name_nodes(model)
-    if form is not Int8Form.nncf_openvino:  # ORT's fused Attention keeps its QKV projection float otherwise
+    if form is not Int8Form.nncf_openvino and options.split_attention:  # else ORT's fused Attention keeps QKV float
         from vdeploy.attention_split import split_fused_attention
 
         model = split_fused_attention(model)
@@ -133,6 +146,8 @@ def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress
     calib, stats = _converged(model, calib, options, info, progress)
     eval_data, judged_on = _judging_samples(given, len(calib))
     info["gate"] = {"min_cosine": gate.min_cosine, "max_rel_err": gate.max_rel_err, "judged_on": judged_on}
+    if gate.min_top1_agreement is not None:
+        info["gate"]["min_top1_agreement"] = gate.min_top1_agreement
     evaluate = evaluate or default_evaluator(form, eval_data, options.run_env)
     reference = reference_outputs(model, eval_data)
     candidate = _Candidate.make(model, calib, form, placement, options, info, progress, stats, workdir / "a.json")
@@ -209,6 +224,8 @@ def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress
             "cosine": round(result.shortfall, 6),
             "rel_err": round(max(0.0, result.rel_err - gate.max_rel_err), 6),
         }
+        if result.top1 is not None and gate.min_top1_agreement is not None:
+            info["gate_missed_by"]["top1_agreement"] = round(max(0.0, gate.min_top1_agreement - result.top1), 4)
     return quantized, info
 
 
@@ -319,80 +336,3 @@ def quantize_in_form(
         calibration_cache=calibration_cache,
         range_overrides=options.learned_ranges,
     )
-
-
-def reference_outputs(model, calib: CalibrationData) -> np.ndarray:
-    """The FP32 ONNX model's first output on ONNX Runtime: what the in-build gate compares against."""
-    return _ort_run(model, calib)
-
-
-def default_evaluator(form: Int8Form, calib: CalibrationData, env: dict | None = None) -> Callable:
-    if form is Int8Form.nncf_openvino:
-        return (lambda model: _ov_child(model, calib, env)) if env else (lambda model: _ov_run(model, calib))
-    return lambda model: _ort_run(model, calib)
-
-
-def _ort_run(model, calib: CalibrationData) -> np.ndarray:
-    import onnxruntime as ort
-
-    from vdeploy.quantize import model_batch_size
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    batch = model_batch_size(model, dynamic_default=len(calib))
-    return np.concatenate([session.run(None, feed)[0] for feed in calib.batches(batch)])
-
-
-def _ov_run(ov_model, calib: CalibrationData) -> np.ndarray:
-    """OpenVINO CPU at f32 inference precision (INT8 kernels where the model has FakeQuantize); the caller probed
-    this CPU first (cpu_features.probe: AMX SIGILL)."""
-    import openvino as ov
-
-    if not isinstance(ov_model, ov.Model):  # a Q/DQ onnx.ModelProto built for OpenVINO
-        from vdeploy.quantize_openvino import onnx_to_ov
-
-        ov_model = onnx_to_ov(ov_model)
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    batch = compiled.inputs[0].get_partial_shape()[0]
-    size = batch.get_length() if batch.is_static else len(calib)
-    outs = []
-    for feed in calib.batches(size):
-        outs.append(compiled(list(feed.values()))[compiled.outputs[0]])
-    return np.concatenate(outs)
-
-
-def _ov_child(ov_model, calib: CalibrationData, env: dict) -> np.ndarray:
-    """_ov_run in a child process under `env` (an ISA cap must be set before OpenVINO starts)."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    import openvino as ov
-
-    if not isinstance(ov_model, ov.Model):
-        from vdeploy.quantize_openvino import onnx_to_ov
-
-        ov_model = onnx_to_ov(ov_model)
-    with tempfile.TemporaryDirectory(prefix="vdeploy-int8-eval-") as tmp:
-        ov.save_model(ov_model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
-        np.savez(Path(tmp) / "in.npz", **calib.inputs)
-        code = (
-            "import sys, numpy as np, openvino as ov; from vdeploy.calibration import CalibrationData; "
-            "from vdeploy.int8 import _ov_run; d = sys.argv[1]; a = np.load(d + '/in.npz'); "
-            "np.save(d + '/out.npy', _ov_run(ov.Core().read_model(d + '/m.xml'), "
-            "CalibrationData({k: a[k] for k in a.files}, 'eval')))"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code, tmp], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
-        )
-        if done.returncode != 0:
-            from vdeploy.quantize import QuantizeError
-
-            raise QuantizeError(
-                f"OpenVINO INT8 evaluation failed in a child process (exit {done.returncode}): "
-                f"{done.stderr.strip()[-300:]}",
-                "build with --int8-sensitive 0 to skip the gate search",
-            )
-        return np.load(Path(tmp) / "out.npy")

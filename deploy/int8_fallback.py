@@ -76,7 +76,8 @@ def rank_layers(
 ) -> Ranking:
     """Each quantized layer kept float alone in `base` (an ONNX Runtime Q/DQ build of `model`; built here when not
     given), ranked by how much worst-sample cosine it gives back."""
-    from vdeploy.int8 import Gate, _ort_run
+    from vdeploy.int8 import Gate
+    from vdeploy.int8_eval import _ort_run
 
     started = time.perf_counter()
     excluded = set(placement.float_nodes(model))
@@ -172,7 +173,7 @@ def fewest_float_layers(
     budget ends.
     `int8_all`: the target-form all-INT8 build, reused for the latency figures; `runtime` ("onnxruntime" |
     "openvino", default: by the build's type) runs them, in a child process under `run_env` where one is given."""
-    from vdeploy.int8 import _ort_run
+    from vdeploy.int8_eval import _ort_run
 
     started = time.perf_counter()
     base = base if base is not None else quantize_onnx_qdq(model, calib, placement)
