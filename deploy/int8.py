@@ -164,7 +164,7 @@ def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress
         qdq_model = qdq.build(qdq.placement)
         qdq_result = gate.check(reference, evaluate(qdq_model))
         info["nncf_or_qdq"] = {"nncf": result.to_dict(), "qdq_on_openvino": qdq_result.to_dict()}
-        if qdq_result.worst_cosine > result.worst_cosine:
+        if (qdq_result.holds, qdq_result.worst_cosine) > (result.holds, result.worst_cosine):
             candidate, quantized, result = qdq, qdq_model, qdq_result
             info["form"] = f"{Int8Form.ort_qdq.value} (run by OpenVINO)"
             info.update(qdq.info)
@@ -189,8 +189,9 @@ def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress
         info["fallback"] = {"mode": f"fixed {sensitive}", "ranking": ranking.to_dict(), "float_layers": list(chosen)}
         placement = placement.keep_float(chosen)
     elif sensitive == AUTO and not result.holds:
+        top1 = "" if result.top1 is None else f", top-1 agreement {result.top1:.3f}"
         progress(
-            f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f} < {gate.min_cosine}): "
+            f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f}{top1}): "
             "searching the fewest layers to keep float"
         )
         search = int8_fallback.fewest_float_layers(
