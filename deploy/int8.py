@@ -23,7 +23,7 @@ import numpy as np
 
 from vdeploy.backends.base import Int8Form
 from vdeploy.calibration import CalibrationData
-from vdeploy.int8_eval import default_evaluator, reference_outputs
+from vdeploy.int8_eval import _ort_run, _ov_child, _ov_run, default_evaluator, reference_outputs  # noqa: F401
 from vdeploy.quantize import Placement, name_nodes
 
 EVAL_SAMPLES = 16  # calibration samples the in-build gate is judged on
