@@ -116,10 +116,12 @@ def float_variant(quantized, fp32, names):
             continue
         for slot, name in enumerate(node.input):
             source = _float_twin(name, slot, producer, fp32_inits, fp32_producer)
+            if source is None and slot > 0 and name in have and name in fp32_inits:
+                source = name  # a float bias the Q/DQ build corrected in place: the FP32 one again
             if source is None:
                 continue
-            if source in fp32_inits:  # under its own name unless a node output (the DQ's) already has it
-                renamed = f"{source}/float" if source in producer else source
+            if source in fp32_inits:  # under its own name unless a node output (the DQ's) or the build has it
+                renamed = f"{source}/float" if source in producer or source in have else source
                 if renamed not in have:
                     tensor = onnx.TensorProto()
                     tensor.CopyFrom(fp32_inits[source])
