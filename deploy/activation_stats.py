@@ -1,7 +1,8 @@
 """Activation statistics of an FP32 ONNX model on calibration data, batch by batch, until the ranges stop moving.
 
 (onnx.ModelProto, CalibrationData, tensor names) -> ONNX Runtime run with those tensors as extra outputs, per batch
-  -> running min / max, per-channel |max| (last axis), a reservoir of |values| for percentiles
+  -> running min / max, per-channel |max| (last axis), per-channel mean (axis 1 of NCHW, else the last axis),
+     a reservoir of |values| for percentiles
   -> stop adding batches when no tensor's range moved more than `tol` of its width for `patience` batches
 The ranges are what INT8 calibration computes; convergence picks how many samples calibration needs (not a constant).
 """
@@ -26,20 +27,36 @@ BATCH = 8
 class TensorStats:
     min: float = np.inf
     max: float = -np.inf
-    channel_absmax: np.ndarray | None = None  # per last-axis channel
+    channel_absmax: np.ndarray | None = None  # per last-axis channel (tensors that are not 4-D)
+    _sum: np.ndarray | None = None  # per channel: axis 1 of 4-D (NCHW) tensors, else the last axis
+    _count: int = 0
     _values: list = field(default_factory=list)
     _kept: int = 0
+
+    @property
+    def channel_mean(self) -> np.ndarray | None:
+        return None if self._sum is None else self._sum / max(self._count, 1)
 
     def add(self, array: np.ndarray, rng: np.random.Generator) -> None:
         array = np.asarray(array, dtype=np.float32)
         self.min, self.max = min(self.min, float(array.min())), max(self.max, float(array.max()))
-        if array.ndim >= 1:
-            absmax = np.abs(array.reshape(-1, array.shape[-1])).max(axis=0)
+        if array.ndim == 4:  # NCHW: channels on axis 1 (no last-axis |max|: SmoothQuant reads MatMul inputs only)
+            channel_sum = array.sum(axis=(0, 2, 3), dtype=np.float64)
+            count = array.size // array.shape[1]
+        elif array.ndim >= 1:
+            rows = array.reshape(-1, array.shape[-1])
+            absmax = np.abs(rows).max(axis=0)
             self.channel_absmax = absmax if self.channel_absmax is None else np.maximum(self.channel_absmax, absmax)
-        flat = np.abs(array.ravel())
+            channel_sum, count = rows.sum(axis=0, dtype=np.float64), rows.shape[0]
+        if array.ndim >= 1:
+            if self._sum is None or self._sum.shape != channel_sum.shape:
+                self._sum, self._count = np.zeros(channel_sum.shape), 0
+            self._sum += channel_sum
+            self._count += count
         if self._kept < RESERVOIR:
-            take = flat if flat.size <= RESERVOIR // 8 else rng.choice(flat, RESERVOIR // 8, replace=False)
-            self._values.append(take)
+            flat = array.ravel()
+            take = flat if flat.size <= RESERVOIR // 8 else flat[rng.integers(0, flat.size, RESERVOIR // 8)]
+            self._values.append(np.abs(take))
             self._kept += take.size
 
     def percentile_absmax(self, q: float) -> float:

@@ -3,7 +3,8 @@
 quantize_int8(FP32 onnx, calibration, form, placement, gate, progress)
   -> calibration size by range convergence (activation_stats)          -> calib.head(n)
   -> SmoothQuant (ORT/TensorRT forms: graph-level, smoothquant.py; OpenVINO: NNCF's smooth_quant_alphas)
-  -> quantize in the form (quantize.py)                                 -> judge on held calibration samples
+  -> quantize in the form (quantize.py), Q/DQ forms bias-corrected (bias_correction.py) -> judge on held-out samples
+  -> OpenVINO: NNCF misses the gate -> the Q/DQ graph (run by OpenVINO) is tried; the better worst sample is kept
   -> gate missed and sensitive == "auto": int8_fallback.fewest_float_layers (measured sensitivity, binary search)
   -> (quantized model, info for the manifest's precision_info)
 Forms: ort_qdq (uint8 activations, int32 bias: ORT CPU), symmetric_qdq (int8 symmetric Q/DQ: TensorRT
@@ -16,11 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from vdeploy.backends.base import Int8Form
 from vdeploy.calibration import CalibrationData
+from vdeploy.int8_eval import _ort_run, _ov_child, _ov_run, default_evaluator, reference_outputs  # noqa: F401
 from vdeploy.quantize import Placement, name_nodes
 
 EVAL_SAMPLES = 16  # calibration samples the in-build gate is judged on
@@ -47,20 +50,25 @@ def form_for_backend(backend: str) -> Int8Form:
 
 @dataclass(frozen=True)
 class Gate:
-    """The numerics gate the build is judged by: pooled and worst-sample cosine, pooled rel_err."""
+    """The numerics gate the build is judged by: pooled and worst-sample cosine, pooled rel_err, and (where the
+    target or --min-top1-agreement asks for it, and the output is class scores) top-1 agreement with FP32."""
 
     min_cosine: float
     max_rel_err: float
+    min_top1_agreement: float | None = None
 
     def check(self, reference: np.ndarray, outputs: np.ndarray) -> GateResult:
+        from vdeploy.validate.compare import _top1
+
         ref, out = np.asarray(reference, np.float64), np.asarray(outputs, np.float64)
         if not np.all(np.isfinite(out)):
-            return GateResult(0.0, 0.0, float("inf"), self)
+            return GateResult(0.0, 0.0, float("inf"), self, 0.0)
         a, b = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
         per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
         pooled = float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
         rel = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-        return GateResult(pooled, float(per.min()), rel, self)
+        top1 = _top1(ref, out) if self.min_top1_agreement is not None else None
+        return GateResult(pooled, float(per.min()), rel, self, top1)
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,13 @@ class GateResult:
     worst_cosine: float
     rel_err: float
     gate: Gate
+    top1: float | None = None  # top-1 agreement, where the gate asks for it and the output is class scores
 
     @property
     def holds(self) -> bool:
-        return min(self.cosine, self.worst_cosine) >= self.gate.min_cosine and self.rel_err <= self.gate.max_rel_err
+        top1_ok = self.gate.min_top1_agreement is None or self.top1 is None or self.top1 >= self.gate.min_top1_agreement
+        cosine_ok = min(self.cosine, self.worst_cosine) >= self.gate.min_cosine
+        return cosine_ok and self.rel_err <= self.gate.max_rel_err and top1_ok
 
     @property
     def shortfall(self) -> float:
@@ -80,12 +91,15 @@ class GateResult:
         return max(0.0, self.gate.min_cosine - min(self.cosine, self.worst_cosine))
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "cosine": round(self.cosine, 6),
             "worst_sample_cosine": round(self.worst_cosine, 6),
             "rel_err": round(self.rel_err, 5),
             "holds": self.holds,
         }
+        if self.top1 is not None:
+            out["top1_agreement"] = round(self.top1, 4)
+        return out
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class Int8Options:
     time_budget_s: float = 240.0  # the fallback search stops measuring layers after this
     learned_ranges: dict | None = None  # tensor -> (rmin, rmax) from QAT: used as-is, not re-calibrated
     run_env: dict | None = None  # environment OpenVINO INT8 must run under here (an ISA cap): judged in a child
+    bias_correction: bool = True  # Q/DQ forms: correct each Conv/Gemm bias for its weight rounding (bias_correction.py)
+    split_attention: bool = True  # Q/DQ forms: split ORT's fused Attention so its QKV projection is INT8 too
 
 
 def quantize_int8(
@@ -108,42 +124,91 @@ def quantize_int8(
     options: Int8Options = Int8Options(),
     evaluate: Callable | None = None,
 ):
-    """(quantized model, info). `evaluate(quantized) -> outputs [n, ...]` runs the form's artifact on the first
-    EVAL_SAMPLES calibration samples (default: ONNX Runtime for Q/DQ forms, OpenVINO CPU for NNCF)."""
+    """(quantized model, info). `evaluate(quantized) -> outputs [n, ...]` runs the form's artifact on the judging
+    samples (default: ONNX Runtime for Q/DQ forms, OpenVINO CPU for NNCF and for Q/DQ graphs built for OpenVINO)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vdeploy-int8-") as workdir:
+        return _quantize_int8(model, calib, form, placement, gate, progress, options, evaluate, Path(workdir))
+
+
+def _quantize_int8(model, calib, form: Int8Form, placement, gate: Gate, progress, options, evaluate, workdir: Path):
     from vdeploy import int8_fallback
 
     started = time.perf_counter()
     model = name_nodes(model)
+    if form is not Int8Form.nncf_openvino and options.split_attention:  # else ORT's fused Attention keeps QKV float
+        from vdeploy.attention_split import split_fused_attention
+
+        model = split_fused_attention(model)
     info: dict = {"form": form.value}
     given = calib
-    calib = _converged(model, calib, options, info, progress)
+    calib, stats = _converged(model, calib, options, info, progress)
     eval_data, judged_on = _judging_samples(given, len(calib))
     info["gate"] = {"min_cosine": gate.min_cosine, "max_rel_err": gate.max_rel_err, "judged_on": judged_on}
+    if gate.min_top1_agreement is not None:
+        info["gate"]["min_top1_agreement"] = gate.min_top1_agreement
     evaluate = evaluate or default_evaluator(form, eval_data, options.run_env)
     reference = reference_outputs(model, eval_data)
-    prepared, placement = _smooth(model, calib, form, placement, options, info, progress)
-    build = lambda p: quantize_in_form(prepared, calib, form, p, options)  # noqa: E731
-    quantized = build(placement)
+    candidate = _Candidate.make(model, calib, form, placement, options, info, progress, stats, workdir / "a.json")
+    quantized = candidate.build(candidate.placement)
     result = gate.check(reference, evaluate(quantized))
     info["int8_all"] = result.to_dict()
+    if form is Int8Form.nncf_openvino and not result.holds and options.sensitive == AUTO:
+        qdq = _Candidate.make(
+            model, calib, Int8Form.ort_qdq, placement, options, {}, progress, stats, workdir / "b.json"
+        )
+        progress(
+            f"NNCF's INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f}): trying Q/DQ on OpenVINO"
+        )
+        qdq_model = qdq.build(qdq.placement)
+        qdq_result = gate.check(reference, evaluate(qdq_model))
+        info["nncf_or_qdq"] = {"nncf": result.to_dict(), "qdq_on_openvino": qdq_result.to_dict()}
+        if (qdq_result.holds, qdq_result.worst_cosine) > (result.holds, result.worst_cosine):
+            candidate, quantized, result = qdq, qdq_model, qdq_result
+            info["form"] = f"{Int8Form.ort_qdq.value} (run by OpenVINO)"
+            info.update(qdq.info)
+            info["int8_all"] = result.to_dict()
+    placement = candidate.placement
     sensitive = options.sensitive
     if isinstance(sensitive, int) and sensitive > 0:
         progress(f"measuring per-layer INT8 sensitivity (keeping the {sensitive} worst float)")
         ranking = int8_fallback.rank_layers(
-            prepared, calib, placement, eval_data, reference, options.time_budget_s, progress
+            candidate.prepared,
+            calib,
+            placement,
+            eval_data,
+            reference,
+            options.time_budget_s,
+            progress,
+            candidate.ort_base(quantized),
         )
         chosen = tuple(ranking.names[:sensitive])
-        quantized, result = build(placement.keep_float(chosen)), None
+        quantized = candidate.build(placement.keep_float(chosen))
         result = gate.check(reference, evaluate(quantized))
         info["fallback"] = {"mode": f"fixed {sensitive}", "ranking": ranking.to_dict(), "float_layers": list(chosen)}
         placement = placement.keep_float(chosen)
     elif sensitive == AUTO and not result.holds:
+        top1 = "" if result.top1 is None else f", top-1 agreement {result.top1:.3f}"
         progress(
-            f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f} < {gate.min_cosine}): "
+            f"INT8 misses the gate (worst-sample cosine {result.worst_cosine:.4f}{top1}): "
             "searching the fewest layers to keep float"
         )
         search = int8_fallback.fewest_float_layers(
-            prepared, calib, placement, gate, eval_data, reference, build, evaluate, options.time_budget_s, progress
+            candidate.prepared,
+            calib,
+            placement,
+            gate,
+            eval_data,
+            reference,
+            candidate.build,
+            evaluate,
+            options.time_budget_s,
+            progress,
+            base=candidate.ort_base(quantized),
+            int8_all=quantized,
+            runtime="openvino" if form is Int8Form.nncf_openvino else "onnxruntime",
+            run_env=options.run_env,
         )
         info["fallback"] = search.to_dict()
         quantized, result, placement = (
@@ -160,7 +225,52 @@ def quantize_int8(
             "cosine": round(result.shortfall, 6),
             "rel_err": round(max(0.0, result.rel_err - gate.max_rel_err), 6),
         }
+        if result.top1 is not None and gate.min_top1_agreement is not None:
+            info["gate_missed_by"]["top1_agreement"] = round(max(0.0, gate.min_top1_agreement - result.top1), 4)
     return quantized, info
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One way to build the INT8 model: the prepared (smoothed) FP32 graph, its placement and form, and the bias
+    means Q/DQ builds are corrected with."""
+
+    prepared: object
+    placement: Placement
+    form: Int8Form
+    options: Int8Options
+    calib: CalibrationData
+    means: dict | None
+    info: dict
+    cache: Path  # ONNX Runtime's calibrated ranges, shared by every build of this candidate
+
+    @classmethod
+    def make(cls, model, calib, form: Int8Form, placement, options: Int8Options, info: dict, progress, stats, cache):
+        prepared, placement = _smooth(model, calib, form, placement, options, info, progress, stats)
+        means = None
+        if form is not Int8Form.nncf_openvino and options.bias_correction and not options.learned_ranges:
+            from vdeploy.bias_correction import input_means
+
+            means = input_means(prepared, calib, stats)
+        return cls(prepared, placement, form, options, calib, means, info, cache)
+
+    def build(self, placement: Placement):
+        quantized = quantize_in_form(self.prepared, self.calib, self.form, placement, self.options, self.cache)
+        if self.means is None:
+            return quantized
+        from vdeploy.bias_correction import correct_biases
+
+        corrected = correct_biases(quantized, self.prepared, self.means)
+        self.info.setdefault("bias_correction", corrected.to_dict())
+        return corrected.model
+
+    def ort_base(self, quantized):
+        """The ONNX Runtime Q/DQ build the fallback probes: `quantized` itself where the form is Q/DQ."""
+        if self.form is not Int8Form.nncf_openvino:
+            return quantized
+        from vdeploy.quantize import quantize_onnx_qdq
+
+        return quantize_onnx_qdq(self.prepared, self.calib, self.placement, calibration_cache=self.cache)
 
 
 def _judging_samples(given: CalibrationData, used: int) -> tuple[CalibrationData, str]:
@@ -173,7 +283,9 @@ def _judging_samples(given: CalibrationData, used: int) -> tuple[CalibrationData
     return head, f"first {len(head)} calibration samples, worst sample and pooled"
 
 
-def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, progress) -> CalibrationData:
+def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, progress):
+    """(calibration samples to use, their activation stats or None); the stats serve SmoothQuant and bias
+    correction too, so the FP32 graph is run over the calibration set once for all three."""
     from vdeploy.activation_stats import activation_stats
 
     if not options.converge or len(calib) <= 16:
@@ -183,14 +295,14 @@ def _converged(model, calib: CalibrationData, options: Int8Options, info: dict, 
             "converged": None,
             "why": "all samples (convergence off or <= 16 given)",
         }
-        return calib
+        return calib, None
     progress(f"measuring activation-range convergence on up to {len(calib)} calibration samples")
     stats = activation_stats(model, calib, [])
     info["calibration_size"] = stats.to_dict()
-    return calib.head(stats.samples_used)
+    return calib.head(stats.samples_used), stats.stats
 
 
-def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Options, info: dict, progress):
+def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Options, info: dict, progress, stats):
     """SmoothQuant for the Q/DQ forms (graph-level); NNCF does its own in quantize_in_form."""
     alpha = options.smooth_alpha
     if form is Int8Form.nncf_openvino or (alpha is not None and alpha < 0) or options.learned_ranges:
@@ -198,7 +310,7 @@ def _smooth(model, calib, form: Int8Form, placement: Placement, options: Int8Opt
     from vdeploy.smoothquant import DEFAULT_ALPHA, smooth_quant
 
     progress("SmoothQuant: migrating activation outliers into the weights")
-    smoothed = smooth_quant(model, calib, DEFAULT_ALPHA if alpha is None else alpha)
+    smoothed = smooth_quant(model, calib, DEFAULT_ALPHA if alpha is None else alpha, stats=stats)
     info["smooth_quant"] = smoothed.to_dict()
     return smoothed.model, placement.keep_float(smoothed.mul_nodes)
 
@@ -225,73 +337,3 @@ def quantize_in_form(
         calibration_cache=calibration_cache,
         range_overrides=options.learned_ranges,
     )
-
-
-def reference_outputs(model, calib: CalibrationData) -> np.ndarray:
-    """The FP32 ONNX model's first output on ONNX Runtime: what the in-build gate compares against."""
-    return _ort_run(model, calib)
-
-
-def default_evaluator(form: Int8Form, calib: CalibrationData, env: dict | None = None) -> Callable:
-    if form is Int8Form.nncf_openvino:
-        return (lambda model: _ov_child(model, calib, env)) if env else (lambda model: _ov_run(model, calib))
-    return lambda model: _ort_run(model, calib)
-
-
-def _ort_run(model, calib: CalibrationData) -> np.ndarray:
-    import onnxruntime as ort
-
-    from vdeploy.quantize import model_batch_size
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    batch = model_batch_size(model, dynamic_default=len(calib))
-    return np.concatenate([session.run(None, feed)[0] for feed in calib.batches(batch)])
-
-
-def _ov_run(ov_model, calib: CalibrationData) -> np.ndarray:
-    """OpenVINO CPU at f32 inference precision (INT8 kernels where the model has FakeQuantize); the caller probed
-    this CPU first (cpu_features.probe: AMX SIGILL)."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    batch = compiled.inputs[0].get_partial_shape()[0]
-    size = batch.get_length() if batch.is_static else len(calib)
-    outs = []
-    for feed in calib.batches(size):
-        outs.append(compiled(list(feed.values()))[compiled.outputs[0]])
-    return np.concatenate(outs)
-
-
-def _ov_child(ov_model, calib: CalibrationData, env: dict) -> np.ndarray:
-    """_ov_run in a child process under `env` (an ISA cap must be set before OpenVINO starts)."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    import openvino as ov
-
-    with tempfile.TemporaryDirectory(prefix="vdeploy-int8-eval-") as tmp:
-        ov.save_model(ov_model, str(Path(tmp) / "m.xml"), compress_to_fp16=False)
-        np.savez(Path(tmp) / "in.npz", **calib.inputs)
-        code = (
-            "import sys, numpy as np, openvino as ov; from vdeploy.calibration import CalibrationData; "
-            "from vdeploy.int8 import _ov_run; d = sys.argv[1]; a = np.load(d + '/in.npz'); "
-            "np.save(d + '/out.npy', _ov_run(ov.Core().read_model(d + '/m.xml'), "
-            "CalibrationData({k: a[k] for k in a.files}, 'eval')))"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code, tmp], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
-        )
-        if done.returncode != 0:
-            from vdeploy.quantize import QuantizeError
-
-            raise QuantizeError(
-                f"OpenVINO INT8 evaluation failed in a child process (exit {done.returncode}): "
-                f"{done.stderr.strip()[-300:]}",
-                "build with --int8-sensitive 0 to skip the gate search",
-            )
-        return np.load(Path(tmp) / "out.npy")

@@ -103,7 +103,7 @@ def _int8(model, target, request, progress, recorded_mean_std) -> Lowered:
         calib,
         form,
         placement,
-        Gate(tolerance.min_cosine, tolerance.max_rel_err),
+        Gate(tolerance.min_cosine, tolerance.max_rel_err, tolerance.min_top1_agreement),
         progress,
         Int8Options(sensitive=parse_sensitive(request.int8_sensitive), run_env=run_env or None, learned_ranges=ranges),
     )

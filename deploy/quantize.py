@@ -29,6 +29,7 @@ from vdeploy.errors import VdeployError
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})  # the "layers" sensitivity ranks
 FLOAT_ISLAND_TOKENS = frozenset(
     {"LayerNormalization", "Softmax", "LogSoftmax", "layer_norm", "softmax", "ReduceMean", "ReduceSum", "ReduceMax"}
+    | {"MultiHeadAttention", "Attention"}  # fused attention cores: their q/k/v (and the Split/Add feeding) stay float
 )  # passed to precision.fp32_islands
 GELU_OPS = frozenset({"Gelu", "Erf", "FastGelu", "BiasGelu"})
 GELU_RULE_PREFIXES = ("gelu", "erf")

@@ -1,14 +1,12 @@
 """Per-layer INT8 sensitivity: which layers cost the most accuracy when quantized, measured, not guessed.
 
-model + calibration -> quantize with one layer kept float at a time -> output cosine vs FP32 -> layers ranked
+model + calibration -> one Q/DQ build -> each layer swapped back to float alone -> output cosine vs FP32 -> ranked
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -43,22 +41,23 @@ def sensitivity(
     model, calib: CalibrationData, eval_fn: Callable | None = None, n: int = 1, placement: Placement = Placement()
 ) -> SensitivityReport:
     """Measure, layer by layer (Conv/ConvTranspose/MatMul/Gemm the placement quantizes), how much output cosine
-    against FP32 comes back when that one layer stays float; return the n with the largest gain. Calibration runs
-    once (its ranges are cached and reused); eval_fn(model_proto) -> outputs array defaults to ONNX Runtime CPU on
-    the first EVAL_SAMPLES calibration samples."""
+    against FP32 comes back when that one layer stays float; return the n with the largest gain. One Q/DQ build is
+    made; each layer is then swapped back to its FP32 weights and input in a copy of it (int8_fallback.float_variant:
+    graph surgery, no re-quantization). eval_fn(model_proto) -> outputs array defaults to ONNX Runtime CPU on the
+    first EVAL_SAMPLES calibration samples."""
+    from vdeploy.int8_fallback import float_variant
+
     model = name_nodes(model)
     eval_fn = eval_fn or _ort_eval(calib.head(EVAL_SAMPLES))
     reference = np.asarray(eval_fn(model), dtype=np.float64)
     excluded = set(placement.float_nodes(model))
     candidates = [node.name for node in model.graph.node if node.op_type in COMPUTE_OPS and node.name not in excluded]
-    with tempfile.TemporaryDirectory(prefix="vdeploy-sens-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        quantize = lambda p: quantize_onnx_qdq(model, calib, p, calibration_cache=cache)  # noqa: E731
-        baseline = _cosine(reference, eval_fn(quantize(placement)))
-        scores = []
-        for name in candidates:
-            cos = _cosine(reference, eval_fn(quantize(placement.keep_float([name]))))
-            scores.append(LayerSensitivity(name, cos, cos - baseline))
+    quantized = quantize_onnx_qdq(model, calib, placement)
+    baseline = _cosine(reference, eval_fn(quantized))
+    scores = []
+    for name in candidates:
+        cos = _cosine(reference, eval_fn(float_variant(quantized, model, [name])))
+        scores.append(LayerSensitivity(name, cos, cos - baseline))
     ranked = tuple(sorted(scores, key=lambda s: s.gain, reverse=True))
     return SensitivityReport(baseline, ranked, tuple(s.node for s in ranked[:n]))
 

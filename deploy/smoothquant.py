@@ -33,9 +33,14 @@ class SmoothResult:
 
 
 def smooth_quant(
-    model, calib: CalibrationData, alpha: float = DEFAULT_ALPHA, min_ratio: float = MIN_OUTLIER_RATIO
+    model,
+    calib: CalibrationData,
+    alpha: float = DEFAULT_ALPHA,
+    min_ratio: float = MIN_OUTLIER_RATIO,
+    stats: dict | None = None,
 ) -> SmoothResult:
-    """A copy of `model` (onnx.ModelProto, nodes named) with SmoothQuant scales on the outlier-heavy inputs."""
+    """A copy of `model` (onnx.ModelProto, nodes named) with SmoothQuant scales on the outlier-heavy inputs.
+    `stats`: activation_stats already taken on these samples (reused where they cover the inputs)."""
     import onnx
     from onnx import numpy_helper
 
@@ -57,7 +62,8 @@ def smooth_quant(
         groups.setdefault(node.input[0], []).append((node, weight, 1 if trans_b else 0))
     if not groups:
         return SmoothResult(model, (), (), alpha)
-    stats = activation_stats(model, calib, list(groups), converge=False).stats
+    if stats is None or any(name not in stats for name in groups):
+        stats = activation_stats(model, calib, list(groups), converge=False).stats
     muls, smoothed = [], []
     for tensor, consumers in groups.items():
         x_max = stats[tensor].channel_absmax

@@ -77,3 +77,12 @@ def cli():
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def int8_isa_env() -> dict:
+    """The environment OpenVINO INT8 runs under on this CPU (an ISA cap below AMX where the probe needed one)."""
+    from vdeploy.cpu_features import probe_int8
+
+    support = probe_int8()
+    return support.env() if support.ok else {}

