@@ -10,6 +10,7 @@ missing (the last to finish wins). What is not a vdeploy bundle is never replace
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -133,18 +134,24 @@ def check_replaceable(path: Path) -> None:
     hint = "move it away or pass another --out (vdeploy replaces only bundles it wrote)"
     if path.is_symlink():
         raise OutDirError(f"{path} is a symbolic link, not a vdeploy bundle", hint)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise OutDirError(f"{path} exists and is not a vdeploy bundle (a file)", hint)
-    try:
-        manifest = read_manifest(path)
+    try:  # read through one open directory: a concurrent writer may swap another folder in under this name
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        if not any(path.iterdir()):
+        return
+    except NotADirectoryError:
+        raise OutDirError(f"{path} exists and is not a vdeploy bundle (a file)", hint) from None
+    except OSError as exc:
+        raise OutDirError(f"{path} is not a vdeploy bundle (it cannot be opened: {exc.strerror})", hint) from None
+    try:
+        manifest = json.loads(Path(f"/proc/self/fd/{fd}/{MANIFEST}").read_text())
+    except FileNotFoundError:
+        if not os.listdir(fd):
             return
         raise OutDirError(f"{path} exists and is not a vdeploy bundle (a folder without {MANIFEST})", hint) from None
     except (OSError, ValueError):
         raise OutDirError(f"{path} is not a vdeploy bundle (its {MANIFEST} is unreadable)", hint) from None
+    finally:
+        os.close(fd)
     if not isinstance(manifest, dict) or not str(manifest.get("schema", "")).startswith("vdeploy.manifest/"):
         raise OutDirError(f"{path} is not a vdeploy bundle (its {MANIFEST} has no vdeploy schema)", hint)
 

@@ -243,6 +243,7 @@ def check_bundle_paths(request: BuildRequest, targets: list[Target]) -> None:
     inputs = [Path(p) for p in (*named, request.calib, request.eval_data) if p and not str(p).startswith("timm:")]
     for target in targets:
         final = request.out_dir / f"{request.bundle_stem}-{target.name}"
+        refuse_dangling_link(final, "the bundle path")  # the more telling message first
         check_replaceable(final)
         check_inputs_outside(final, inputs)
 
