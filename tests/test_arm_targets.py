@@ -122,3 +122,10 @@ def test_xnnpack_pte_matches_pytorch_within_fp32_gate(cli, saved_pt2, tmp_path, 
         assert manifest["latency_ms"]["runs"] == 5  # the x86 twin's host timing counts
     else:
         assert manifest["latency_ms"] is None and "aarch64" in manifest["reason"]["latency_ms"]
+
+
+def test_default_arm_cpu_target_is_executorch_xnnpack():
+    """rpi5 / arm name the XNNPACK target (it beat TVM tuned in benchmarks/arm_cpu_runtimes.py); TVM stays by name."""
+    catalog = load_catalog()
+    assert catalog.get("rpi5").name == catalog.get("arm").name == "arm-cortex-a76-xnnpack"
+    assert catalog.get("arm-cortex-a76").spec.backend == "tvm"
