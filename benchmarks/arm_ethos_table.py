@@ -23,8 +23,11 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["ethos-u55-128", "ethos-u85-256"])
     parser.add_argument("--calib")
     args = parser.parse_args()
-    print("| model | target | NPU share | est. ms (Vela) | SRAM KiB | flash KiB | INT8 cosine (worst) | build s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | target | NPU share | est. ms (Vela) | cycles | SRAM KiB | flash KiB | INT8 cosine (worst) "
+        "| build s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for model in args.models:
         for target in args.targets:
             with tempfile.TemporaryDirectory() as out:
@@ -46,13 +49,14 @@ def main() -> None:
                 seconds = time.perf_counter() - started
             if proc.returncode not in (0, 3):
                 reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
-                print(f"| {model} | {target} | build failed: {reason} | | | | | {seconds:.0f} |", flush=True)
+                print(f"| {model} | {target} | build failed: {reason} | | | | | | {seconds:.0f} |", flush=True)
                 continue
             m = json.loads(proc.stdout)
             est, counts = m["artifact"]["details"]["estimate"], m["artifact"]["details"]["placement"]["counts"]
             print(
                 f"| {model} | {target} | {est['npu_share_pct']:.1f} % ({counts['NPU']}/{counts['NPU'] + counts['CPU']})"
-                f" | {est['latency_ms']:.2f} | {est['sram_kb']:.0f} | {est.get('flash_kb', 0):.0f} |"
+                f" | {est['latency_ms']:.2f} | {est['cycles']:,.0f} | {est['sram_kb']:.0f}"
+                f" | {est.get('flash_kb', 0):.0f} |"
                 f" {m['numerics']['cosine']:.4f} ({m['numerics']['worst_sample_cosine']:.4f}) | {seconds:.0f} |",
                 flush=True,
             )
