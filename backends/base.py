@@ -149,6 +149,11 @@ class BackendBase:
         """Finish a deferred build where this host can (TensorRT: build the engine); default: nothing to do."""
         return artifact
 
+    def analyze_layers(self, job: CompileJob, artifact: Artifact, sample: int = 0) -> dict | None:
+        """`vdeploy debug`: the toolchain's own per-layer numerics of this artifact (rknn-toolkit2 accuracy_analysis)
+        as {"source", "layers": [{"name", "op", "onnx_node", "cos_entire", "cos_single", ...}]}; None: none."""
+        return None
+
     def run_many(self, session: Session, samples: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
         """Outputs for every sample; a backend whose sessions start a process per call batches them here."""
         return [session.run(sample) for sample in samples]

@@ -3,7 +3,7 @@
 `vdeploy build timm:M --target T --json` -> NPU share (Vela placement), Vela's estimated ms, SRAM KiB, INT8 cosine
 (LiteRT run of the fully INT8 .tflite vs PyTorch, seeded random calibration unless --calib is given).
 
-    .venv/bin/python benchmarks/arm_ethos_table.py [--models deit_tiny_patch16_224 mobilevit_xs resnet18]
+    .venv/bin/python benchmarks/arm_ethos_table.py [--models deit_tiny_patch16_224 mobilevit_xs resnet18 | M.pt2]
         [--targets ethos-u55-128 ethos-u85-256] [--calib DIR]
 """
 
@@ -23,8 +23,11 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["ethos-u55-128", "ethos-u85-256"])
     parser.add_argument("--calib")
     args = parser.parse_args()
-    print("| model | target | NPU share | est. ms (Vela) | SRAM KiB | flash KiB | INT8 cosine | build s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | target | NPU share | est. ms (Vela) | cycles | SRAM KiB | flash KiB | INT8 cosine (worst) "
+        "| build s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for model in args.models:
         for target in args.targets:
             with tempfile.TemporaryDirectory() as out:
@@ -34,7 +37,7 @@ def main() -> None:
                     "-m",
                     "vdeploy",
                     "build",
-                    f"timm:{model}",
+                    model if model.endswith(".pt2") else f"timm:{model}",
                     "--target",
                     target,
                     "--out",
@@ -46,14 +49,15 @@ def main() -> None:
                 seconds = time.perf_counter() - started
             if proc.returncode not in (0, 3):
                 reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
-                print(f"| {model} | {target} | build failed: {reason} | | | | | {seconds:.0f} |", flush=True)
+                print(f"| {model} | {target} | build failed: {reason} | | | | | | {seconds:.0f} |", flush=True)
                 continue
             m = json.loads(proc.stdout)
             est, counts = m["artifact"]["details"]["estimate"], m["artifact"]["details"]["placement"]["counts"]
             print(
                 f"| {model} | {target} | {est['npu_share_pct']:.1f} % ({counts['NPU']}/{counts['NPU'] + counts['CPU']})"
-                f" | {est['latency_ms']:.2f} | {est['sram_kb']:.0f} | {est.get('flash_kb', 0):.0f} |"
-                f" {m['numerics']['cosine']:.4f} | {seconds:.0f} |",
+                f" | {est['latency_ms']:.2f} | {est['cycles']:,.0f} | {est['sram_kb']:.0f}"
+                f" | {est.get('flash_kb', 0):.0f} |"
+                f" {m['numerics']['cosine']:.4f} ({m['numerics']['worst_sample_cosine']:.4f}) | {seconds:.0f} |",
                 flush=True,
             )
 

@@ -2,7 +2,8 @@
 
 `vdeploy build timm:M --target T --precision P --json` -> the compiler's NPU share (rknn-toolkit2 placement), its
 estimated ms (cycles / NPU clock), the simulator's cosine vs PyTorch, model.rknn size, build time. INT8 calibrates on
-the scikit-learn / scikit-image sample photos (tests/models/pretrained.py save_photos), ImageNet mean/std.
+the scikit-learn / scikit-image sample photos (tests/models/pretrained.py save_photos), ImageNet mean/std; where the
+plain INT8 build misses the gate the backend rebuilds with the compiler's hybrid quantization (last column).
 
     .venv/bin/python benchmarks/rknn_timm.py [--models deit_tiny_patch16_224 ...] [--target rk3588-npu]
 """
@@ -30,10 +31,11 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp16", "int8"])
     args = parser.parse_args()
     print(
-        "| model | precision | NPU share (layers) | est. ms (rknn-estimate) | simulator cosine | .rknn MB | build s |",
+        "| model | precision | NPU share (layers) | est. ms (rknn-estimate) | simulator cosine (worst sample) "
+        "| .rknn MB | build s | INT8: hybrid level, FP16 layers |",
         flush=True,
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as photos:
         save_photos(Path(photos))
         for model in args.models:
@@ -51,15 +53,21 @@ def row(model: str, target: str, precision: str, photos: str) -> str:
         seconds = time.perf_counter() - started
         if proc.returncode not in (0, 3):
             reason = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
-            return f"| {model} | {precision} | build failed: {reason} | | | | {seconds:.0f} |"
+            return f"| {model} | {precision} | build failed: {reason} | | | | {seconds:.0f} | |"
         m = json.loads(proc.stdout)
         details = m["artifact"]["details"]
         counts, est = details["placement"]["counts"], details["estimate"]
         rknn_mb = next(f["bytes"] for f in m["files"] if f["path"] == "model.rknn") / 1e6
         share = f"{details['placement']['npu_share_pct']:.1f} % ({counts['NPU']}/{counts['NPU'] + counts['CPU']})"
+        int8 = details["rknn"].get("int8")
+        hybrid = ""
+        if int8:
+            tried = ", ".join(f"{a['hybrid_level']}: {a['worst_cosine']:.3f}" for a in int8["attempts"])
+            hybrid = f"{int8['hybrid_level']} ({int8['layer_dtypes'].get('FLOAT16', 0)} FP16; tried {tried})"
+        numerics = m["numerics"]
         return (
-            f"| {model} | {precision} | {share} | {est['latency_ms']:.2f} | {m['numerics']['cosine']:.4f} "
-            f"| {rknn_mb:.1f} | {seconds:.0f} |"
+            f"| {model} | {precision} | {share} | {est['latency_ms']:.2f} | {numerics['cosine']:.4f} "
+            f"({numerics['worst_sample_cosine']:.4f}) | {rknn_mb:.1f} | {seconds:.0f} | {hybrid} |"
         )
 
 

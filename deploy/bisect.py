@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vdeploy.layer_analysis import LayerAnalysis
 from vdeploy.plan import Instrument
 
 Progress = Callable[[str], None]
@@ -64,6 +65,7 @@ class BisectReport:
     first_bad_stage: str | None
     first_bad_node: NodeBlame | None
     artifact_files: dict[str, str] = field(default_factory=dict)  # the judged artifact's files -> sha256
+    layers: LayerAnalysis | None = None  # the vendor toolchain's own per-layer numerics (rknn accuracy_analysis)
 
     @property
     def exit_code(self) -> int:
@@ -134,6 +136,7 @@ class NumericsInstrument(Instrument):
         self.blame: NodeBlame | None = None
         self._previous = None  # the last graph checked (onnx.ModelProto)
         self._pending: tuple[list[str], dict] = ([], {})  # families whose graph still holds private ops
+        self.layers: LayerAnalysis | None = None
 
     def after(self, stage, state) -> None:
         from vdeploy.targets import Precision
@@ -165,6 +168,9 @@ class NumericsInstrument(Instrument):
             )
             if not ok and self.first_bad is None:
                 self.first_bad = "backend"  # node-level blame needs a graph; the backend is reported as a stage
+            from vdeploy.layer_analysis import analyse
+
+            self.layers = analyse(state, self._gate(state).min_cosine)  # the toolchain's own, where it has one
 
     def after_rules(self, family, model, fired, state) -> None:
         import onnx_ir as ir
@@ -206,7 +212,9 @@ class NumericsInstrument(Instrument):
         self._previous = graph
 
     def report(self, state, files: dict[str, str]) -> BisectReport:
-        return BisectReport(state.target.name, state.precision, tuple(self.stages), self.first_bad, self.blame, files)
+        return BisectReport(
+            state.target.name, state.precision, tuple(self.stages), self.first_bad, self.blame, files, self.layers
+        )
 
 
 def _sha256(path: Path) -> str:

@@ -110,6 +110,26 @@ def debug(
             near = blame.nearest_rule_node
             if near and near.name != blame.node.name:
                 console.print(f"nearest rewritten node feeding it: {near.name} ({near.op_type}, rule {near.rule})")
+        if report.layers is not None:
+            _print_layers(console, report.layers)
         return report.exit_code
 
     raise typer.Exit(guarded(work, as_json))
+
+
+def _print_layers(console, layers) -> None:
+    """The vendor toolchain's per-layer numerics (rknn accuracy_analysis): where the error explodes."""
+    from vdeploy.layer_analysis import describe
+
+    console.print(
+        f"per-layer numerics from {layers.source}: {len(layers.rows)} layers, sample {layers.sample}, "
+        f"INT8 hybrid level {layers.hybrid_level}"
+    )
+    console.print(f"  first layer below cosine {layers.gate_cosine:g}: {describe(layers.first_below_gate)}")
+    drop = describe(layers.largest_drop)
+    if layers.largest_drop_from is not None:
+        drop += f" (from {layers.largest_drop_from:.5f})"
+    console.print(f"  largest accumulated drop: {drop}")
+    console.print(f"  worst layer on its own: {describe(layers.worst_single)}")
+    for note in layers.notes:
+        console.print(f"  note: {note}")

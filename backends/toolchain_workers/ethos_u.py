@@ -1,8 +1,10 @@
 """Worker (arm toolchain venv): PyTorch .pt2 -> fully INT8 TFLite -> LiteRT host numerics -> Vela for an Ethos-U.
 
-request JSON (stdin) -> litert_torch.convert (FP32 .tflite) -> ai_edge_quantizer static wi8_ai8 with the calibration
-  samples (INT8 .tflite) -> LiteRT interpreter on the validation samples (simulated.npz) -> vela --accelerator-config
-  (model_vela.tflite, summary CSV) -> per-op placement (which ops Vela left to the CPU, with its reasons) -> reply JSON
+request JSON (stdin) -> vela_lowering.vela_friendly (exact rewrites of the program: global-average MEAN -> AVG_POOL,
+  5-D attention permute split) -> litert_torch.convert (FP32 .tflite) -> ai_edge_quantizer static wi8_ai8 with the
+  calibration samples (INT8 .tflite) -> LiteRT interpreter on the validation samples (simulated.npz)
+  -> vela --accelerator-config (model_vela.tflite, summary CSV) -> per-op placement (which ops Vela left to the
+  CPU, with its reasons) -> reply JSON
 
 Runs with the standard library and the vendor packages only (no vdeploy in this venv). The reply is the last stdout
 line; "progress: ..." lines are forwarded to the user.
@@ -37,13 +39,18 @@ def load_inputs(path: str) -> list[np.ndarray]:
         return [data[f"in{i}"] for i in range(len(data.files))]
 
 
-def to_float_tflite(pt2: Path, example: list[np.ndarray], out: Path) -> None:
+def to_float_tflite(pt2: Path, example: list[np.ndarray], out: Path) -> dict[str, int]:
+    """The program, with the exact rewrites of vela_lowering.py, as an FP32 .tflite; -> the rewrites that fired."""
     import litert_torch
     import torch
 
-    module = torch.export.load(str(pt2)).module()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vela_lowering import vela_friendly
+
+    module, fired = vela_friendly(torch.export.load(str(pt2)).module())
     args = tuple(torch.from_numpy(a) for a in example)
     litert_torch.convert(module, args).export(str(out))
+    return fired
 
 
 def signature(model_path: Path) -> tuple[str, list[str], list[str]]:
@@ -245,11 +252,11 @@ def main() -> None:
     samples = load_inputs(request["samples"])
     progress("converting the PyTorch program to TFLite (litert-torch)")
     float_model = work / "model_fp32.tflite"
-    to_float_tflite(Path(request["program"]), [a[:1] for a in samples], float_model)
+    lowering = to_float_tflite(Path(request["program"]), [a[:1] for a in samples], float_model)
     timings["convert_s"] = time.monotonic() - started
     progress(f"quantizing to INT8 with ai-edge-quantizer ({len(calibration[0])} calibration samples)")
     int8_model = out / "model_int8.tflite"
-    quant = quantize_int8(float_model, calibration, int8_model)
+    quant = {**quantize_int8(float_model, calibration, int8_model), "lowering": lowering}
     timings["quantize_s"] = time.monotonic() - started - timings["convert_s"]
     progress("running the INT8 .tflite in the LiteRT interpreter (host numerics)")
     outputs = run_litert(int8_model, samples)
