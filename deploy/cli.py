@@ -70,6 +70,16 @@ def build(
     input_spec: list[str] = INPUT_SPEC,
     arch: str | None = ARCH,
     weights: Path | None = WEIGHTS,
+    runtime: str | None = typer.Option(None, help="One of the target's runtimes (default: its own, or the faster)."),
+    fit: bool = typer.Option(
+        False,
+        "--fit",
+        help="Search the levers for the plan that meets every budget at the least accuracy loss (docs/fit.md).",
+    ),
+    fit_budget_s: float = typer.Option(300.0, min=1, help="--fit: time budget of the search, seconds."),
+    fit_allow_resize: bool = typer.Option(False, help="--fit: the input size may shrink (changes the input)."),
+    fit_levers: str | None = typer.Option(None, help="--fit: levers to search, e.g. runtime,precision (default: all)."),
+    plan_file: Path | None = typer.Option(None, "--plan", help="Replay a plan.json written by --fit."),
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -101,7 +111,20 @@ def build(
             max_top1_drop=max_top1_drop,
             tune_trials=tune_trials,
             tuning_db=tuple(tuning_db),
+            runtime=runtime,
         )
+        if fit or plan_file is not None or fit_allow_resize or fit_levers:
+            from vdeploy.cli_fit import fit_or_plan
+
+            return fit_or_plan(
+                request,
+                fit=fit,
+                budget_s=fit_budget_s,
+                allow_resize=fit_allow_resize,
+                levers=fit_levers,
+                plan=plan_file,
+                as_json=as_json,
+            )
         with Progress(as_json) as progress:
             outcomes = run_build(request, progress)
         if as_json:
@@ -251,10 +274,12 @@ def targets(
 # Commands whose bodies live in their own modules, registered here explicitly.
 def _register() -> None:
     from vdeploy.cli_debug import debug
+    from vdeploy.cli_fit import compare
     from vdeploy.cli_toolchain import toolchain_app
     from vdeploy.matrix.cli import matrix
 
     app.command()(debug)
+    app.command()(compare)
     app.command(name="matrix")(matrix)
     app.add_typer(toolchain_app, name="toolchain")
 

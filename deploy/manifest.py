@@ -57,6 +57,7 @@ def serialize(state, files: list[dict]) -> dict:
             },
             "estimate": state.estimate,
             "precision_info": state.lowered.info,
+            "runtime_pick": state.runtime_pick,
             "accuracy": state.accuracy.to_manifest() if state.accuracy else None,
         }
     )

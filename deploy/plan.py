@@ -1,7 +1,8 @@
 """The build as a plan of stages over one typed state.
 
 plan(target, request) -> [Stage]; run_plan(stages, state, instruments) -> state
-  load -> reference -> export -> legalize -> check -> precision -> compile -> run -> compare -> accuracy -> judge
+  load -> reference -> export -> legalize -> check -> runtime -> precision -> compile -> run -> compare -> accuracy
+  -> judge
 `build` = the plan + the bundle write; `coverage` = the plan up to legalize; `debug` = the plan with a numerics
 instrument; `--fit` re-runs the tail of a plan from a copied state with one choice changed (resume_from).
 """
@@ -50,6 +51,7 @@ class BuildState:
     legal: Any = None  # onnx.ModelProto, legalized and finished
     legalized: Any = None  # LegalizeResult (counts, choices)
     coverage: Any = None  # vdeploy.graph_passes.coverage.Coverage
+    runtime_pick: dict | None = None  # the measured runtime choice (deploy/runtimes.py), when one was made
     lowered: Any = None  # vdeploy.lower_precision.Lowered
     backend: Any = None  # a BackendBase
     options: Any = None  # the backend's typed options
@@ -131,6 +133,7 @@ def run_plan(stages: list[Stage], state: BuildState, instruments: tuple[Instrume
 
 def plan(target, request, *, until: str | None = None) -> list[Stage]:
     """The stages a build of `target` runs, in order; `until` stops after the named stage (coverage: "legalize")."""
+    from vdeploy import runtimes
     from vdeploy import stages as s
 
     full = [
@@ -139,6 +142,7 @@ def plan(target, request, *, until: str | None = None) -> list[Stage]:
         Stage("export", s.export, s.describe_export),
         Stage("legalize", s.legalize, lambda st: f"legalizing for {st.target.name}"),
         Stage("check", s.check_legal),
+        Stage("runtime", runtimes.pick_runtime, runtimes.describe_pick),
         Stage("precision", s.lower_precision),
         Stage("compile", s.compile_artifact, s.describe_compile),
         Stage("run", s.run_artifact_stage, s.describe_run),
@@ -164,6 +168,7 @@ def resume_from(state: BuildState, stage_name: str, *, changes: dict | None = No
         "export",
         "legalize",
         "check",
+        "runtime",
         "precision",
         "compile",
         "run",

@@ -38,6 +38,7 @@ def test_plan_names_the_stages_in_order():
         "export",
         "legalize",
         "check",
+        "runtime",
         "precision",
         "compile",
         "run",
