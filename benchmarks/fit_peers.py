@@ -105,12 +105,16 @@ def vdeploy_bundles(name: str, out: Path) -> dict[str, tuple[Path, dict]]:
     request = request_for(f"timm:{name}", ["x86-cpu"], out=out, iters=5)
     (target,) = resolve_targets(request.targets, None)
     shared = Shared()
-    run_plan(plan(target, request, until="reference"), new_state(request, target, shared, print))
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    run_plan(plan(target, request, until="reference"), new_state(request, target, shared, progress))
     bundles = {}
     for label, runtime in (("vdeploy x86-cpu default", None), ("vdeploy openvino", "openvino"),
                            ("vdeploy onnxruntime", "onnxruntime")):  # fmt: skip
         pinned = dataclasses.replace(request, runtime=runtime, out_dir=out / (runtime or "default"))
-        built = build_target(new_state(pinned, target, shared, print))
+        built = build_target(new_state(pinned, target, shared, progress))
         job = out / f"{name}-{runtime or 'default'}.json"
         job.write_text(json.dumps({"artifact": built.manifest["artifact"], "bundle_dir": str(built.bundle)}))
         with np.load(built.bundle / "reference_io.npz") as data:

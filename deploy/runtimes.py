@@ -25,36 +25,51 @@ from vdeploy.targets import OpId, Precision, Runtime, RuntimePick, Target, load_
 ROUNDS, RUNS = 10, 3  # side-by-side turns and inferences per turn
 
 
+def current_runtime(target: Target) -> str:
+    return target.runtime or target.spec.backend
+
+
 def runtime_names(target: Target) -> list[str]:
     """The target's current runtime first, then the others it allows."""
-    return [target.spec.backend, *(r.backend for r in target.spec.runtimes)]
+    return [current_runtime(target), *(r.key for r in target.spec.runtimes)]
 
 
-def offers(target: Target, runtime: str, precision: str) -> bool:
-    if runtime == target.spec.backend:
+def offers(target: Target, runtime: str | None, precision: str | None) -> bool:
+    if precision is None:
+        return True
+    if runtime is None or runtime == current_runtime(target):
         return Precision(precision) in target.spec.precisions
-    (entry,) = [r for r in target.spec.runtimes if r.backend == runtime]
-    return Precision(precision) in (entry.precisions or target.spec.precisions)
+    entry = _entry(target, runtime)
+    return entry is not None and Precision(precision) in (entry.precisions or target.spec.precisions)
 
 
-def with_runtime(target: Target, runtime: str, catalog_path=None) -> Target:
+def backend_of(target: Target, runtime: str | None) -> str:
+    entry = None if runtime is None or runtime == current_runtime(target) else _entry(target, runtime)
+    return entry.backend if entry is not None else target.spec.backend
+
+
+def _entry(target: Target, runtime: str) -> Runtime | None:
+    return next((r for r in target.spec.runtimes if r.key == runtime), None)
+
+
+def with_runtime(target: Target, runtime: str | None, catalog_path=None) -> Target:
     """The target on another of its runtimes (same name, budgets and tolerances); the one it had joins the list."""
     spec = target.spec
-    if runtime is None or runtime == spec.backend:
+    if runtime is None or runtime == current_runtime(target):
         return target
-    chosen = [r for r in spec.runtimes if r.backend == runtime]
-    if not chosen:
+    entry = _entry(target, runtime)
+    if entry is None:
         raise TargetError(
             f"target {target.name} has no runtime {runtime!r}",
             f"choose one of: {', '.join(runtime_names(target))} (targets.yaml `runtimes:`)",
         )
-    entry = chosen[0]
     own = Runtime(
+        name=current_runtime(target),
         backend=spec.backend,
         op_profile=spec.op_profile,
         options=spec.options,
         precisions=spec.precisions,
-        source=f"the target's own runtime ({spec.backend})",
+        source=f"the target's runtime {current_runtime(target)}",
     )
     precisions = entry.precisions or spec.precisions
     new_spec = spec.model_copy(
@@ -64,13 +79,13 @@ def with_runtime(target: Target, runtime: str, catalog_path=None) -> Target:
             "options": entry.options,
             "precisions": precisions,
             "default_precision": spec.default_precision if spec.default_precision in precisions else precisions[0],
-            "runtimes": [own, *(r for r in spec.runtimes if r.backend != runtime)],
+            "runtimes": [own, *(r for r in spec.runtimes if r.key != runtime)],
         }
     )
     catalog = load_catalog(catalog_path)
     op_set = catalog.op_set(entry.op_profile)
     unknown = frozenset(OpId.parse(o) for o in catalog.data.op_profiles[entry.op_profile].unknown) - op_set
-    return Target(target.name, new_spec, op_set, unknown)
+    return Target(target.name, new_spec, op_set, unknown, runtime)
 
 
 # ---- the measured pick (a plan stage) --------------------------------------------------------------------------
@@ -80,7 +95,7 @@ def describe_pick(state) -> str | None:
     if not _wants_pick(state):
         return None
     names = [n for n in runtime_names(state.target) if offers(state.target, n, state.precision)]
-    return f"picking the runtime: {' vs '.join(names)} on their legal graphs, side by side"
+    return f"picking the runtime: {', '.join(names)} on their legal graphs, side by side"
 
 
 def _wants_pick(state) -> bool:
@@ -99,18 +114,23 @@ def pick_runtime(state) -> None:
     if not _wants_pick(state):
         return
     target = state.target
-    options = {target.spec.backend: (target, state.legal, state.legalized, state.coverage)}
+    options = {current_runtime(target): (target, state.legal, state.legalized, state.coverage)}
+    legal_by_profile = {target.spec.op_profile: (state.legal, state.legalized, state.coverage)}
     for name in runtime_names(target)[1:]:
         if not offers(target, name, state.precision):
             continue
-        trial = copy.copy(state)
-        trial.target = with_runtime(target, name, state.request.catalog)
-        stages.legalize(trial)
-        if not trial.coverage.unsupported:
-            options[name] = (trial.target, trial.legal, trial.legalized, trial.coverage)
+        variant = with_runtime(target, name, state.request.catalog)
+        if variant.spec.op_profile not in legal_by_profile:
+            trial = copy.copy(state)
+            trial.target = variant
+            stages.legalize(trial)
+            legal_by_profile[variant.spec.op_profile] = (trial.legal, trial.legalized, trial.coverage)
+        legal, legalized, coverage = legal_by_profile[variant.spec.op_profile]
+        if not coverage.unsupported:
+            options[name] = (variant, legal, legalized, coverage)
     if len(options) < 2:
         return
-    key = _cache_key({name: legal for name, (_, legal, _, _) in options.items()})
+    key = _cache_key({name: (t, legal) for name, (t, legal, _, _) in options.items()})
     record = _read_cache(key)
     if record is None:
         record = _measure(state, options)
@@ -145,13 +165,15 @@ def _measure(state, options: dict) -> dict:
     }
 
 
-def _cache_key(legal_graphs: dict) -> str:
+def _cache_key(candidates: dict) -> str:
+    """The runtimes (backend, version, options) and their legal graphs, this CPU: what the pick depends on."""
     from vdeploy.backends import backend_class
 
     digest = hashlib.sha256()
-    for name, legal in sorted(legal_graphs.items()):
-        backend = backend_class(name)()
-        digest.update(f"{name}={backend.version() if backend.available() else '-'};".encode())
+    for name, (target, legal) in sorted(candidates.items()):
+        backend = backend_class(target.spec.backend)()
+        version = backend.version() if backend.available() else "-"
+        digest.update(f"{name}={target.spec.backend} {version} {sorted(target.spec.options.items())};".encode())
         digest.update(hashlib.sha256(legal.SerializeToString()).digest())
     digest.update(f"{platform.machine()};{_cpu_name()};{os.cpu_count()}".encode())
     return digest.hexdigest()[:32]

@@ -94,13 +94,19 @@ class RuntimePick(str, enum.Enum):
 
 
 class Runtime(_Strict):
-    """Another runtime the target may use (the runtime lever, named by its backend): op profile and options."""
+    """Another runtime the target may use (the runtime lever): backend, op profile and options of its own. The same
+    backend may appear with other options under another name (e.g. session settings)."""
 
+    name: str | None = None  # default: the backend's name
     backend: str
     op_profile: str
     options: dict[str, Any] = {}
     precisions: list[Precision] | None = None  # None: the target's; else a subset of them
     source: str = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.backend
 
 
 class TargetSpec(_Strict):
@@ -134,7 +140,7 @@ class TargetSpec(_Strict):
 
         for backend, options, where in (
             (self.backend, self.options, "options"),
-            *((r.backend, r.options, f"runtimes.{r.backend}.options") for r in self.runtimes),
+            *((r.backend, r.options, f"runtimes.{r.key}.options") for r in self.runtimes),
         ):
             if backend not in backend_names():
                 raise ValueError(f"unknown backend {backend!r} (known: {', '.join(backend_names())})")
@@ -143,13 +149,13 @@ class TargetSpec(_Strict):
             except ValidationError as exc:
                 first = exc.errors()[0]
                 raise ValueError(f"{where}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-        names = [self.backend, *(r.backend for r in self.runtimes)]
+        names = [self.backend, *(r.key for r in self.runtimes)]
         if len(set(names)) != len(names):
-            raise ValueError(f"a runtime is listed twice: {', '.join(names)}")
+            raise ValueError(f"a runtime name is used twice: {', '.join(names)}")
         for runtime in self.runtimes:
             extra = set(runtime.precisions or ()) - set(self.precisions)
             if extra:
-                raise ValueError(f"runtimes.{runtime.backend}: precisions {sorted(p.value for p in extra)} not offered")
+                raise ValueError(f"runtimes.{runtime.key}: precisions {sorted(p.value for p in extra)} not offered")
         return self
 
 
@@ -163,6 +169,7 @@ class Target(NamedTuple):
     spec: TargetSpec
     op_set: frozenset  # frozenset[OpId]
     unknown: frozenset = frozenset()  # frozenset[OpId]: ops the profile's sources leave open (OpProfile.unknown)
+    runtime: str = ""  # the runtime it was switched to (deploy/runtimes.py); "": its own backend
 
     @property
     def backend(self) -> str:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from vdeploy.fit.levers import Choices, Lever, LeverContext, families_in, levers_for
 from vdeploy.fit.trial import Trial, fill_figures, judge_budgets, run_trial
-from vdeploy.runtimes import offers
+from vdeploy.runtimes import backend_of, offers
 
 MAX_RETIMED = 6  # artifacts re-timed side by side at the end (one child process each)
+INT8_FALLBACKS = (8,)  # INT8 plans with this many of the most sensitive layers kept float, beside "auto"
 RESERVE = 0.1  # share of the time budget kept for measuring predicted combinations and the re-timing
 
 
@@ -80,7 +81,7 @@ class Search:
         self.trials.append(trial)
         inputs = state.shared.loaded_inputs
         hw = tuple(inputs[0].shape[-2:]) if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
-        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize)
+        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, INT8_FALLBACKS)
         self.levers = tuple(lv for lv in levers_for(ctx) if self.only is None or lv.name in self.only)
         return trial
 
@@ -93,8 +94,12 @@ class Search:
                 if lever.name == "int8_sensitive":
                     choices = Choices(runtime=base.runtime, precision="int8", int8_sensitive=value)
                 out.append(choices)
-        if "runtime" in by_name and "precision" in by_name:
+        if "runtime" in by_name and "precision" in by_name:  # other precisions on each other backend (settings
+            seen = {backend_of(self.target, base.runtime)}  # variants of a backend are screened at the default)
             for runtime in by_name["runtime"].values[1:]:
+                if backend_of(self.target, runtime) in seen:
+                    continue
+                seen.add(backend_of(self.target, runtime))
                 for precision in by_name["precision"].values[1:]:
                     out.append(Choices(runtime=runtime, precision=precision))
         valid = [c for c in dict.fromkeys(out) if offers(self.target, c.runtime, c.precision)]
@@ -116,8 +121,15 @@ class Search:
             return "no effect on this model's legal graph"
         return None
 
+    def expected_s(self, choices: Choices) -> float:
+        """A trial's likely cost: the median of the trials so far, else the baseline's stages after export."""
+        done = sorted(t.seconds for t in self.trials[1:] if t.choices.precision != "int8")
+        tail = sum(v for k, v in self.base.state.timings.items() if k not in ("load", "reference", "export"))
+        typical = done[len(done) // 2] if done else tail
+        return max(typical, 1.0) * (3 if choices.precision == "int8" else 1)
+
     def run(self, choices: Choices, why: str) -> Trial | None:
-        expected = max(self.base.seconds, 1.0) * (3 if choices.precision == "int8" else 1)
+        expected = self.expected_s(choices)
         if self.left() < expected:
             self.notes.append(f"not measured (time budget): {choices.label()}")
             return None
