@@ -130,6 +130,7 @@ def trial_row(trial: Trial, *, frontier: bool, chosen: bool) -> dict:
         "latency_ms": trial.latency_ms,
         "latency_source": trial.latency_source or None,
         "side_by_side_ms": trial.side_by_side_ms,
+        "ratio_to_baseline": trial.ratio_to_base,
         "power_w": trial.power_w,
         "power_source": trial.power_source or None,
         "energy_mj": trial.energy_mj,

@@ -31,7 +31,18 @@ def _loss(row: dict) -> float | None:
 
 def pareto_table(section: dict) -> Table:
     table = Table(title="fit: plans measured (* = Pareto frontier)", title_justify="left")
-    for column in ("plan", "status", "latency ms", "source", "power W", "size MB", "1 - worst cos", "top-1 drop"):
+    columns = (
+        "plan",
+        "status",
+        "latency ms",
+        "x baseline",
+        "source",
+        "power W",
+        "size MB",
+        "1 - worst cos",
+        "top-1 drop",
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("plan", "status", "source") else "left")
     for row in section["trials"]:
         latency, loss = _latency(row), _loss(row)
@@ -40,6 +51,7 @@ def pareto_table(section: dict) -> Table:
             ("* " if row["frontier"] else "  ") + row["plan"],
             f"[{STATUS_STYLE[status]}]{status}[/]" + (f" ({row['error']})" if row.get("error") else ""),
             "-" if latency is None else f"{latency:.2f}",
+            "-" if row.get("ratio_to_baseline") is None else f"{row['ratio_to_baseline']:.2f}",
             _source(row),
             "-" if row.get("power_w") is None else f"{row['power_w']:.2f} ({row['power_source']})",
             "-" if row.get("size_mb") is None else f"{row['size_mb']:.2f}",

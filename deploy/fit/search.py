@@ -193,7 +193,7 @@ class Search:
                 trial = measured.get(lever.apply(base.choices, value))
                 if trial is None:
                     continue
-                ratio = trial.latency_ms / base.latency_ms if trial.latency_ms and base.latency_ms else None
+                ratio = _ratio(trial, base)
                 values.append((lever, value, ratio, sum(trial.loss) - sum(base.loss), not trial.gate_violations))
             options.append(values)
         return list(itertools.product(*options))
@@ -210,22 +210,29 @@ class Search:
                 if self.run(prediction.choices, "measuring a near miss") is None:
                     break
 
-    def retime(self) -> None:
-        """Re-time the frontier (and the best fit) side by side: one child per artifact, rotating turns."""
+    def retime(self, trials: list[Trial]) -> None:
+        """Time `trials` again beside the baseline, in batches (one child per artifact, rotating turns): under a
+        busy host one-by-one timings swing by several times, side-by-side ones hold their ratios."""
         from vdeploy.validate.interleave import time_artifacts
 
-        host = [t for t in self.trials if t.ok and t.latency_source == "measured"]
-        by_loss = sorted((t for t in host if not t.gate_violations), key=lambda t: (t.loss, t.latency_ms))
-        picked = {id(t): t for t in (self.base, choose(self.trials), *frontier(self.trials), *by_loss)}
-        timed = [t for t in picked.values() if any(t is h for h in host)][:MAX_RETIMED]
-        if len(timed) < 2:
+        host = [t for t in trials if t.ok and t.latency_source == "measured" and t is not self.base]
+        if not host or self.base.latency_source != "measured":
             return
-        self.progress(f"fit: re-timing {len(timed)} plans side by side")
-        entries = [(t.state.artifact, t.state.work_dir, t.state.lowered.run_env) for t in timed]
-        latencies = time_artifacts(entries, self.base.state.feeds)
-        for trial, latency in zip(timed, latencies):
-            trial.side_by_side_ms, trial.retimed = round(latency.p50, 4), latency
-            judge_budgets(trial, trial.state)
+        for i in range(0, len(host), MAX_RETIMED - 1):
+            batch = [self.base, *host[i : i + MAX_RETIMED - 1]]
+            self.progress(f"fit: timing {len(batch)} plans side by side")
+            entries = [(t.state.artifact, t.state.work_dir, t.state.lowered.run_env) for t in batch]
+            latencies = time_artifacts(entries, self.base.state.feeds)
+            for trial, latency in zip(batch, latencies):
+                trial.side_by_side_ms, trial.retimed = round(latency.p50, 4), latency
+                trial.ratio_to_base = round(latency.p50 / latencies[0].p50, 4)
+                judge_budgets(trial, trial.state)
+
+    def finalists(self, since: int) -> list[Trial]:
+        """The trials measured after the screen and the best few fits: what the final choice is made among."""
+        fits = sorted((t for t in self.trials if t.fits), key=lambda t: (t.loss, t.side_by_side_ms or 0.0))
+        picked = {id(t): t for t in (*self.trials[since:], *fits[:3], *frontier(self.trials)[:2])}
+        return list(picked.values())
 
     def result(self) -> FitResult:
         predicted = self.predict()
@@ -244,6 +251,17 @@ class Search:
             self.budget_s,
             self.notes,
         )
+
+
+def _latency(t: Trial) -> float | None:
+    return t.side_by_side_ms if t.side_by_side_ms is not None else t.latency_ms
+
+
+def _ratio(trial: Trial, base: Trial) -> float | None:
+    """trial / baseline latency: from the side-by-side timing when both have one, else from their own runs."""
+    if trial.ratio_to_base is not None:
+        return trial.ratio_to_base
+    return trial.latency_ms / base.latency_ms if trial.latency_ms and base.latency_ms else None
 
 
 def frontier(trials: list[Trial]) -> list[Trial]:
@@ -304,6 +322,8 @@ def search(request, target, progress, *, budget_s: float, allow_resize: bool, ro
     s = Search(request, target, progress, budget_s=budget_s, allow_resize=allow_resize, root=root, only=only)
     s.baseline()
     s.screen()
+    s.retime(s.trials)  # every screened plan beside the baseline: the ratios the predictions use
+    screened = len(s.trials)
     s.measure_predicted(s.predict())
-    s.retime()
+    s.retime(s.finalists(screened))  # the final comparison, side by side again
     return s.result()

@@ -46,6 +46,7 @@ class Trial:
     unmeasured: dict[str, str] = field(default_factory=dict)  # budget -> why there is no figure for it
     side_by_side_ms: float | None = None  # p50 when re-timed beside the frontier (replaces latency_ms)
     retimed: Any = None  # that side-by-side Latency
+    ratio_to_base: float | None = None  # p50 / the baseline's p50 in the same side-by-side batch
 
     @property
     def ok(self) -> bool:
