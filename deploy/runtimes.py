@@ -154,8 +154,8 @@ def _measure(state, options: dict) -> dict:
             out.mkdir()
             backend = get_backend(target.backend)
             job = CompileJob(legal, "fp32", out, target, target.backend_options(), lambda _: None, state.feeds)
-            entries.append((backend.compile(job), out, {}))
-        latencies = time_artifacts(entries, state.feeds, rounds=ROUNDS, runs=RUNS)
+            entries.append((backend.compile(job), out, {}, state.feeds))
+        latencies = time_artifacts(entries, rounds=ROUNDS, runs=RUNS)
     return {
         "p50_ms": {name: round(lat.p50, 4) for name, lat in zip(options, latencies)},
         "runs": ROUNDS * RUNS,

@@ -259,3 +259,31 @@ def test_compare_ranks_the_hybrid_first_for_the_industrial_scene(cli, saved_pt2,
     assert ranking[1]["misses"]["architecture"] == {"value": "transformer", "limit": "hybrid"}
     result = cli("compare", vit, mobilevit, "--target", "onnxruntime-cpu", "--scene", "cinema", "--out", tmp_path)
     assert result.exit_code == 1 and "unknown scene" in result.stderr
+
+
+def test_input_size_lever_is_judged_against_the_full_size_reference(tmp_path):
+    """Only with fit_allow_resize: smaller inputs are real plans, their accuracy measured against PyTorch at the
+    original size on the same images (resized), so a smaller input shows its accuracy cost."""
+    import torch
+
+    from tests.models.cnn import build_cnn
+
+    module, x = build_cnn(seed=0), torch.randn(1, 3, 128, 128)
+    with pytest.raises(vdeploy.errors.VdeployError, match="changes the model.s input"):
+        vdeploy.build(module, "onnxruntime-cpu", example_inputs=(x,), out=tmp_path, fit=True, fit_levers=["input_size"])
+    built = vdeploy.build(
+        module,
+        "onnxruntime-cpu",
+        example_inputs=(x,),
+        out=tmp_path,
+        iters=3,
+        fit=True,
+        fit_allow_resize=True,
+        fit_levers=["input_size"],
+        name="cnn128",
+    )
+    trials = {tuple(t["choices"]["input_size"] or (128, 128)): t for t in built.manifest["fit"]["trials"]}
+    assert set(trials) == {(128, 128), (96, 96), (64, 64)}
+    assert trials[(128, 128)]["worst_cosine"] > 0.99999  # the artifact itself is exact
+    assert 0 < trials[(64, 64)]["worst_cosine"] < trials[(128, 128)]["worst_cosine"]
+    assert built.manifest["fit"]["plan"]["input_size"] is None  # no budget asks for less: the least loss wins

@@ -221,8 +221,8 @@ class Search:
         for i in range(0, len(host), MAX_RETIMED - 1):
             batch = [self.base, *host[i : i + MAX_RETIMED - 1]]
             self.progress(f"fit: timing {len(batch)} plans side by side")
-            entries = [(t.state.artifact, t.state.work_dir, t.state.lowered.run_env) for t in batch]
-            latencies = time_artifacts(entries, self.base.state.feeds)
+            entries = [(t.state.artifact, t.state.work_dir, t.state.lowered.run_env, t.state.feeds) for t in batch]
+            latencies = time_artifacts(entries)
             for trial, latency in zip(batch, latencies):
                 trial.side_by_side_ms, trial.retimed = round(latency.p50, 4), latency
                 trial.ratio_to_base = round(latency.p50 / latencies[0].p50, 4)

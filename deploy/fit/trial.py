@@ -104,7 +104,7 @@ def run_trial(
             "runtime_pick": None,
         }
         if choices.input_size:
-            changes["shared"] = _resized_shared(base_state.shared, choices.input_size)
+            changes["shared"] = _resized_shared(base_state.shared, choices.input_size, request, progress)
         state = resume_from(base_state, stage, changes=changes)
         state.progress = progress
         run_plan(stages_from(plan(target, new_request), stage), state, instruments=())
@@ -121,12 +121,14 @@ def _resized_shape(state, hw) -> tuple[int, ...]:
     return (*spec.shape[:-2], *hw)
 
 
-def _resized_shared(shared: Shared, hw) -> Shared:
-    """The baseline's validation images, resized (bilinear) to `hw`: the same pictures at another size."""
+def _resized_shared(shared: Shared, hw, request, progress) -> Shared:
+    """The baseline's validation images, resized (bilinear) to `hw`: the same pictures at another size. A model
+    exported for one shape is exported again from its module (in-memory nn.Module) or refused."""
     import torch
     import torch.nn.functional as F
 
     from vdeploy.errors import UsageError
+    from vdeploy.load import ModelFormat
 
     if len(shared.samples) != 1:
         raise UsageError("the input-size lever needs a single-input image model", "drop --fit-allow-resize")
@@ -134,12 +136,23 @@ def _resized_shared(shared: Shared, hw) -> Shared:
     (spec,) = shared.loaded_inputs
     flat = torch.from_numpy(samples.reshape(-1, *samples.shape[-3:]))
     resized = F.interpolate(flat, size=tuple(hw), mode="bilinear", align_corners=False).numpy()
-    new_spec = dataclasses.replace(spec, shape=(*spec.shape[:-2], *hw))
+    resized = resized.reshape(*samples.shape[:-2], *hw)
+    loaded = shared.loaded
+    if loaded.format is ModelFormat.exported_program:
+        if request.source is None or not isinstance(request.source, torch.nn.Module):
+            raise UsageError(
+                "a torch.export program is fixed to its input shape: the input-size lever cannot change it",
+                "fit from the model's code (timm:NAME, an nn.Module, TorchScript) to let the input shrink",
+            )
+        from vdeploy.sources import load_request
+
+        example = (torch.from_numpy(resized[0]),)
+        loaded = load_request(dataclasses.replace(request, example_inputs=example), progress)
     return Shared(
-        loaded=shared.loaded,
-        samples={name: resized.reshape(*samples.shape[:-2], *hw)},
+        loaded=loaded,
+        samples={name: resized},
         samples_source=f"{shared.samples_source}, resized to {hw[0]}x{hw[1]}",
-        loaded_inputs=(new_spec,),
+        loaded_inputs=(dataclasses.replace(spec, shape=(*spec.shape[:-2], *hw)),),
         input_specs=shared.input_specs,
     )
 

@@ -77,14 +77,14 @@ def interleave(
 
 
 def time_artifacts(
-    entries: list[tuple[Artifact, Path, dict]], feeds: dict[str, np.ndarray], *, rounds: int = 10, runs: int = 3
+    entries: list[tuple[Artifact, Path, dict, dict[str, np.ndarray]]], *, rounds: int = 10, runs: int = 3
 ) -> list[Latency]:
-    """Latency of each (Artifact, bundle_dir, run_env) on the first validation sample, side by side."""
+    """Latency of each (Artifact, bundle_dir, run_env, feeds {name: [N, ...]}) on its first sample, side by side."""
     with tempfile.TemporaryDirectory(prefix="vdeploy-interleave-") as tmp:
-        inputs = Path(tmp) / "inputs.npz"
-        np.savez(inputs, **{name: array[:1] for name, array in feeds.items()})
         commands, labels = [], []
-        for i, (artifact, bundle_dir, env) in enumerate(entries):
+        for i, (artifact, bundle_dir, env, feeds) in enumerate(entries):
+            inputs = Path(tmp) / f"inputs{i}.npz"
+            np.savez(inputs, **{name: array[:1] for name, array in feeds.items()})
             job = Path(tmp) / f"job{i}.json"
             job.write_text(json.dumps({"artifact": artifact.to_dict(), "bundle_dir": str(bundle_dir)}))
             commands.append(([sys.executable, "-m", "vdeploy.validate.interleave_worker", str(job), str(inputs)], env))
