@@ -17,7 +17,7 @@ import numpy as np
 
 from vdeploy.fit.planfile import plan_document, read_plan
 from vdeploy.fit.search import FitResult, search
-from vdeploy.fit.trial import Trial, fill_figures
+from vdeploy.fit.trial import Trial
 
 DEFAULT_BUDGET_S = 300.0
 
@@ -71,8 +71,6 @@ def plan_build(request, plan_path: Path, progress):
     with tempfile.TemporaryDirectory(prefix="vdeploy-plan-") as tmp:
         state.work_dir = Path(tmp)
         run_plan(plan(state.target, state.request), state)
-        trial = Trial(choices, state)
-        fill_figures(trial, state)
         doc = plan_document(
             choices, target, state.shared.loaded, made_by=f"vdeploy build --plan {plan_path}", fits=None
         )
