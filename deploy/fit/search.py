@@ -81,7 +81,8 @@ class Search:
         self.trials.append(trial)
         inputs = state.shared.loaded_inputs
         hw = tuple(inputs[0].shape[-2:]) if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
-        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, INT8_FALLBACKS)
+        fallbacks = INT8_FALLBACKS if self.only and "int8_sensitive" in self.only else ()  # minutes each: on request
+        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, fallbacks)
         self.levers = tuple(lv for lv in levers_for(ctx) if self.only is None or lv.name in self.only)
         return trial
 
@@ -167,7 +168,7 @@ class Search:
         budgets = base.state.request.budgets_for(base.state.target)
         out = []
         for (core, core_trial), effects in itertools.product(grid.items(), self._effects(measured)):
-            choices, latency = core, core_trial.side_by_side_ms or core_trial.latency_ms
+            choices, latency = core, self.relative_ms(core_trial) or _latency(core_trial)
             loss, feasible = sum(core_trial.loss), not core_trial.gate_violations
             for lever, value, ratio, dloss, ok in effects:
                 choices = lever.apply(choices, value)
@@ -200,12 +201,12 @@ class Search:
 
     def measure_predicted(self, predicted: list[Prediction]) -> None:
         for prediction in [p for p in predicted if p.fits]:
-            best = min((sum(t.loss) for t in self.trials if t.fits), default=None)
+            best = min((sum(t.loss) for t in self.trials if self.fits_relative(t)), default=None)
             if best is not None and best <= prediction.loss:
                 break
             if self.run(prediction.choices, "measuring a predicted fit") is None:
                 break
-        if not any(t.fits for t in self.trials):  # the nearest predictions, to say how near the search came
+        if not any(self.fits_relative(t) for t in self.trials):  # the nearest predictions: how near it came
             for prediction in [p for p in predicted if not p.fits][:2]:
                 if self.run(prediction.choices, "measuring a near miss") is None:
                     break
@@ -228,15 +229,40 @@ class Search:
                 trial.ratio_to_base = round(latency.p50 / latencies[0].p50, 4)
                 judge_budgets(trial, trial.state)
 
-    def finalists(self, since: int) -> list[Trial]:
-        """The trials measured after the screen and the best few fits: what the final choice is made among."""
-        fits = sorted((t for t in self.trials if t.fits), key=lambda t: (t.loss, t.side_by_side_ms or 0.0))
-        picked = {id(t): t for t in (*self.trials[since:], *fits[:3], *frontier(self.trials)[:2])}
-        return list(picked.values())
+    def relative_ms(self, trial: Trial) -> float | None:
+        """A trial's latency on the baseline's latest scale: its side-by-side ratio to the baseline (measured in
+        one batch) times the baseline's latest figure; comparable across batches while the host's speed drifts."""
+        base_ms = _latency(self.base)
+        ratio = _ratio(trial, self.base)
+        return None if base_ms is None or ratio is None else ratio * base_ms
 
-    def result(self) -> FitResult:
+    def fits_relative(self, t: Trial) -> bool:
+        """Fits every budget, its latency taken on the baseline's latest scale (relative_ms) where timed so."""
+        if not t.ok or t.gate_violations or t.unmeasured or any(k != "latency_ms" for k in t.misses):
+            return False
+        budget = self.base.state.request.budgets_for(self.base.state.target).latency_ms
+        ms = self.relative_ms(t) if t.ratio_to_base is not None else (t.side_by_side_ms or t.latency_ms)
+        return budget is None or (ms is not None and ms <= budget)
+
+    def finalists(self, since: int) -> list[Trial]:
+        """Up to MAX_RETIMED - 1 plans for the final side-by-side batch: those measured after the screen, the
+        least-loss plans that fit on the relative scale, the fastest that pass their gates."""
+        ok = [t for t in self.trials if t.ok and t is not self.base and not t.gate_violations]
+        scale = {id(t): self.relative_ms(t) for t in ok}
+        fitting = sorted((t for t in ok if self.fits_relative(t)), key=lambda t: (t.loss, scale[id(t)] or 0.0))
+        fastest = sorted((t for t in ok if scale[id(t)] is not None), key=lambda t: scale[id(t)])
+        picked = {id(t): t for t in (*self.trials[since:], *fitting[:3], *fastest[:3]) if t is not self.base}
+        return list(picked.values())[: MAX_RETIMED - 1]
+
+    def final_choice(self, finalists: list[Trial]) -> Trial:
+        """Among the baseline and the finalists, timed in one batch, when the host timed them; else among all."""
+        timed = [self.base, *finalists]
+        if self.base.latency_source == "measured" and all(t.side_by_side_ms is not None for t in timed):
+            return choose(timed)
+        return choose(self.trials)
+
+    def result(self, chosen: Trial) -> FitResult:
         predicted = self.predict()
-        chosen = choose(self.trials)
         elapsed = round(time.perf_counter() - self.started, 1)
         return FitResult(
             self.target.name,
@@ -325,5 +351,6 @@ def search(request, target, progress, *, budget_s: float, allow_resize: bool, ro
     s.retime(s.trials)  # every screened plan beside the baseline: the ratios the predictions use
     screened = len(s.trials)
     s.measure_predicted(s.predict())
-    s.retime(s.finalists(screened))  # the final comparison, side by side again
-    return s.result()
+    finalists = s.finalists(screened)
+    s.retime(finalists)  # the final comparison: the baseline and the finalists in one side-by-side batch
+    return s.result(s.final_choice(finalists))
