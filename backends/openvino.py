@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from vdeploy.backends.base import Artifact, BackendBase, CompileJob, Int8Form, InterruptWatch, runtime_module
 from vdeploy.errors import BackendError, first_line
@@ -18,8 +19,16 @@ from vdeploy.errors import BackendError, first_line
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
+class OpenVinoOptions(BaseModel):
+    """CPU plugin settings a target (or one of its runtimes) fixes; they travel in the artifact's options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cpu_pinning: bool | None = None  # ENABLE_CPU_PINNING (None: OpenVINO's default, on for LATENCY on Linux)
+
+
 class OpenVinoBackend(BackendBase):
     name = "openvino"
+    options_model = OpenVinoOptions
     int8_form = Int8Form.nncf_openvino
     toolchain_packages = ("openvino", "nncf")
     run_options = {"INFERENCE_PRECISION_HINT": "f32|f16|bf16"}  # never CACHE_DIR & co. from a manifest
@@ -37,8 +46,9 @@ class OpenVinoBackend(BackendBase):
 
         model, precision, out_dir = job.model, job.precision, job.out_dir
 
+        settings = self._settings(job.options)
         if isinstance(model, ov.Model):
-            return self._save(model, precision, out_dir)
+            return self._save(model, precision, out_dir, settings)
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "model.onnx"
             onnx.save(model, str(source))
@@ -52,16 +62,25 @@ class OpenVinoBackend(BackendBase):
                     "run `vdeploy coverage` to see which ops the target lacks",
                 ) from None
         canonical_names(ov_model, frozenset(n.name for n in model.graph.node))
-        return self._save(ov_model, precision, out_dir)
+        return self._save(ov_model, precision, out_dir, settings)
 
-    def _save(self, ov_model, precision: str, out_dir: Path) -> Artifact:
+    @staticmethod
+    def _settings(options) -> tuple[tuple[str, str], ...]:
+        pinning = options.cpu_pinning if options is not None else None
+        return () if pinning is None else (("ENABLE_CPU_PINNING", "YES" if pinning else "NO"),)
+
+    def _save(self, ov_model, precision: str, out_dir: Path, settings: tuple = ()) -> Artifact:
         import openvino as ov
 
         canonical_names(ov_model)
         ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
         hint = INFERENCE_PRECISION[precision]
         return Artifact(
-            self.name, precision, "model.xml", ("model.xml", "model.bin"), (("INFERENCE_PRECISION_HINT", hint),)
+            self.name,
+            precision,
+            "model.xml",
+            ("model.xml", "model.bin"),
+            (("INFERENCE_PRECISION_HINT", hint), *settings),
         )
 
     def open(self, artifact: Artifact, bundle_dir: Path) -> OpenVinoSession:

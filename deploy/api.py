@@ -104,11 +104,18 @@ def build(
     out: str | Path = "out",
     progress: Progress = lambda _: None,
     no_cache: bool = False,
+    fit: bool = False,
+    fit_budget_s: float = 300.0,
+    fit_allow_resize: bool = False,
+    fit_levers: Iterable[str] | None = None,
+    plan: str | Path | None = None,
     **options,
 ):
     """Build, validate and bundle `model` for one target (-> pipeline.BuildResult) or several (-> a list). A target that
     cannot be built raises its VdeployError (for several targets: the first, after the others were built).
-    An unchanged build comes from the build cache (docs/reliability.md) unless no_cache=True."""
+    An unchanged build comes from the build cache (docs/reliability.md) unless no_cache=True.
+    fit=True searches the levers (docs/fit.md); plan= replays a plan.json; both take one target and return a
+    BuildResult whose manifest has a "fit" section."""
     from vdeploy.pipeline import BuildResult
     from vdeploy.pipeline import build as run_build
 
@@ -116,6 +123,14 @@ def build(
     request = request_for(
         model, names, example_inputs=example_inputs, budgets=budgets, out=out, precision=precision, **options
     )
+    if fit or plan is not None:
+        from vdeploy.fit.output import fit_build, plan_build
+
+        if fit and plan is not None:
+            raise UsageError("fit=True and plan= do not go together", "fit searches and writes plan.json")
+        if fit:
+            return fit_build(request, progress, budget_s=fit_budget_s, allow_resize=fit_allow_resize, levers=fit_levers)
+        return plan_build(request, Path(plan), progress)
     outcomes = run_build(request, progress, use_cache=not no_cache)
     results: list[BuildResult] = [o.result for o in outcomes if o.result]
     errors = [o.error for o in outcomes if o.error]

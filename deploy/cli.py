@@ -73,6 +73,16 @@ def build(
     weights: Path | None = WEIGHTS,
     sign: Path | None = SIGN_KEY,
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild even when the build cache holds this build."),
+    runtime: str | None = typer.Option(None, help="One of the target's runtimes (default: its own, or the faster)."),
+    fit: bool = typer.Option(
+        False,
+        "--fit",
+        help="Search the levers for the plan that meets every budget at the least accuracy loss (docs/fit.md).",
+    ),
+    fit_budget_s: float = typer.Option(300.0, min=1, help="--fit: time budget of the search, seconds."),
+    fit_allow_resize: bool = typer.Option(False, help="--fit: the input size may shrink (changes the input)."),
+    fit_levers: str | None = typer.Option(None, help="--fit: levers to search, e.g. runtime,precision (default: all)."),
+    plan_file: Path | None = typer.Option(None, "--plan", help="Replay a plan.json written by --fit."),
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -105,7 +115,20 @@ def build(
             tune_trials=tune_trials,
             tuning_db=tuple(tuning_db),
             sign_key=sign,
+            runtime=runtime,
         )
+        if fit or plan_file is not None or fit_allow_resize or fit_levers:
+            from vdeploy.cli_fit import fit_or_plan
+
+            return fit_or_plan(
+                request,
+                fit=fit,
+                budget_s=fit_budget_s,
+                allow_resize=fit_allow_resize,
+                levers=fit_levers,
+                plan=plan_file,
+                as_json=as_json,
+            )
         with Progress(as_json) as progress:
             outcomes = run_build(request, progress, use_cache=not no_cache)
         if as_json:
@@ -256,11 +279,13 @@ def targets(
 # Commands whose bodies live in their own modules, registered here explicitly.
 def _register() -> None:
     from vdeploy.cli_debug import debug
+    from vdeploy.cli_fit import compare
     from vdeploy.cli_sign import keygen
     from vdeploy.cli_toolchain import toolchain_app
     from vdeploy.matrix.cli import matrix
 
     app.command()(debug)
+    app.command()(compare)
     app.command(name="matrix")(matrix)
     app.command()(keygen)
     app.add_typer(toolchain_app, name="toolchain")

@@ -70,6 +70,7 @@ def serialize(state, files: list[dict], cache: dict | None = None) -> dict:
             },
             "estimate": estimate,
             "precision_info": state.lowered.info,
+            "runtime_pick": state.runtime_pick,
             "accuracy": state.accuracy.to_manifest() if state.accuracy else None,
             "pruning": state.pruning.to_manifest() if state.pruning else None,
             "measured": {

@@ -57,6 +57,8 @@ class BuildRequest:
     iters: int = 50
     rule_specs: tuple | None = None  # legalization rule families (None: all); a plan choice, not a CLI option
     prune_heads: Any = None  # prune_stage.HeadPruning: heads kept per block, or a count by measured importance
+    runtime: str | None = None  # one of the target's runtimes (None: its backend, or the measured pick)
+    forms: tuple[tuple[str, str], ...] = ()  # (op family, form) choices for legalization (vdeploy.fit.forms)
     source: Any = field(default=None, compare=False)  # an in-memory nn.Module / ExportedProgram / ModelProto
     example_inputs: tuple | None = field(default=None, compare=False)  # export inputs for an nn.Module source
 
@@ -166,6 +168,10 @@ def precision_for(target: Target, requested: str | None) -> str:
 
 
 def new_state(request: BuildRequest, target: Target, shared: Shared, progress: Progress) -> BuildState:
+    if request.runtime:
+        from vdeploy.runtimes import with_runtime
+
+        target = with_runtime(target, request.runtime, request.catalog)
     return BuildState(request, target, shared, progress, precision=precision_for(target, request.precision))
 
 

@@ -1,8 +1,8 @@
 """The build as a plan of stages over one typed state.
 
 plan(target, request) -> [Stage]; run_plan(stages, state, instruments) -> state
-  load -> reference -> export -> prune -> legalize -> check -> precision -> compile -> run -> compare -> accuracy
-  -> judge
+  load -> reference -> export -> prune -> legalize -> check -> runtime -> precision -> compile -> run -> compare
+  -> accuracy -> judge
 `build` = the plan + the bundle write; `coverage` = the plan up to legalize; `debug` = the plan with a numerics
 instrument; `--fit` re-runs the tail of a plan from a copied state with one choice changed (resume_from).
 """
@@ -56,6 +56,7 @@ class BuildState:
     legal: Any = None  # onnx.ModelProto, legalized and finished
     legalized: Any = None  # LegalizeResult (counts, choices)
     coverage: Any = None  # vdeploy.graph_passes.coverage.Coverage
+    runtime_pick: dict | None = None  # the measured runtime choice (deploy/runtimes.py), when one was made
     lowered: Any = None  # vdeploy.lower_precision.Lowered
     backend: Any = None  # a BackendBase
     options: Any = None  # the backend's typed options
@@ -140,7 +141,7 @@ def run_plan(stages: list[Stage[S]], state: S, instruments: tuple[Instrument, ..
 
 def plan(target, request, *, until: str | None = None) -> list[Stage]:
     """The stages a build of `target` runs, in order; `until` stops after the named stage (coverage: "legalize")."""
-    from vdeploy import prune_stage
+    from vdeploy import prune_stage, runtimes
     from vdeploy import stages as s
 
     full = [
@@ -150,6 +151,7 @@ def plan(target, request, *, until: str | None = None) -> list[Stage]:
         Stage("prune", prune_stage.prune, prune_stage.describe_prune),  # no-op without request.prune_heads
         Stage("legalize", s.legalize, lambda st: f"legalizing for {st.target.name}"),
         Stage("check", s.check_legal),
+        Stage("runtime", runtimes.pick_runtime, runtimes.describe_pick),
         Stage("precision", s.lower_precision),
         Stage("compile", s.compile_artifact, s.describe_compile),
         Stage("run", s.run_artifact_stage, s.describe_run),
@@ -176,6 +178,7 @@ def resume_from(state: BuildState, stage_name: str, *, changes: dict | None = No
         "prune",
         "legalize",
         "check",
+        "runtime",
         "precision",
         "compile",
         "run",

@@ -45,9 +45,12 @@ def render_html(manifest: dict) -> str:
     """The whole report page for one manifest (pure: no I/O)."""
     model = (manifest.get("model") or {}).get("path", "?")
     title = f"vdeploy report: {model} on {manifest.get('target', '?')}"
+    from vdeploy.fit.report import fit_section_html  # --fit builds: the plans scatter ("" otherwise)
+
     sections = (
         _banner(manifest),
         _facts(manifest),
+        fit_section_html(manifest),
         _budgets_section(manifest),
         _latency_section(manifest),
         _coverage_section(manifest),

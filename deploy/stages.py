@@ -17,12 +17,13 @@ from vdeploy.plan import BuildState
 
 def load(state: BuildState) -> None:
     shared, request = state.shared, state.request
-    if shared.loaded is not None:
+    if shared.samples:
         return
     from vdeploy import reference as ref
     from vdeploy.sources import load_request
 
-    shared.loaded = load_request(request, state.progress)
+    if shared.loaded is None:  # a caller may hand in the loaded model (vdeploy compare reads its input first)
+        shared.loaded = load_request(request, state.progress)
     inputs = shared.loaded_inputs = ref.resolve_inputs(shared.loaded, request.input_shape)
     shared.input_specs = ref.sample_specs(shared.loaded, inputs, request.input_specs)
     shared.samples = ref.make_samples(inputs, request.samples, shared.input_specs)
@@ -118,13 +119,21 @@ def legalize(state: BuildState) -> None:
         model,
         state.target.op_set,
         fallback=state.target.spec.fallback,
-        specs=state.request.rule_specs,  # None: every rule family (ALL_SPECS)
+        specs=_rule_specs(state.request),  # None: every rule family (ALL_SPECS)
         after_spec=after_family,
     )
     finish_legal(result.model)
     state.legal = ir.serde.serialize_model(result.model)
     state.legalized = result
     state.coverage = coverage_of(state.canonical.model, state.legal, result, state.target.op_set, state.target.unknown)
+
+
+def _rule_specs(request):
+    if not request.forms:
+        return request.rule_specs
+    from vdeploy.fit.forms import with_forms
+
+    return with_forms(request.rule_specs, request.forms)
 
 
 def finish_legal(model) -> None:

@@ -111,6 +111,27 @@ class PrecisionOptions(_Strict):
     int8_keep_float: list[str] = []  # ONNX node names never quantized
 
 
+class RuntimePick(str, enum.Enum):
+    declared = "declared"  # the target's own backend unless the request names another runtime
+    measured = "measured"  # FP32 builds time every runtime on its legal graph and keep the faster (deploy/runtimes.py)
+
+
+class Runtime(_Strict):
+    """Another runtime the target may use (the runtime lever): backend, op profile and options of its own. The same
+    backend may appear with other options under another name (e.g. session settings)."""
+
+    name: str | None = None  # default: the backend's name
+    backend: str
+    op_profile: str
+    options: dict[str, Any] = {}
+    precisions: list[Precision] | None = None  # None: the target's; else a subset of them
+    source: str = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.backend
+
+
 class TargetSpec(_Strict):
     description: str
     aliases: list[str] = []
@@ -128,6 +149,8 @@ class TargetSpec(_Strict):
     allow_estimates: StrictBool = False  # may an analytic estimate pass a latency/power budget? (else: unverified)
     handoff: str | None = None  # the vendor step that finishes the build on its toolchain (NPU targets)
     sources: list[str] = []
+    runtimes: list[Runtime] = []  # runtimes besides `backend` the target may use (deploy/runtimes.py)
+    runtime_pick: RuntimePick = RuntimePick.declared
 
     @model_validator(mode="after")
     def _precisions_consistent(self) -> TargetSpec:
@@ -138,13 +161,24 @@ class TargetSpec(_Strict):
             raise ValueError(f"no tolerances for precision(s) {', '.join(missing)}")
         from vdeploy.backends import backend_class, backend_names
 
-        if self.backend not in backend_names():
-            raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(backend_names())})")
-        try:
-            backend_class(self.backend)().parse_options(self.options)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ValueError(f"options.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        for backend, options, where in (
+            (self.backend, self.options, "options"),
+            *((r.backend, r.options, f"runtimes.{r.key}.options") for r in self.runtimes),
+        ):
+            if backend not in backend_names():
+                raise ValueError(f"unknown backend {backend!r} (known: {', '.join(backend_names())})")
+            try:
+                backend_class(backend)().parse_options(options)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ValueError(f"{where}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        names = [self.backend, *(r.key for r in self.runtimes)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a runtime name is used twice: {', '.join(names)}")
+        for runtime in self.runtimes:
+            extra = set(runtime.precisions or ()) - set(self.precisions)
+            if extra:
+                raise ValueError(f"runtimes.{runtime.key}: precisions {sorted(p.value for p in extra)} not offered")
         return self
 
 
@@ -158,6 +192,7 @@ class Target(NamedTuple):
     spec: TargetSpec
     op_set: frozenset  # frozenset[OpId]
     unknown: frozenset = frozenset()  # frozenset[OpId]: ops the profile's sources leave open (OpProfile.unknown)
+    runtime: str = ""  # the runtime it was switched to (deploy/runtimes.py); "": its own backend
 
     @property
     def backend(self) -> str:
@@ -185,11 +220,12 @@ class Catalog:
             self._resolve(name, ())
         seen: dict[str, str] = {}
         for name, spec in self.data.targets.items():
-            if spec.op_profile not in self.data.op_profiles:
-                raise TargetError(
-                    f"{self.path}: target {name!r} names unknown op_profile {spec.op_profile!r}",
-                    f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
-                )
+            for profile in (spec.op_profile, *(r.op_profile for r in spec.runtimes)):
+                if profile not in self.data.op_profiles:
+                    raise TargetError(
+                        f"{self.path}: target {name!r} names unknown op_profile {profile!r}",
+                        f"known profiles: {', '.join(sorted(self.data.op_profiles))}",
+                    )
             for key in (name, *spec.aliases):
                 if key in RESERVED_NAMES or not key.strip():
                     raise TargetError(

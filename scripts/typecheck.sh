@@ -10,6 +10,7 @@ mkdir -p "$tree"
 for f in deploy/*.py deploy/targets.yaml; do ln -s "$PWD/$f" "$tree/$(basename "$f")"; done
 ln -s "$PWD/deploy/validate" "$tree/validate"
 ln -s "$PWD/deploy/matrix" "$tree/matrix"
+ln -s "$PWD/deploy/fit" "$tree/fit"
 ln -s "$PWD/backends" "$tree/backends"
 ln -s "$PWD/graph_passes" "$tree/graph_passes"
 cd build/typecheck

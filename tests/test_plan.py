@@ -39,6 +39,7 @@ def test_plan_names_the_stages_in_order():
         "prune",
         "legalize",
         "check",
+        "runtime",
         "precision",
         "compile",
         "run",
