@@ -10,6 +10,7 @@ import html
 import math
 from dataclasses import dataclass
 
+from vdeploy.fit.report import fit_section_html  # --fit builds: the plans scatter ("" otherwise)
 from vdeploy.manifest import measured as measured_figure
 
 BAR_W, BAR_H, BAR_SCALE = 460, 22, 1.5  # the bar track spans 0..150% of a budget; the limit mark sits at 2/3
@@ -45,17 +46,8 @@ def render_html(manifest: dict) -> str:
     """The whole report page for one manifest (pure: no I/O)."""
     model = (manifest.get("model") or {}).get("path", "?")
     title = f"vdeploy report: {model} on {manifest.get('target', '?')}"
-    from vdeploy.fit.report import fit_section_html  # --fit builds: the plans scatter ("" otherwise)
-
-    sections = (
-        _banner(manifest),
-        _facts(manifest),
-        fit_section_html(manifest),
-        _budgets_section(manifest),
-        _latency_section(manifest),
-        _coverage_section(manifest),
-        _export_section(manifest),
-    )
+    parts = (_banner, _facts, fit_section_html, _budgets_section, _latency_section, _coverage_section, _export_section)
+    sections = [part(manifest) for part in parts]
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
