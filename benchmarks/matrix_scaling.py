@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from vdeploy.manifest import measured
+
 MODELS = ["deit_tiny_patch16_224", "mobilevit_xs", "swin_tiny_patch4_window7_224", "resnet18"]
 TARGETS = ["onnxruntime-cpu", "x86-cpu", "jetson"]
 VDEPLOY = str(Path(sys.executable).with_name("vdeploy"))
@@ -52,7 +54,7 @@ def sequential(models, targets, out: Path) -> tuple[float, dict]:
             ok = proc.returncode in (0, 3)
             manifest = json.loads(proc.stdout) if ok else {}
             verdict = manifest.get("verdict", f"exit {proc.returncode}")
-            p50 = (manifest.get("latency_ms") or {}).get("p50")
+            p50 = (measured(manifest, "latency_ms") or {}).get("p50")
             cells[(model, manifest.get("target", target))] = {"wall_s": round(wall, 2), "verdict": verdict, "p50": p50}
             print(f"  single build {model} x {target}: {wall:.1f} s ({verdict})", flush=True)
     return time.perf_counter() - started, cells
