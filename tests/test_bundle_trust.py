@@ -31,7 +31,7 @@ def unsigned_bundle(saved_pt2, tmp_path_factory):
 @pytest.fixture(scope="module")
 def openvino_bundle(saved_pt2, tmp_path_factory):
     out = tmp_path_factory.mktemp("ov")
-    return vdeploy.build(str(saved_pt2("cnn")), "x86-cpu", out=out, iters=3).bundle
+    return vdeploy.build(str(saved_pt2("cnn")), "x86-cpu", out=out, iters=3, runtime="openvino").bundle
 
 
 @pytest.fixture
