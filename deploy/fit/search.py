@@ -69,7 +69,7 @@ class Search:
         from vdeploy.plan import Shared, plan, run_plan
 
         spec = self.target.spec
-        choices = Choices(runtime=spec.backend, precision=spec.default_precision.value)
+        choices = Choices(spec.backend, spec.default_precision.value, prune_heads=self.request.prune_heads)
         state = new_state(choices.request(self.request), self.target, Shared(), self.progress)
         state.work_dir = self.root / "trial0"
         state.work_dir.mkdir(parents=True)
@@ -82,9 +82,24 @@ class Search:
         inputs = state.shared.loaded_inputs
         hw = tuple(inputs[0].shape[-2:]) if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
         fallbacks = INT8_FALLBACKS if self.only and "int8_sensitive" in self.only else ()  # minutes each: on request
-        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, fallbacks)
+        heads = self._prunable_heads(state)
+        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, fallbacks, heads)
         self.levers = tuple(lv for lv in levers_for(ctx) if self.only is None or lv.name in self.only)
         return trial
+
+    def _prunable_heads(self, state) -> int:
+        """Attention heads the prune lever may remove; 0 (and a note saying why) when it is left out."""
+        if self.only is not None and "prune" not in self.only:
+            return 0
+        if self.request.prune_heads is not None:
+            self.notes.append("prune lever left out: the build already names its pruning (--prune-heads)")
+            return 0
+        from vdeploy.graph_passes.head_prune import attention_blocks
+
+        heads = sum(b.heads for b in attention_blocks(state.canonical.model) if b.refused is None)
+        if heads < 2:
+            self.notes.append("prune lever left out: the model has no attention block with heads vdeploy can remove")
+        return heads if heads >= 2 else 0
 
     def screen_choices(self) -> list[Choices]:
         base, out = self.base.choices, []
@@ -164,7 +179,7 @@ class Search:
     def predict(self) -> list[Prediction]:
         base = self.base
         measured = {t.choices: t for t in self.trials if t.ok}
-        grid = {c: t for c, t in measured.items() if not c.forms and not c.input_size}
+        grid = {c: t for c, t in measured.items() if not c.forms and not c.input_size and not c.prune_heads}
         budgets = base.state.request.budgets_for(base.state.target)
         out = []
         for (core, core_trial), effects in itertools.product(grid.items(), self._effects(measured)):
@@ -333,6 +348,7 @@ LEVER_NAMES = (
     "attention",
     "layer_norm",
     "input_size",
+    "prune",
 )
 
 
