@@ -118,30 +118,32 @@ def _architecture(ops_before: dict) -> str:
 
 
 def _read_manifest(candidate: Candidate, result, frames: int | None) -> None:
+    from vdeploy.manifest import measured  # the figures sit in the manifest's `measured` section
+
     m = result.manifest
     candidate.bundle = str(result.bundle)
     candidate.backend, candidate.precision, candidate.verdict = m["backend"], m["precision"], m["verdict"]
     candidate.input_shape = m["inputs"][0]["shape"] if m["inputs"] else None
     candidate.architecture = _architecture(m["coverage"]["ops_before"])
     budgets = m["budgets"]
-    latency = m["latency_ms"]
+    latency, power = measured(m, "latency_ms"), measured(m, "power_w")
     if latency:
         candidate.latency_ms = latency[budgets.get("latency_stat", "p50")]
         candidate.latency_source = latency.get("source", "measured")
         if frames:
             candidate.clip_latency_ms = round(frames * candidate.latency_ms, 4)
             candidate.notes.append(f"clip = {frames} frames, one inference each")
-    if m["power_w"]:
-        candidate.power_w, candidate.power_source = m["power_w"]["mean"], m["power_w"].get("source")
+    if power:
+        candidate.power_w, candidate.power_source = power["mean"], power.get("source")
     candidate.size_mb = m["size_mb"]
     candidate.worst_cosine = m["numerics"].get("worst_sample_cosine")
     candidate.top1_drop_pt = (m.get("accuracy") or {}).get("top1_drop_pt")
     values = {
         "latency_ms": (candidate.clip_latency_ms or candidate.latency_ms, candidate.latency_source),
         "power_w": (candidate.power_w, candidate.power_source),
-        "energy_mj": ((m["power_w"] or {}).get("energy_mj"), candidate.power_source),
+        "energy_mj": ((power or {}).get("energy_mj"), candidate.power_source),
         "size_mb": (candidate.size_mb, "measured"),
-        "peak_mem_mb": (m.get("peak_mem_mb"), "measured"),
+        "peak_mem_mb": (measured(m, "peak_mem_mb"), "measured"),
     }
     for name in BUDGET_KINDS:
         limit = budgets.get(name)
