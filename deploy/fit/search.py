@@ -58,6 +58,7 @@ class Search:
         self.notes: list[str] = []
         self.base: Trial | None = None
         self.levers: tuple[Lever, ...] = ()
+        self.heads = 0  # prunable attention heads (the prune lever's ablation cost)
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.started)
@@ -82,7 +83,7 @@ class Search:
         inputs = state.shared.loaded_inputs
         hw = tuple(inputs[0].shape[-2:]) if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
         fallbacks = INT8_FALLBACKS if self.only and "int8_sensitive" in self.only else ()  # minutes each: on request
-        heads = self._prunable_heads(state)
+        heads = self.heads = self._prunable_heads(state)
         ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, fallbacks, heads)
         self.levers = tuple(lv for lv in levers_for(ctx) if self.only is None or lv.name in self.only)
         return trial
@@ -119,7 +120,8 @@ class Search:
                 for precision in by_name["precision"].values[1:]:
                     out.append(Choices(runtime=runtime, precision=precision))
         valid = [c for c in dict.fromkeys(out) if offers(self.target, c.runtime, c.precision)]
-        return sorted(valid, key=lambda c: (c.precision == "int8", c.input_size is not None))  # cheap ones first
+        # cheap ones first; pruning last (its first trial measures every head's importance)
+        return sorted(valid, key=lambda c: (c.prune_heads is not None, c.precision == "int8", c.input_size is not None))
 
     def _legal_effect(self, choices: Choices) -> str | None:
         """Why a form-only change is not worth compiling (None: it changes the legal graph and stays legal)."""
@@ -142,7 +144,12 @@ class Search:
         done = sorted(t.seconds for t in self.trials[1:] if t.choices.precision != "int8")
         tail = sum(v for k, v in self.base.state.timings.items() if k not in ("load", "reference", "export"))
         typical = done[len(done) // 2] if done else tail
-        return max(typical, 1.0) * (3 if choices.precision == "int8" else 1)
+        expected = max(typical, 1.0) * (3 if choices.precision == "int8" else 1)
+        state = self.base.state
+        if choices.prune_heads and state.target.spec.opset not in state.shared.head_importance:
+            runs = (self.heads + 1) * len(next(iter(state.shared.samples.values())))  # the ablation, once
+            expected += runs * 2 * (_latency(self.base) or 0.0) / 1000  # in ONNX Runtime: ~2x the baseline here
+        return expected
 
     def run(self, choices: Choices, why: str) -> Trial | None:
         expected = self.expected_s(choices)
