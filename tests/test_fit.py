@@ -320,3 +320,30 @@ def test_prune_lever_plan_replays_the_same_bytes_judged_against_the_unpruned_mod
     assert hashes(replayed) == hashes(built)  # artifact and reference_io.npz (the unpruned model's outputs)
     assert replayed.manifest["pruning"]["plan"] == pruning["plan"]
     assert replayed.numerics["worst_sample_cosine"] == pytest.approx(trials[3]["worst_cosine"], abs=1e-6)
+
+
+def test_side_by_side_turns_change_order_every_round():
+    """No entry always follows the same one (a spinning ONNX Runtime child slowed whichever came next): children
+    that answer each turn with the time it started; the order of turns differs between rounds."""
+    import sys
+
+    from vdeploy.validate.interleave import interleave
+
+    child = (
+        "import json, sys, time\n"
+        "print('@@\"ready\"', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    if line.startswith('quit'): break\n"
+        "    print('@@' + json.dumps([time.monotonic()]), flush=True)\n"
+    )
+    samples = interleave([([sys.executable, "-c", child], {})] * 3, ["a", "b", "c"], rounds=6, runs=1)
+    orders = {tuple(sorted(range(3), key=lambda i: samples[i][r])) for r in range(6)}
+    assert all(len(s) == 6 for s in samples) and len(orders) > 1
+    predecessors = {(o[k - 1], o[k]) for o in orders for k in range(1, 3)}
+    assert any(
+        (a, b) in predecessors and (c, b) in predecessors
+        for a in range(3)
+        for b in range(3)
+        for c in range(3)
+        if a != c
+    )
