@@ -234,7 +234,7 @@ class Search:
                     break
 
     def retime(self, trials: list[Trial]) -> None:
-        """Time `trials` again beside the baseline, in batches (one child per artifact, rotating turns): under a
+        """Time `trials` again beside the baseline, in batches (one child per artifact, shuffled turns): under a
         busy host one-by-one timings swing by several times, side-by-side ones hold their ratios."""
         from vdeploy.validate.interleave import time_artifacts
 
