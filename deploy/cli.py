@@ -83,6 +83,9 @@ def build(
     fit_allow_resize: bool = typer.Option(False, help="--fit: the input size may shrink (changes the input)."),
     fit_levers: str | None = typer.Option(None, help="--fit: levers to search, e.g. runtime,precision (default: all)."),
     plan_file: Path | None = typer.Option(None, "--plan", help="Replay a plan.json written by --fit."),
+    prune_heads: str | None = typer.Option(
+        None, help="Remove attention heads: a count (least important first, measured) or a JSON plan file."
+    ),
 ) -> None:
     """Build, validate and bundle MODEL for one or more targets."""
 
@@ -116,6 +119,7 @@ def build(
             tuning_db=tuple(tuning_db),
             sign_key=sign,
             runtime=runtime,
+            prune_heads=prune_heads,
         )
         if fit or plan_file is not None or fit_allow_resize or fit_levers:
             from vdeploy.cli_fit import fit_or_plan

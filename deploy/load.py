@@ -274,7 +274,11 @@ def _load_timm(name: str) -> LoadedModel:
         raise ModelLoadError(f"timm is not importable here ({exc})", "pip install timm, or pass a model file") from None
     if name not in timm.list_models():
         raise ModelLoadError(f"timm has no architecture {name!r}", "see timm.list_models() for the names")
-    module = timm.create_model(name, pretrained=False).eval()
+    import torch
+
+    with torch.random.fork_rng():  # seeded random init: the same weights in every process (--plan, the build cache)
+        torch.manual_seed(0)
+        module = timm.create_model(name, pretrained=False).eval()
     cfg = module.pretrained_cfg or {}
     shape = (1, *cfg.get("input_size", (3, 224, 224)))
     mean_std = (tuple(cfg["mean"]), tuple(cfg["std"])) if "mean" in cfg and "std" in cfg else None

@@ -159,7 +159,7 @@ def _measure(state, options: dict) -> dict:
     return {
         "p50_ms": {name: round(lat.p50, 4) for name, lat in zip(options, latencies)},
         "runs": ROUNDS * RUNS,
-        "source": "measured on this host, side by side (one child process per runtime, rotating turns)",
+        "source": "measured on this host, side by side (one child process per runtime, turns in a shuffled order)",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cached": False,
     }

@@ -6,6 +6,7 @@ deterministic), never from hard-coded timings; no assertion depends on a measure
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,10 +17,11 @@ import vdeploy
 from tests.graph_passes.attention_graphs import attention_model, feeds_for
 from tests.graph_passes.helpers import ORT_OPS, build, legalized, op_types, run
 from vdeploy.fit.forms import FORMS, with_forms
-from vdeploy.fit.levers import Choices, LeverContext, levers_for, resolutions
+from vdeploy.fit.levers import Choices, LeverContext, levers_for, prune_counts, resolutions
 from vdeploy.fit.planfile import PlanError, check_choices
 from vdeploy.fit.scenes import Architecture, get_scene, load_scenes
 from vdeploy.fit.trial import resume_stage
+from vdeploy.prune_stage import HeadPruning
 from vdeploy.targets import load_catalog
 
 X86 = "x86-cpu"
@@ -101,6 +103,11 @@ def test_levers_for_x86_and_the_stage_each_change_reruns_from():
     assert resume_stage(base, base.with_form("gelu", "tanh"), lv) == "legalize"
     assert resume_stage(base, Choices("onnxruntime", "int8"), lv) == "legalize"
     assert base.with_form("gelu", "exact") == base  # a default form is not recorded
+    assert "prune" not in levers  # no prunable heads in the context: the lever is left out
+    pruning = {lv.name: lv for lv in levers_for(dataclasses.replace(ctx, heads=36))}["prune"]
+    assert pruning.values == (0, 3, 6, 12) and prune_counts(8) == (0, 1, 3) and prune_counts(1) == (0,)
+    assert resume_stage(base.with_form("gelu", "tanh"), pruning.apply(base, 3), lv + (pruning,)) == "prune"
+    assert pruning.apply(base, 0) == base and pruning.apply(base, 3).prune_heads == HeadPruning(count=3)
 
 
 def test_bad_choices_are_refused_with_one_clear_line():
@@ -139,13 +146,15 @@ def missed(vit, tmp_path_factory):
     return result, out
 
 
-def _sized_catalog(where, size_mb: float) -> str:
+def _sized_catalog(where, size_mb: float, fp32_gate: dict | None = None) -> str:
     import yaml
 
     from vdeploy.targets import DEFAULT_CATALOG
 
     raw = yaml.safe_load(DEFAULT_CATALOG.read_text())
     raw["targets"][X86]["budgets"]["size_mb"] = size_mb
+    if fp32_gate:
+        raw["targets"][X86]["tolerances"]["fp32"] = fp32_gate
     path = where / f"targets-{size_mb}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -287,3 +296,54 @@ def test_input_size_lever_is_judged_against_the_full_size_reference(tmp_path):
     assert trials[(128, 128)]["worst_cosine"] > 0.99999  # the artifact itself is exact
     assert 0 < trials[(64, 64)]["worst_cosine"] < trials[(128, 128)]["worst_cosine"]
     assert built.manifest["fit"]["plan"]["input_size"] is None  # no budget asks for less: the least loss wins
+
+
+def test_prune_lever_plan_replays_the_same_bytes_judged_against_the_unpruned_model(vit, tmp_path):
+    """Only the prune lever, a size budget nothing meets and gates loose enough for pruned plans: the nearest plan
+    is the most pruned (smallest); its plan.json records the heads removed and replays to the same artifact bytes."""
+    catalog = _sized_catalog(tmp_path, 0.001, {"max_rel_err": 0.9, "min_cosine": 0.3})
+    options = {"iters": 3, "samples": 4, "catalog": catalog}
+    built = vdeploy.build(vit, X86, out=tmp_path / "fit", fit=True, fit_levers=["prune"], **options)
+    section = built.manifest["fit"]
+    assert section["levers"] == [{"name": "prune", "values": [0, 1, 3], "resume": "prune"}]  # 8 heads in all
+    trials = {t["choices"]["prune_heads"]["count"] if t["choices"]["prune_heads"] else 0: t for t in section["trials"]}
+    assert set(trials) == {0, 1, 3} and not any(t["error"] for t in trials.values())
+    assert trials[3]["size_mb"] < trials[1]["size_mb"] < trials[0]["size_mb"] and trials[3]["status"] == "chosen"
+    # judged against the unpruned reference: the baseline matches it, pruning costs cosine, more pruning more
+    assert trials[0]["worst_cosine"] > 0.9999 > trials[1]["worst_cosine"] > trials[3]["worst_cosine"]
+    pruning = built.manifest["pruning"]
+    assert pruning["heads_removed"] == 3 and "unpruned" in pruning["judged_against"]
+    plan = json.loads((built.bundle / "plan.json").read_text())
+    assert plan["choices"]["prune_heads"] == pruning["plan"]  # the heads removed, not a count to re-measure
+    replayed = vdeploy.build(vit, X86, out=tmp_path / "replay", plan=built.bundle / "plan.json", **options)
+    hashes = lambda r: {f["path"]: f["sha256"] for f in r.manifest["files"] if f["path"] != "plan.json"}  # noqa: E731
+    assert hashes(replayed) == hashes(built)  # artifact and reference_io.npz (the unpruned model's outputs)
+    assert replayed.manifest["pruning"]["plan"] == pruning["plan"]
+    assert replayed.numerics["worst_sample_cosine"] == pytest.approx(trials[3]["worst_cosine"], abs=1e-6)
+
+
+def test_side_by_side_turns_change_order_every_round():
+    """No entry always follows the same one (a spinning ONNX Runtime child slowed whichever came next): children
+    that answer each turn with the time it started; the order of turns differs between rounds."""
+    import sys
+
+    from vdeploy.validate.interleave import interleave
+
+    child = (
+        "import json, sys, time\n"
+        "print('@@\"ready\"', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    if line.startswith('quit'): break\n"
+        "    print('@@' + json.dumps([time.monotonic()]), flush=True)\n"
+    )
+    samples = interleave([([sys.executable, "-c", child], {})] * 3, ["a", "b", "c"], rounds=6, runs=1)
+    orders = {tuple(sorted(range(3), key=lambda i: samples[i][r])) for r in range(6)}
+    assert all(len(s) == 6 for s in samples) and len(orders) > 1
+    predecessors = {(o[k - 1], o[k]) for o in orders for k in range(1, 3)}
+    assert any(
+        (a, b) in predecessors and (c, b) in predecessors
+        for a in range(3)
+        for b in range(3)
+        for c in range(3)
+        if a != c
+    )

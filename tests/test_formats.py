@@ -65,6 +65,8 @@ def test_timm_architecture_by_name():
     loaded = load_model("timm:resnet18")
     assert loaded.format is ModelFormat.timm and loaded.inputs[0].shape == (1, 3, 224, 224)
     assert loaded.mean_std is not None and loaded.sha256 is None
+    again = load_model("timm:resnet18").module.state_dict()  # seeded init: the same weights every time (--plan)
+    assert all(v.equal(again[k]) for k, v in loaded.module.state_dict().items())
 
 
 def test_unknown_timm_name():

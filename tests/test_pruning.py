@@ -117,3 +117,12 @@ def test_bad_pruning_requests_are_clear_errors(saved_pt2, tmp_path):
     with pytest.raises(UsageError, match="no attention block"):
         vdeploy.build(str(saved_pt2("cnn")), ORT, out=tmp_path, prune_heads=1, samples=2, iters=1)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_cli_prune_heads_builds_and_a_bad_spec_is_one_line(cli, vit, tmp_path):
+    bad = cli("build", vit, "--target", ORT, "--prune-heads", str(tmp_path / "no-plan.json"), "--out", tmp_path)
+    assert bad.exit_code == 1 and "pruning plan" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+    good = cli("build", vit, "--target", ORT, "--prune-heads", "2", "--iters", "2", "--out", tmp_path, "--json")
+    assert good.exit_code == 3  # built; the FP32 numerics gate fails honestly (judged against the unpruned model)
+    assert good.json["pruning"]["heads_removed"] == 2 and good.json["pruning"]["request"]["count"] == 2

@@ -1,8 +1,8 @@
 """Levers: the choices a build plan takes that trade cost for accuracy, and the plan they make (Choices).
 
 A Lever = a name + its candidate values for this target and model + how a value sets the Choices + the plan stage a
-change re-runs from. Choices -> BuildRequest fields (runtime, precision, int8_sensitive, forms, input_shape) ->
-the ordinary build plan. A new lever is one more Lever row in `levers_for` (pruning plugs in there, see PRUNE).
+change re-runs from. Choices -> BuildRequest fields (runtime, precision, int8_sensitive, forms, input_shape,
+prune_heads) -> the ordinary build plan. A new lever is one more Lever row in `levers_for`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vdeploy.fit.forms import FAMILIES, FORMS, default_form
+from vdeploy.prune_stage import HeadPruning
 from vdeploy.runtimes import offers, runtime_names
 
 
@@ -25,7 +26,7 @@ class Choices:
     int8_sensitive: int | str = "auto"  # INT8 float fallback: "auto" (fewest float layers that pass the gate) or N
     forms: tuple[tuple[str, str], ...] = ()  # (family, form), non-default forms only, sorted
     input_size: tuple[int, int] | None = None  # (H, W) when the resolution lever changed it
-    # PRUNE: the attention-head pruning lever adds its field here (e.g. heads kept per layer), see levers_for
+    prune_heads: HeadPruning | None = None  # attention heads removed: a count by measured importance, or a keep plan
 
     def with_form(self, family: str, name: str) -> Choices:
         rest = [(f, n) for f, n in self.forms if f != family]
@@ -43,6 +44,9 @@ class Choices:
         parts += [f"{f}={n}" for f, n in self.forms]
         if self.input_size:
             parts.append(f"{self.input_size[0]}x{self.input_size[1]}")
+        if self.prune_heads:
+            p = self.prune_heads
+            parts.append(f"prune {p.count} head(s)" if p.count else f"prune per plan ({len(p.keep)} blocks)")
         return " · ".join(parts)
 
     def to_dict(self) -> dict:
@@ -52,6 +56,7 @@ class Choices:
             "int8_sensitive": self.int8_sensitive,
             "forms": dict(self.forms),
             "input_size": list(self.input_size) if self.input_size else None,
+            "prune_heads": self.prune_heads.to_json() if self.prune_heads else None,
         }
 
     def request(self, base, input_shape: tuple[int, ...] | None = None):
@@ -63,6 +68,7 @@ class Choices:
             int8_sensitive=self.int8_sensitive,
             forms=self.forms,
             input_shape=input_shape if self.input_size else base.input_shape,
+            prune_heads=self.prune_heads,
         )
 
 
@@ -85,6 +91,7 @@ class LeverContext:
     input_hw: tuple[int, int] | None  # (H, W) of a single image input, else None
     allow_resize: bool = False
     int8_fallbacks: tuple = ()  # extra --int8-sensitive values to try beside "auto"
+    heads: int = 0  # attention heads the prune pass can remove (0: no prunable attention block)
 
 
 def _precisions(target) -> tuple[str, ...]:
@@ -101,6 +108,16 @@ def resolutions(hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     h, w = hw
     steps = [(h - 32 * k, w - 32 * k) for k in range(1, 4) if min(h, w) - 32 * k >= 64]
     return (hw, *steps)
+
+
+PRUNE_SHARES = (1 / 12, 1 / 6, 1 / 3)  # of the model's prunable heads, rounded (deit_tiny's 36: 3, 6, 12)
+
+
+def prune_counts(heads: int) -> tuple[int, ...]:
+    """Head counts to try removing: none, then a twelfth, a sixth and a third of the prunable heads (at least 1,
+    always leaving some)."""
+    counts = sorted({max(1, round(heads * share)) for share in PRUNE_SHARES})
+    return (0, *(c for c in counts if c < heads))
 
 
 def levers_for(ctx: LeverContext) -> tuple[Lever, ...]:
@@ -150,9 +167,18 @@ def levers_for(ctx: LeverContext) -> tuple[Lever, ...]:
                 "reference at the original size on the same images, resized",
             )
         )
-    # PRUNE: the attention-head pruning lever plugs in here, e.g.
-    #   Lever("prune_heads", "prune", (None, *keep_fractions), lambda c, v: dataclasses.replace(c, prune=v), ...)
-    # with a Choices field, a BuildRequest field for the prune stage, and Choices.request/to_dict passing it on.
+    if ctx.heads:
+        levers.append(
+            Lever(
+                "prune",
+                "prune",
+                prune_counts(ctx.heads),
+                lambda c, v: dataclasses.replace(c, prune_heads=HeadPruning(count=v) if v else None),
+                lambda c: c.prune_heads.to_json() if c.prune_heads else 0,
+                "attention heads removed in the graph, least important first (ablation on the validation samples); "
+                "judged against the unpruned model (docs/pruning.md)",
+            )
+        )
     return tuple(lever for lever in levers if len(lever.values) > 1)
 
 

@@ -48,7 +48,12 @@ def fit_build(request, progress, *, budget_s: float = DEFAULT_BUDGET_S, allow_re
             _rejudge(chosen, chosen.retimed)
         section = fit_section(result)
         plan = plan_document(
-            chosen.choices, target, chosen.state.shared.loaded, made_by="vdeploy build --fit", fits=result.fits
+            chosen.choices,
+            target,
+            chosen.state.shared.loaded,
+            made_by="vdeploy build --fit",
+            fits=result.fits,
+            pruning=chosen.state.pruning,
         )
         return write_bundle(chosen.state, plan, section)
 
@@ -72,7 +77,12 @@ def plan_build(request, plan_path: Path, progress):
         state.work_dir = Path(tmp)
         run_plan(plan(state.target, state.request), state)
         doc = plan_document(
-            choices, target, state.shared.loaded, made_by=f"vdeploy build --plan {plan_path}", fits=None
+            choices,
+            target,
+            state.shared.loaded,
+            made_by=f"vdeploy build --plan {plan_path}",
+            fits=None,
+            pruning=state.pruning,
         )
         return write_bundle(state, doc, {"replayed": str(plan_path), "plan": doc["choices"]})
 

@@ -6,6 +6,7 @@ checked against the target: every lever value must be one the target and model a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vdeploy.errors import VdeployError
 from vdeploy.fit.forms import form
 from vdeploy.fit.levers import Choices
+from vdeploy.prune_stage import HeadPruning
 from vdeploy.runtimes import offers, runtime_names
 
 SCHEMA = "vdeploy.plan/1"
@@ -31,6 +33,7 @@ class _ChoicesModel(BaseModel):
     int8_sensitive: int | str = "auto"
     forms: dict[str, str] = {}
     input_size: tuple[int, int] | None = None
+    prune_heads: dict | None = None  # {"keep": {block id: heads kept}} (a --fit plan records the heads it removed)
 
 
 class _PlanModel(BaseModel):
@@ -41,7 +44,11 @@ class _PlanModel(BaseModel):
     choices: _ChoicesModel
 
 
-def plan_document(choices: Choices, target, loaded, *, made_by: str, fits: bool | None) -> dict:
+def plan_document(choices: Choices, target, loaded, *, made_by: str, fits: bool | None, pruning=None) -> dict:
+    """`pruning`: the build's prune_stage.Pruning; its applied keep plan is recorded, so a replay removes exactly
+    those heads without measuring importance again."""
+    if pruning is not None:
+        choices = dataclasses.replace(choices, prune_heads=HeadPruning.of({"keep": pruning.result.plan()}))
     return {
         "schema": SCHEMA,
         "target": target.name,
@@ -81,9 +88,19 @@ def read_plan(path: Path, target) -> Choices:
         int8_sensitive=c.int8_sensitive,
         forms=tuple(sorted(c.forms.items())),
         input_size=c.input_size,
+        prune_heads=_pruning(c.prune_heads, where),
     )
     check_choices(choices, target, where)
     return choices
+
+
+def _pruning(value: dict | None, where: str) -> HeadPruning | None:
+    if value is None:
+        return None
+    try:
+        return HeadPruning.of(value)
+    except VdeployError as exc:
+        raise PlanError(f"{where}: prune_heads: {exc.message}", exc.hint) from None
 
 
 def check_choices(choices: Choices, target, where: str) -> None:

@@ -58,6 +58,7 @@ class Search:
         self.notes: list[str] = []
         self.base: Trial | None = None
         self.levers: tuple[Lever, ...] = ()
+        self.heads = 0  # prunable attention heads (the prune lever's ablation cost)
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.started)
@@ -69,7 +70,7 @@ class Search:
         from vdeploy.plan import Shared, plan, run_plan
 
         spec = self.target.spec
-        choices = Choices(runtime=spec.backend, precision=spec.default_precision.value)
+        choices = Choices(spec.backend, spec.default_precision.value, prune_heads=self.request.prune_heads)
         state = new_state(choices.request(self.request), self.target, Shared(), self.progress)
         state.work_dir = self.root / "trial0"
         state.work_dir.mkdir(parents=True)
@@ -82,9 +83,24 @@ class Search:
         inputs = state.shared.loaded_inputs
         hw = tuple(inputs[0].shape[-2:]) if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
         fallbacks = INT8_FALLBACKS if self.only and "int8_sensitive" in self.only else ()  # minutes each: on request
-        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, fallbacks)
+        heads = self.heads = self._prunable_heads(state)
+        ctx = LeverContext(self.target, families_in(state.canonical.model), hw, self.allow_resize, fallbacks, heads)
         self.levers = tuple(lv for lv in levers_for(ctx) if self.only is None or lv.name in self.only)
         return trial
+
+    def _prunable_heads(self, state) -> int:
+        """Attention heads the prune lever may remove; 0 (and a note saying why) when it is left out."""
+        if self.only is not None and "prune" not in self.only:
+            return 0
+        if self.request.prune_heads is not None:
+            self.notes.append("prune lever left out: the build already names its pruning (--prune-heads)")
+            return 0
+        from vdeploy.graph_passes.head_prune import attention_blocks
+
+        heads = sum(b.heads for b in attention_blocks(state.canonical.model) if b.refused is None)
+        if heads < 2:
+            self.notes.append("prune lever left out: the model has no attention block with heads vdeploy can remove")
+        return heads if heads >= 2 else 0
 
     def screen_choices(self) -> list[Choices]:
         base, out = self.base.choices, []
@@ -104,7 +120,8 @@ class Search:
                 for precision in by_name["precision"].values[1:]:
                     out.append(Choices(runtime=runtime, precision=precision))
         valid = [c for c in dict.fromkeys(out) if offers(self.target, c.runtime, c.precision)]
-        return sorted(valid, key=lambda c: (c.precision == "int8", c.input_size is not None))  # cheap ones first
+        # cheap ones first; pruning last (its first trial measures every head's importance)
+        return sorted(valid, key=lambda c: (c.prune_heads is not None, c.precision == "int8", c.input_size is not None))
 
     def _legal_effect(self, choices: Choices) -> str | None:
         """Why a form-only change is not worth compiling (None: it changes the legal graph and stays legal)."""
@@ -127,7 +144,12 @@ class Search:
         done = sorted(t.seconds for t in self.trials[1:] if t.choices.precision != "int8")
         tail = sum(v for k, v in self.base.state.timings.items() if k not in ("load", "reference", "export"))
         typical = done[len(done) // 2] if done else tail
-        return max(typical, 1.0) * (3 if choices.precision == "int8" else 1)
+        expected = max(typical, 1.0) * (3 if choices.precision == "int8" else 1)
+        state = self.base.state
+        if choices.prune_heads and state.target.spec.opset not in state.shared.head_importance:
+            runs = (self.heads + 1) * len(next(iter(state.shared.samples.values())))  # the ablation, once
+            expected += runs * 2 * (_latency(self.base) or 0.0) / 1000  # in ONNX Runtime: ~2x the baseline here
+        return expected
 
     def run(self, choices: Choices, why: str) -> Trial | None:
         expected = self.expected_s(choices)
@@ -164,7 +186,7 @@ class Search:
     def predict(self) -> list[Prediction]:
         base = self.base
         measured = {t.choices: t for t in self.trials if t.ok}
-        grid = {c: t for c, t in measured.items() if not c.forms and not c.input_size}
+        grid = {c: t for c, t in measured.items() if not c.forms and not c.input_size and not c.prune_heads}
         budgets = base.state.request.budgets_for(base.state.target)
         out = []
         for (core, core_trial), effects in itertools.product(grid.items(), self._effects(measured)):
@@ -212,7 +234,7 @@ class Search:
                     break
 
     def retime(self, trials: list[Trial]) -> None:
-        """Time `trials` again beside the baseline, in batches (one child per artifact, rotating turns): under a
+        """Time `trials` again beside the baseline, in batches (one child per artifact, shuffled turns): under a
         busy host one-by-one timings swing by several times, side-by-side ones hold their ratios."""
         from vdeploy.validate.interleave import time_artifacts
 
@@ -333,6 +355,7 @@ LEVER_NAMES = (
     "attention",
     "layer_norm",
     "input_size",
+    "prune",
 )
 
 

@@ -19,7 +19,7 @@ from vdeploy.errors import VdeployError
 from vdeploy.fit.levers import Choices
 from vdeploy.plan import BuildState, Shared, plan, resume_from, run_plan, stages_from
 
-STAGE_ORDER = ("load", "reference", "export", "legalize", "check", "runtime", "precision", "compile", "run")
+STAGE_ORDER = ("load", "reference", "export", "prune", "legalize", "check", "runtime", "precision", "compile", "run")
 GATES = ("max_rel_err", "min_cosine", "min_cosine_worst_sample", "min_top1_agreement", "max_top1_drop")
 BUDGET_KINDS = ("latency_ms", "power_w", "energy_mj", "size_mb", "peak_mem_mb", "sram_kb", "flash_kb")
 LOSS_QUANTUM = 1e-6  # cosine losses closer than this are ties (float rounding, not accuracy)

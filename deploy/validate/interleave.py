@@ -1,7 +1,8 @@
-"""Time several runnables side by side: one persistent child process each, turns taken in a rotating order.
+"""Time several runnables side by side: one persistent child process each, turns taken in a shuffled order.
 
 [(argv, env)] -> one child per entry (it loads its artifact, warms up, prints READY, then waits on stdin)
--> ROUNDS rounds: each child in turn runs RUNS timed inferences and prints their times -> samples per entry.
+-> ROUNDS rounds, each in a new seeded order with a short pause before every turn: each child in turn runs RUNS
+timed inferences and prints their times -> samples per entry.
 A child idles (blocked on its stdin) while another runs, so no runtime's worker threads compete with another's,
 and a machine-wide slowdown hits every entry alike. `time_artifacts` does this for built artifacts.
 """
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,9 @@ from vdeploy.backends.base import Artifact
 from vdeploy.errors import BackendError
 from vdeploy.validate.measure import Latency
 
+# ONNX Runtime's worker threads spin on after a run (allow_spinning, its default): measured, the entry timed right
+# after a spinning ORT child ran 1.5-1.7x slower when the order was a fixed rotation. A pause lets them settle.
+SETTLE_S = 0.05
 PREFIX = "@@"  # protocol lines start with it; anything else a runtime prints on stdout is skipped
 
 
@@ -40,7 +45,7 @@ def _reply(proc: subprocess.Popen, label: str):
 def interleave(
     commands: list[tuple[list[str], dict]], labels: list[str], *, rounds: int = 10, runs: int = 3
 ) -> list[list[float]]:
-    """Samples (ms) per command, taken in `rounds` rotating turns of `runs` inferences each."""
+    """Samples (ms) per command, taken in `rounds` shuffled turns of `runs` inferences each."""
     procs = []
     try:
         for argv, env in commands:
@@ -57,9 +62,10 @@ def interleave(
         for proc, label in zip(procs, labels):
             _reply(proc, label)  # READY: loaded and warmed up
         samples: list[list[float]] = [[] for _ in procs]
-        for r in range(rounds):
-            for offset in range(len(procs)):
-                i = (r + offset) % len(procs)
+        order = np.random.default_rng(0)  # a new order each round: no entry always follows the same one
+        for _ in range(rounds):
+            for i in order.permutation(len(procs)):
+                time.sleep(SETTLE_S)
                 procs[i].stdin.write(f"run {runs}\n")
                 procs[i].stdin.flush()
                 samples[i] += _reply(procs[i], labels[i])
