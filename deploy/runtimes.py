@@ -23,6 +23,7 @@ from vdeploy.errors import TargetError
 from vdeploy.targets import OpId, Precision, Runtime, RuntimePick, Target, load_catalog
 
 ROUNDS, RUNS = 10, 3  # side-by-side turns and inferences per turn
+MARGIN = 0.10  # another runtime must beat the target's own by this much: a smaller lead is this host's noise
 
 
 def current_runtime(target: Target) -> str:
@@ -137,9 +138,15 @@ def pick_runtime(state) -> None:
         _write_cache(key, record)
     else:
         record = {**record, "cached": True}
-    chosen = min(record["p50_ms"], key=record["p50_ms"].get)
+    chosen = choose(record["p50_ms"], current_runtime(target))
     state.target, state.legal, state.legalized, state.coverage = options[chosen]
     state.runtime_pick = {**record, "chosen": chosen}
+
+
+def choose(p50_ms: dict[str, float], own: str) -> str:
+    """The fastest runtime when it beats the target's own by MARGIN, else the target's own."""
+    best = min(p50_ms, key=p50_ms.__getitem__)
+    return best if p50_ms[best] < (1.0 - MARGIN) * p50_ms[own] else own
 
 
 def _measure(state, options: dict) -> dict:

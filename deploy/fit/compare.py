@@ -119,7 +119,6 @@ def _architecture(ops_before: dict) -> str:
 
 
 def _read_manifest(candidate: Candidate, result, frames: int | None) -> None:
-    from vdeploy.manifest import measured  # the figures sit in the manifest's `measured` section
 
     m = result.manifest
     candidate.bundle = str(result.bundle)
