@@ -153,14 +153,7 @@ class RknnBackend(BackendBase):
                     request["fallback_levels"] = [
                         lv for lv in options.int8_fallback_levels if lv > options.hybrid_level
                     ]
-            reply = toolchains().call(
-                TOOLCHAIN,
-                "rknn_worker",
-                request,
-                timeout_s=options.timeout_s,
-                progress=job.progress,
-                log=work / "rknn_worker.log",
-            )
+            reply = _call_worker(request, options, job, work)
             shutil.copyfile(work / "rknn_worker.log", job.out_dir / "rknn_worker.log")
         if not reply["layers"]:
             raise BackendError("rknn-toolkit2 printed no per-layer table", "see rknn_build.log in the bundle")
@@ -209,14 +202,7 @@ class RknnBackend(BackendBase):
             (work / "bundle").mkdir()
             request, _ = self._request(job, work, out_dir=work / "bundle")
             request.update(analyze=True, analyze_sample=sample)
-            reply = toolchains().call(
-                TOOLCHAIN,
-                "rknn_worker",
-                request,
-                timeout_s=options.timeout_s,
-                progress=job.progress,
-                log=work / "rknn_worker.log",
-            )
+            reply = _call_worker(request, options, job, work)
         nodes = {n.name: n.op_type for n in job.model.graph.node if n.name}
         values = {o: n.name for n in job.model.graph.node for o in n.output if n.name}
         rows = [{**row, "onnx_node": _analysis_node(row["name"], nodes, values)} for row in reply["analysis"]]
@@ -290,6 +276,12 @@ class RknnBackend(BackendBase):
             f"the {platform} NPU is not on this host: latency is rknn-toolkit2's cycle estimate; numerics come "
             "from its simulator (run_rknn.py times it on the board)"
         )
+
+
+def _call_worker(request: dict, options: RknnOptions, job: CompileJob, work: Path) -> dict:
+    """One request to the rknn-toolkit2 worker in its venv; its log goes to WORK/rknn_worker.log."""
+    timeout, log = options.timeout_s, work / "rknn_worker.log"
+    return toolchains().call(TOOLCHAIN, "rknn_worker", request, timeout_s=timeout, progress=job.progress, log=log)
 
 
 def _reference(job: CompileJob, path: Path) -> Path:

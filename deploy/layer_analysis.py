@@ -84,25 +84,13 @@ def describe(row: LayerRow | None) -> str:
 
 def analyse(state, gate_cosine: float) -> LayerAnalysis | None:
     """The backend's own per-layer analysis of the build in `state` (after compare), or None where it has none."""
-    from vdeploy.backends.base import BackendBase, CompileJob
+    from vdeploy.backends.base import BackendBase
+    from vdeploy.stages import compile_job
 
     backend = state.backend
     if type(backend).analyze_layers is BackendBase.analyze_layers:
         return None
-    lowered = state.lowered
-    calibration = lowered.calibration
-    job = CompileJob(
-        lowered.model,
-        state.precision,
-        state.work_dir,
-        state.target,
-        state.options,
-        state.progress,
-        state.feeds,
-        calibration=(lambda: calibration) if calibration is not None else None,
-        source=state.shared.loaded,
-        float_layers=lowered.float_layers,
-    )
+    job = compile_job(state)
     worst = min(state.numerics.outputs, key=lambda o: o.worst_cosine)
     raw = backend.analyze_layers(job, state.artifact, worst.worst_cosine_sample)
     if raw is None:

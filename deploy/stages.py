@@ -173,28 +173,32 @@ def describe_compile(state: BuildState) -> str:
 
 def compile_artifact(state: BuildState) -> None:
     from vdeploy.backends import get_backend
-    from vdeploy.backends.base import CompileJob
 
-    request, lowered = state.request, state.lowered
     state.backend = get_backend(state.target.backend)
-    state.options = state.target.backend_options(request.backend_overrides())
-    calibration = lowered.calibration
-    state.artifact = state.backend.compile(
-        CompileJob(
-            lowered.model,
-            state.precision,
-            state.work_dir,
-            state.target,
-            state.options,
-            state.progress,
-            state.feeds,
-            calibration=(lambda: calibration) if calibration is not None else None,
-            source=state.shared.loaded,
-            float_layers=lowered.float_layers,
-        )
-    )
+    state.options = state.target.backend_options(state.request.backend_overrides())
+    state.artifact = state.backend.compile(compile_job(state))
     if state.target.spec.handoff:
         (state.work_dir / "HANDOFF.txt").write_text(state.target.spec.handoff.strip() + "\n")
+
+
+def compile_job(state: BuildState):
+    """The backend's CompileJob for this state's lowered model (the build's compile, and debug's layer analysis)."""
+    from vdeploy.backends.base import CompileJob
+
+    lowered = state.lowered
+    calibration = lowered.calibration
+    return CompileJob(
+        lowered.model,
+        state.precision,
+        state.work_dir,
+        state.target,
+        state.options,
+        state.progress,
+        state.feeds,
+        calibration=(lambda: calibration) if calibration is not None else None,
+        source=state.shared.loaded,
+        float_layers=lowered.float_layers,
+    )
 
 
 def _timed_iters(state: BuildState) -> int:
