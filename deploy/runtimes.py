@@ -2,8 +2,9 @@
 
 Target + runtime (a backend name) -> the same target on that backend, op profile and options (with_runtime)
 pick_runtime stage (after check; FP32, no runtime named, target runtime_pick: measured): legalize for every other
-runtime -> compile each FP32 into a scratch dir -> time all side by side (validate/interleave.py) -> keep the
-fastest: its target, legal graph and coverage replace the state's; state.runtime_pick = {chosen, p50 per runtime}.
+runtime -> compile each FP32 into a scratch dir -> time all side by side (validate/interleave.py) -> the fastest
+when it beats the target's own by MARGIN, confirmed by a second batch of just those two (else the target's own):
+its target, legal graph and coverage replace the state's; state.runtime_pick = {chosen, p50 per runtime, ...}.
 The pick is cached per host ($VDEPLOY_CACHE/runtime-pick/<key>.json; key: the legal graphs, the CPU, the runtime
 versions), so the same model builds the same bytes on one machine; the manifest says when a pick was cached.
 """
@@ -133,12 +134,20 @@ def pick_runtime(state) -> None:
         return
     key = _cache_key({name: (t, legal) for name, (t, legal, _, _) in options.items()})
     record = _read_cache(key)
+    own = current_runtime(target)
     if record is None:
         record = _measure(state, options)
+        proposed = choose(record["p50_ms"], own)
+        if proposed != own:  # a switch is confirmed by a second batch of just the two: one batch can be noise
+            again = _measure(state, {name: options[name] for name in (own, proposed)})["p50_ms"]
+            record["confirmation_p50_ms"] = again
+            record["confirmed"] = choose(again, own) == proposed
         _write_cache(key, record)
     else:
         record = {**record, "cached": True}
-    chosen = choose(record["p50_ms"], current_runtime(target))
+    chosen = choose(record["p50_ms"], own)
+    if not record.get("confirmed", True):
+        chosen = own
     state.target, state.legal, state.legalized, state.coverage = options[chosen]
     state.runtime_pick = {**record, "chosen": chosen}
 
