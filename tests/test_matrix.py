@@ -7,6 +7,7 @@ one line and exit 1."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pty
@@ -272,6 +273,31 @@ def test_device_steps_skipped_before_run_alone_once_a_device_node_joins(embedded
     assert again["built"] == 0 and again["ray"] is None  # every device step has its verdict now: nothing to run
 
 
+def test_a_fit_release_searches_each_cell_and_resumes(golden_files, tmp_path):
+    """`fit:` in the release file: the cell is `vdeploy build --fit` (chosen plan's bundle, plan.json, the fit section);
+    an unchanged re-run reuses it; other fit settings are another cell key."""
+    from vdeploy.matrix.cellkey import cell_key
+    from vdeploy.matrix.release import cells, load_release
+
+    _, paths = golden_files
+    shutil.copy(paths["vit"], tmp_path / "vit.pt2")
+    fit = {"budget_s": 120, "levers": ["precision"]}
+    release = write_release(tmp_path, {"vit": {"path": "vit.pt2"}}, ["onnxruntime-cpu"], name="fit", fit=fit)
+    code, data, stderr, _ = run_matrix(release)
+    (cell,) = data["cells"]
+    assert code in (0, 3) and cell["status"] in ("pass", "fail"), stderr[-2000:]
+    bundle = Path(cell["bundle"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {t["choices"].get("precision") for t in manifest["fit"]["trials"]} >= {"fp32", "int8"}
+    assert (bundle / "plan.json").is_file()
+    again = run_matrix(release)[1]
+    assert again["built"] == 0 and again["ray"] is None
+    loaded, base = load_release(release)
+    (planned,) = cells(loaded, base)
+    other = dataclasses.replace(planned, fit={**planned.fit, "budget_s": 60})
+    assert cell_key(other) != cell_key(planned)
+
+
 @pytest.mark.parametrize(
     "text, words",
     [
@@ -282,6 +308,7 @@ def test_device_steps_skipped_before_run_alone_once_a_device_node_joins(embedded
         ("models: [{path: m.pt2, colour: red}]\ntargets: [onnxruntime-cpu]\n", "colour"),
         ("models: [{path: m.pt2, options: {iters: ten}}]\ntargets: [onnxruntime-cpu]\n", "iters: Input should be"),
         ("models: [{path: m.pt2, precisions: [int4]}]\ntargets: [x86-cpu]\n", "x86-cpu offers no precision"),
+        ("fit: {levers: [warp]}\nmodels: [{path: m.pt2}]\ntargets: [x86-cpu]\n", "unknown lever(s) ['warp']"),
     ],
 )
 def test_bad_release_file_is_one_line(tmp_path, text, words):

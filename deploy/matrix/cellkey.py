@@ -48,6 +48,7 @@ def cell_key(cell) -> str:
         "options": {f.name: plain(getattr(request, f.name)) for f in fields(request) if f.name not in KEYED_OUT},
         "toolchain": {**toolchain(), **backend_class(target.backend)().toolchain()},
         "device": cell.device,
+        "fit": cell.fit,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -7,7 +7,7 @@ lands where that build puts it (OUT/<model-stem>-<target>/; OUT/<precision>/... 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +80,18 @@ class Resources(_Strict):
     memory_gb: float = Field(default=2, gt=0)  # per build task (Ray's memory resource: admission, not a hard cap)
 
 
+class FitSettings(_Strict):
+    """`fit:` in a release file: each cell runs `vdeploy build --fit` with these (docs/fit.md)."""
+
+    budget_s: float = Field(default=300, gt=0)  # --fit-budget-s per cell
+    levers: list[str] | None = None  # --fit-levers (None: every lever the target and model allow)
+
+
 class Release(_Strict):
     name: str = "release"
     out: str = "bundles"
     catalog: str | None = None  # a targets.yaml (default: $VDEPLOY_TARGETS or the shipped one)
-    fit: bool = False  # --fit search per cell (needs a vdeploy with --fit)
+    fit: bool | FitSettings = False  # true, or {budget_s, levers}: each cell searches for the plan that fits
     precisions: list[str] | None = None  # release-wide: each target builds those of them it offers
     budgets: dict[str, Any] = {}  # release-wide budget overrides (targets' and models' override these)
     options: dict[str, Any] = {}  # release-wide build options (BUILD_OPTIONS)
@@ -109,6 +116,7 @@ class Cell:
     precision: str | None  # None: the target's default
     request: Any  # vdeploy.pipeline.BuildRequest
     device: str | None = None
+    fit: dict | None = None  # {"budget_s", "levers"}: the cell is a --fit build
 
     @property
     def bundle(self) -> Path:
@@ -122,6 +130,18 @@ class Cell:
         return "__".join(
             part.replace("/", "_").replace(":", "_") for part in (self.model, self.target, self.precision or "default")
         )
+
+
+def _fit_settings(fit: bool | FitSettings) -> dict | None:
+    from vdeploy.fit.search import LEVER_NAMES
+
+    if fit is False:
+        return None
+    settings = FitSettings() if fit is True else fit
+    unknown = sorted(set(settings.levers or ()) - set(LEVER_NAMES))
+    if unknown:
+        raise ReleaseFileError(f"fit.levers: unknown lever(s) {unknown}", f"levers: {', '.join(LEVER_NAMES)}")
+    return settings.model_dump()
 
 
 def load_release(path: str | Path) -> tuple[Release, Path]:
@@ -159,9 +179,7 @@ def cells(release: Release, base: Path, out: Path | None = None) -> list[Cell]:
     catalog_path = _resolve(base, release.catalog) if release.catalog else None
     catalog = load_catalog(catalog_path)
     out_root = out or _resolve(base, release.out)
-    known = {f.name for f in fields(BuildRequest)}
-    if release.fit and "fit" not in known:
-        raise ReleaseFileError("fit: true needs a vdeploy with --fit (this one has none)", "set fit: false")
+    fit = _fit_settings(release.fit)
     entries = {t.name: t for t in release.targets}
     result: list[Cell] = []
     for model in release.models:
@@ -201,8 +219,6 @@ def cells(release: Release, base: Path, out: Path | None = None) -> list[Cell]:
             options = _options(release.options, model, base)
             if precision is not None:
                 options["precision"] = precision
-            if release.fit:
-                options["fit"] = True
             cell_out = out_root / precision if several else out_root
             fields_ = dict(model=_model_path(model, base), targets=(target.name,), out_dir=cell_out, **options)
             request = replace(
@@ -210,7 +226,7 @@ def cells(release: Release, base: Path, out: Path | None = None) -> list[Cell]:
                 budgets=tuple(sorted(budgets.items())),
                 catalog=catalog_path,
             )
-            result.append(Cell(model.label, target.name, precision, request, entry.device))
+            result.append(Cell(model.label, target.name, precision, request, entry.device, fit))
     _check_unique(result)
     return result
 

@@ -137,7 +137,7 @@ def _execute(release: Release, pending, revalidate, out_root: Path, display, run
             memory=int(res.memory_gb * 2**30),
             max_retries=release.retries,
             retry_exceptions=False,
-        ).remote(with_tuning_seed(run.cell), str(run.log), python_path)
+        ).remote(with_tuning_seed(run.cell), str(run.log), python_path, run.cell.fit)
         run.started = time.perf_counter()
         waiting[run.ref] = (run, "build")
     offered = ray.cluster_resources()

@@ -44,9 +44,11 @@ def _logged(log: Path, what: str):
             os.close(saved[1])
 
 
-def run_cell(request, log: str, python_path: list[str]) -> dict:
-    """Build one cell; a VdeployError (or any exception) becomes an error record, never a failed task."""
+def run_cell(request, log: str, python_path: list[str], fit: dict | None = None) -> dict:
+    """Build one cell (`fit`: a --fit search with those settings); a VdeployError (or any exception) becomes an error
+    record, never a failed task."""
     from vdeploy.errors import VdeployError
+    from vdeploy.fit.output import fit_build
     from vdeploy.pipeline import build
 
     for folder in reversed(python_path):
@@ -61,8 +63,10 @@ def run_cell(request, log: str, python_path: list[str]) -> dict:
 
         try:
             _check_inputs(request)
-            outcome = build(request, progress)[0]
-            result = outcome.result
+            if fit:
+                result = fit_build(request, progress, budget_s=fit["budget_s"], levers=fit["levers"])
+            else:
+                result = build(request, progress)[0].result
         except VdeployError as exc:
             fh.write(f"error: {exc.one_line()}\n")
             return {**base, "status": "error", "error": exc.one_line(), "seconds": time.perf_counter() - started}
