@@ -298,6 +298,34 @@ def test_a_fit_release_searches_each_cell_and_resumes(golden_files, tmp_path):
     assert cell_key(other) != cell_key(planned)
 
 
+def test_a_build_past_timeout_s_is_stopped_and_the_others_finish(golden_files, tmp_path):
+    """`timeout_s` in the release file: the held build (it sleeps in its model code) is cancelled, its worker killed,
+    its cell an error naming the timeout; the other cell builds; exit 1."""
+    import psutil
+
+    from tests.matrix_faults import INPUT_SHAPE, small_cnn
+
+    _, paths = golden_files
+    shutil.copy(Path(__file__).with_name("matrix_faults.py"), tmp_path / "matrix_faults.py")
+    shutil.copy(paths["cnn"], tmp_path / "cnn.pt2")
+    torch.save(small_cnn().state_dict(), tmp_path / "held.pt")
+    models = {
+        "cnn": {"path": "cnn.pt2"},
+        "held": {"path": "held.pt", "arch": "matrix_faults:held", "input_shape": INPUT_SHAPE},
+    }
+    release = write_release(
+        tmp_path, models, ["onnxruntime-cpu"], name="timeout", timeout_s=8, retries=0, python_path=["."]
+    )
+    code, data, stderr, _ = run_matrix(release)
+    cells = by_cell(data)
+    assert code == 1, stderr[-2000:]
+    held = cells[("held", "onnxruntime-cpu")]
+    assert held["status"] == "error" and "ran past timeout_s 8 s" in held["error"]
+    assert cells[("cnn", "onnxruntime-cpu")]["status"] == "pass"
+    (pid,) = map(int, (tmp_path / "held.pids").read_text().split())
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30, "exit")
+
+
 @pytest.mark.parametrize(
     "text, words",
     [

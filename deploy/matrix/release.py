@@ -98,6 +98,7 @@ class Release(_Strict):
     python_path: list[str] = []  # folders holding code that `arch: package.module:factory` or pickles import
     resources: Resources = Resources()
     retries: int = Field(default=2, ge=0)  # re-runs of a task whose worker process died
+    timeout_s: float | None = Field(default=None, gt=0)  # a build running longer is stopped (its worker killed)
     targets: list[TargetEntry]
     models: list[ModelEntry]
 

@@ -40,6 +40,7 @@ class CellRun:
     record: dict = field(default_factory=dict)
     ref: object = None
     started: float | None = None
+    running_since: float | None = None  # its first attempt's start (timeout_s counts from here, not from the queue)
 
     @property
     def attempts(self) -> int:
@@ -163,8 +164,26 @@ def _execute(release: Release, pending, revalidate, out_root: Path, display, run
             _finish(run, out_root)
         for run in pending:
             if run.state == "queued" and run.attempts:
-                run.state = "running"
+                run.state, run.running_since = "running", time.perf_counter()
+        _stop_overdue(release, waiting, out_root)
         display(runs)
+
+
+def _stop_overdue(release: Release, waiting: dict, out_root: Path) -> None:
+    """A build running past the release's timeout_s is cancelled (Ray kills its worker); its cell is an error."""
+    import ray
+
+    if release.timeout_s is None:
+        return
+    now = time.perf_counter()
+    for ref, (run, step) in list(waiting.items()):
+        if step != "build" or run.running_since is None or now - run.running_since <= release.timeout_s:
+            continue
+        ray.cancel(ref, force=True)
+        del waiting[ref]
+        error = f"the build ran past timeout_s {release.timeout_s:g} s and was stopped (raise timeout_s; see {run.log})"
+        run.record = {"status": "error", "error": error, "attempts": run.attempts}
+        _finish(run, out_root)
 
 
 def _validate(run: CellRun, release: Release, offered: dict, waiting: dict) -> bool:
