@@ -78,7 +78,7 @@ class EthosUBackend(BackendBase):
                 "program": str(program_file(job.source, samples, work / "model.pt2")),
                 "calibration": str(write_inputs(ordered(calibration.inputs), work / "calibration.npz")),
                 "samples": str(write_inputs(samples, work / "samples.npz")),
-                "out_dir": str(job.out_dir),
+                "out_dir": str(job.out_dir.resolve()),  # the worker runs in a scratch folder
                 "work_dir": str(work / "work"),
                 "simulated": SIMULATED,
                 "accelerator": options.accelerator_config,

@@ -70,7 +70,7 @@ class ExecuTorchBackend(BackendBase):
             request = {
                 "program": str(program_file(job.source, samples, work / "model.pt2")),
                 "samples": str(write_inputs(samples, work / "samples.npz")),
-                "out_dir": str(job.out_dir),
+                "out_dir": str(job.out_dir.resolve()),  # the worker runs in a scratch folder
                 "pte": PTE,
                 "precision": job.precision,
             }

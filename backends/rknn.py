@@ -229,7 +229,7 @@ class RknnBackend(BackendBase):
                 f"rknn-toolkit2 2.5.0 accepts ONNX opset <= 19 (this graph is opset {opset})",
                 "set `opset:` <= 19 for the target in targets.yaml",
             )
-        out_dir = out_dir or job.out_dir
+        out_dir = (out_dir or job.out_dir).resolve()  # the worker runs in a scratch folder
         arrays = [a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]) for a in job.samples.values()]
         mean_px, std_px = scale_of(options, arrays[0].shape[1] if arrays and arrays[0].ndim == 4 else 1)
         to_pixels = options.mean is not None or options.std is not None

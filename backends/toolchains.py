@@ -230,7 +230,8 @@ def call(
     """Run a worker in the toolchain's venv: the request as JSON on stdin, the reply from its last stdout line.
 
     The worker's stderr (and any stdout before the reply) goes to `log`; its "progress: ..." lines go to progress.
-    A crash, a timeout or a reply that is not {"ok": true, ...} raises ToolchainError naming the log.
+    It runs in a scratch folder (rknn-toolkit2 writes check*.onnx into its working folder), so paths in `request`
+    must be absolute. A crash, a timeout or a reply that is not {"ok": true, ...} raises ToolchainError naming the log.
     """
     entry = toolchain(name)
     venv = require(entry)
@@ -239,7 +240,7 @@ def call(
         log = log_dir() / f"{entry.name}-{worker}-{os.getpid()}-{time.time_ns()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    with open(log, "w") as log_file:
+    with open(log, "w") as log_file, tempfile.TemporaryDirectory(prefix=f"vdeploy-{entry.name}-") as scratch:
         code, last = _stream(
             [str(venv / "bin" / "python"), str(script)],
             json.dumps(request),
@@ -247,6 +248,7 @@ def call(
             log_file,
             progress,
             timeout_s=timeout_s,
+            cwd=scratch,
         )
     where = f"{entry.name} toolchain worker {worker}"
     if code is None:
@@ -266,7 +268,7 @@ def call(
     return reply
 
 
-def _stream(argv, stdin_text, env, log_file, progress: Progress, *, timeout_s) -> tuple[int | None, str]:
+def _stream(argv, stdin_text, env, log_file, progress: Progress, *, timeout_s, cwd=None) -> tuple[int | None, str]:
     """Run argv in its own process group; stderr and stdout lines to log_file, progress lines forwarded.
 
     Returns (exit code or None on timeout, the last non-empty stdout line). Interrupts kill the whole group.
@@ -280,6 +282,7 @@ def _stream(argv, stdin_text, env, log_file, progress: Progress, *, timeout_s) -
         text=True,
         bufsize=1,
         start_new_session=True,
+        cwd=cwd,
     )
     last = [""]
     lock = threading.Lock()

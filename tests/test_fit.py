@@ -376,3 +376,44 @@ def test_side_by_side_turns_change_order_every_round():
         for c in range(3)
         if a != c
     )
+
+
+def test_side_by_side_rounds_shrink_to_the_time_left():
+    from vdeploy.fit.pareto import MIN_RETIME_ROUNDS, RETIME_ROUNDS, retime_rounds
+
+    assert retime_rounds(1000.0, 6, 3.0, 0.5) == RETIME_ROUNDS
+    assert retime_rounds(18.0 + 2.5, 6, 3.0, 0.5) == 5  # 18 s of starts, then 5 rounds of 0.5 s
+    assert retime_rounds(17.0, 6, 3.0, 0.5) == 0  # not even the starts fit
+    assert MIN_RETIME_ROUNDS <= RETIME_ROUNDS
+
+
+def test_the_search_keeps_time_for_the_final_timing_and_skips_a_batch_it_has_no_time_for(vit, tmp_path):
+    """A real search on the golden ViT (runtime lever): a trial that would eat the time kept for the final
+    side-by-side batch is not run; a batch the time left cannot hold is not timed (notes say both); with time,
+    the batch is timed and the children's start time measured."""
+    from vdeploy.api import request_for
+    from vdeploy.fit.search import STARTUP_GUESS_S, Search
+    from vdeploy.pipeline import resolve_targets
+
+    request = request_for(vit, [X86], out=tmp_path / "out", iters=3)
+    (target,) = resolve_targets(request.targets, None)
+    s = Search(request, target, lambda line: None, budget_s=1e6, allow_resize=False, root=tmp_path, only=["runtime"])
+    s.baseline()
+    s.screen()
+    assert len(s.trials) >= 2 and all(t.side_by_side_ms is None for t in s.trials)
+    kept = s.final_retime_s()
+    assert kept > 6 * STARTUP_GUESS_S  # six children's starts, then the rounds
+
+    choices = s.trials[1].choices
+    s.budget_s = s.budget_s - s.left() + kept + 0.5 * s.expected_s(choices)  # time for the trial, not beside the kept
+    assert s.run(choices, "test") is None and any(n.startswith("not measured (time budget)") for n in s.notes)
+
+    s.budget_s = s.budget_s - s.left() + 1.0  # one second left: no batch fits
+    s.retime(s.trials)
+    assert all(t.side_by_side_ms is None for t in s.trials)
+    assert any(n.startswith("not timed side by side (time budget)") for n in s.notes)
+
+    s.budget_s = 1e6
+    s.retime(s.trials)
+    assert all(t.side_by_side_ms is not None for t in s.trials if t.ok)
+    assert s.startup_s != STARTUP_GUESS_S and s.startup_s >= 0.0

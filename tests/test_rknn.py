@@ -9,6 +9,7 @@ Needs `vdeploy toolchain install rknn` (make toolchains / make test install it).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,14 +63,31 @@ def rknn_builds(saved_pt2, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sin_build(tmp_path_factory):
+def sin_run(tmp_path_factory):
+    """The SinTopK build, run from an empty working folder with a relative --out: (manifest, that folder's names)."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("rknn-sin")
     path = folder / "sin_topk.pt2"
     torch.export.save(torch.export.export(SinTopK().eval(), (torch.randn(1, 3, 32, 32),)), str(path))
-    code, stdout, stderr = _build(path, "fp16", folder)
+    (cwd := folder / "cwd").mkdir()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code, stdout, stderr = _build(path, "fp16", Path("out"))
+    finally:
+        os.chdir(before)
     assert code in (0, 3), stderr
-    return json.loads(stdout)
+    return json.loads(stdout), sorted(p.name for p in cwd.iterdir())
+
+
+@pytest.fixture(scope="module")
+def sin_build(sin_run):
+    return sin_run[0]
+
+
+def test_the_compiler_leaves_nothing_in_the_users_working_folder(sin_run):
+    """rknn-toolkit2 writes check*.onnx into its working folder: the worker runs in a scratch one."""
+    assert sin_run[1] == ["out"]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])

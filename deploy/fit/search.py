@@ -16,12 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vdeploy.fit.levers import Choices, Lever, LeverContext, families_in, levers_for
+from vdeploy.fit.pareto import (
+    MIN_RETIME_ROUNDS,
+    RETIME_RUNS,
+    choose,
+    frontier,
+    latency_of,
+    ratio_to,
+    retime_rounds,
+    round_s,
+)
 from vdeploy.fit.trial import Trial, fill_figures, judge_budgets, run_trial
 from vdeploy.runtimes import backend_of, offers
 
 MAX_RETIMED = 6  # artifacts re-timed side by side at the end (one child process each)
 INT8_FALLBACKS = (8,)  # INT8 plans with this many of the most sensitive layers kept float, beside "auto"
 RESERVE = 0.1  # share of the time budget kept for measuring predicted combinations and the re-timing
+STARTUP_GUESS_S = 3.0  # a timing child's start (import, load, warm-up) until one is measured here
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Search:
         self.base: Trial | None = None
         self.levers: tuple[Lever, ...] = ()
         self.heads = 0  # prunable attention heads (the prune lever's ablation cost)
+        self.startup_s = STARTUP_GUESS_S  # a timing child's start, measured by each side-by-side batch
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.started)
@@ -148,12 +160,12 @@ class Search:
         state = self.base.state
         if choices.prune_heads and state.target.spec.opset not in state.shared.head_importance:
             runs = (self.heads + 1) * len(next(iter(state.shared.samples.values())))  # the ablation, once
-            expected += runs * 2 * (_latency(self.base) or 0.0) / 1000  # in ONNX Runtime: ~2x the baseline here
+            expected += runs * 2 * (latency_of(self.base) or 0.0) / 1000  # in ONNX Runtime: ~2x the baseline here
         return expected
 
     def run(self, choices: Choices, why: str) -> Trial | None:
         expected = self.expected_s(choices)
-        if self.left() < expected:
+        if self.left() - self.final_retime_s() < expected:
             self.notes.append(f"not measured (time budget): {choices.label()}")
             return None
         self.progress(f"fit: {why}: {choices.label()}")
@@ -190,7 +202,7 @@ class Search:
         budgets = base.state.request.budgets_for(base.state.target)
         out = []
         for (core, core_trial), effects in itertools.product(grid.items(), self._effects(measured)):
-            choices, latency = core, self.relative_ms(core_trial) or _latency(core_trial)
+            choices, latency = core, self.relative_ms(core_trial) or latency_of(core_trial)
             loss, feasible = sum(core_trial.loss), not core_trial.gate_violations
             for lever, value, ratio, dloss, ok in effects:
                 choices = lever.apply(choices, value)
@@ -216,7 +228,7 @@ class Search:
                 trial = measured.get(lever.apply(base.choices, value))
                 if trial is None:
                     continue
-                ratio = _ratio(trial, base)
+                ratio = ratio_to(trial, base)
                 values.append((lever, value, ratio, sum(trial.loss) - sum(base.loss), not trial.gate_violations))
             options.append(values)
         return list(itertools.product(*options))
@@ -233,9 +245,10 @@ class Search:
                 if self.run(prediction.choices, "measuring a near miss") is None:
                     break
 
-    def retime(self, trials: list[Trial]) -> None:
+    def retime(self, trials: list[Trial], *, keep_s: float = 0.0) -> None:
         """Time `trials` again beside the baseline, in batches (one child per artifact, shuffled turns): under a
-        busy host one-by-one timings swing by several times, side-by-side ones hold their ratios."""
+        busy host one-by-one timings swing by several times, side-by-side ones hold their ratios. A batch gets
+        the rounds the time budget has left beyond `keep_s` (fewer than MIN_RETIME_ROUNDS: not timed; a note)."""
         from vdeploy.validate.interleave import time_artifacts
 
         host = [t for t in trials if t.ok and t.latency_source == "measured" and t is not self.base]
@@ -243,19 +256,35 @@ class Search:
             return
         for i in range(0, len(host), MAX_RETIMED - 1):
             batch = [self.base, *host[i : i + MAX_RETIMED - 1]]
-            self.progress(f"fit: timing {len(batch)} plans side by side")
+            rounds = retime_rounds(self.left() - keep_s, len(batch), self.startup_s, round_s(batch))
+            if rounds < MIN_RETIME_ROUNDS:
+                self.notes.append(
+                    f"not timed side by side (time budget): {', '.join(t.choices.label() for t in batch[1:])}"
+                )
+                continue
+            self.progress(f"fit: timing {len(batch)} plans side by side ({rounds} rounds)")
             entries = [(t.state.artifact, t.state.work_dir, t.state.lowered.run_env, t.state.feeds) for t in batch]
-            latencies = time_artifacts(entries)
+            started = time.perf_counter()
+            latencies = time_artifacts(entries, rounds=rounds, runs=RETIME_RUNS)
+            spent = time.perf_counter() - started
             for trial, latency in zip(batch, latencies):
                 trial.side_by_side_ms, trial.retimed = round(latency.p50, 4), latency
                 trial.ratio_to_base = round(latency.p50 / latencies[0].p50, 4)
                 judge_budgets(trial, trial.state)
+            self.startup_s = max(0.0, (spent - rounds * round_s(batch)) / len(batch))  # the rest: the children's start
+
+    def final_retime_s(self) -> float:
+        """Time kept for the final side-by-side batch (the baseline and MAX_RETIMED - 1 finalists, each taken at
+        the baseline's latency): what `retime` needs for MIN_RETIME_ROUNDS rounds."""
+        if self.base is None or self.base.latency_source != "measured":
+            return 0.0
+        return MAX_RETIMED * self.startup_s + MIN_RETIME_ROUNDS * MAX_RETIMED * round_s([self.base])
 
     def relative_ms(self, trial: Trial) -> float | None:
         """A trial's latency on the baseline's latest scale: its side-by-side ratio to the baseline (measured in
         one batch) times the baseline's latest figure; comparable across batches while the host's speed drifts."""
-        base_ms = _latency(self.base)
-        ratio = _ratio(trial, self.base)
+        base_ms = latency_of(self.base)
+        ratio = ratio_to(trial, self.base)
         return None if base_ms is None or ratio is None else ratio * base_ms
 
     def fits_relative(self, t: Trial) -> bool:
@@ -301,50 +330,6 @@ class Search:
         )
 
 
-def _latency(t: Trial) -> float | None:
-    return t.side_by_side_ms if t.side_by_side_ms is not None else t.latency_ms
-
-
-def _ratio(trial: Trial, base: Trial) -> float | None:
-    """trial / baseline latency: from the side-by-side timing when both have one, else from their own runs."""
-    if trial.ratio_to_base is not None:
-        return trial.ratio_to_base
-    return trial.latency_ms / base.latency_ms if trial.latency_ms and base.latency_ms else None
-
-
-def frontier(trials: list[Trial]) -> list[Trial]:
-    """The measured trials no other trial beats on latency, accuracy loss and size at once."""
-
-    def key(t: Trial):
-        latency = t.side_by_side_ms if t.side_by_side_ms is not None else t.latency_ms
-        return (latency if latency is not None else float("inf"), sum(t.loss), t.size_mb or 0.0)
-
-    ok = [t for t in trials if t.ok]
-    front = []
-    for t in ok:
-        a = key(t)
-        dominated = any(
-            all(x <= y for x, y in zip(key(o), a)) and any(x < y for x, y in zip(key(o), a)) for o in ok if o is not t
-        )
-        if not dominated:
-            front.append(t)
-    return sorted(front, key=key)
-
-
-def choose(trials: list[Trial]) -> Trial:
-    """The fitting trial with the least loss (ties: the faster); else the nearest miss."""
-
-    def latency(t: Trial) -> float:
-        value = t.side_by_side_ms if t.side_by_side_ms is not None else t.latency_ms
-        return value if value is not None else float("inf")
-
-    fitting = [t for t in trials if t.fits]
-    if fitting:
-        return min(fitting, key=lambda t: (t.loss, latency(t)))
-    ok = [t for t in trials if t.ok] or trials
-    return min(ok, key=lambda t: (t.distance(), t.loss, latency(t)))
-
-
 LEVER_NAMES = (
     "runtime",
     "precision",
@@ -371,7 +356,7 @@ def search(request, target, progress, *, budget_s: float, allow_resize: bool, ro
     s = Search(request, target, progress, budget_s=budget_s, allow_resize=allow_resize, root=root, only=only)
     s.baseline()
     s.screen()
-    s.retime(s.trials)  # every screened plan beside the baseline: the ratios the predictions use
+    s.retime(s.trials, keep_s=s.final_retime_s())  # every screened plan beside the baseline: the ratios predicted
     screened = len(s.trials)
     s.measure_predicted(s.predict())
     finalists = s.finalists(screened)
