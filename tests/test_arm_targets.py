@@ -23,10 +23,6 @@ LOWERING = {
     "cnn": {"global_mean_to_avg_pool": 1},
     "mobilevit": {"global_mean_to_avg_pool": 1, "permute_5d_split": 2},
 }
-# ONNX ops our coverage leaves on fallback although Vela runs their TFLite form on the NPU: the class-token pick
-# x[:, 0] exports as Gather (constant index) and converts to STRIDED_SLICE.
-# Legalization has no Gather -> Slice rule yet.
-KNOWN_COVERAGE_GAP = {"Gather"}
 
 pytestmark = pytest.mark.skipif(
     not toolchains.installed("arm"), reason="the arm toolchain is not installed: run `vdeploy toolchain install arm`"
@@ -80,7 +76,8 @@ def test_golden_model_builds_for_ethos_u55_through_vela(ethos_builds, name):
 
 @pytest.mark.parametrize("name", GOLDEN)
 def test_ethos_op_profile_predicts_velas_placement(ethos_builds, name):
-    """Ops our coverage sends to the Cortex-M are the ops Vela leaves on the CPU (bar the named Gather gap)."""
+    """Ops our coverage sends to the Cortex-M are the ops Vela leaves on the CPU: none (the class-token pick x[:, 0]
+    exports as a constant Gather, which legalization makes the Slice Vela runs as STRIDED_SLICE)."""
     import json
 
     code, stdout, stderr, _ = ethos_builds[name]
@@ -93,7 +90,7 @@ def test_ethos_op_profile_predicts_velas_placement(ethos_builds, name):
         for lay in manifest["artifact"]["details"]["placement"]["layers"]
         if lay["device"] == "CPU"
     ]
-    assert ours <= KNOWN_COVERAGE_GAP, f"profile predicts CPU ops Vela runs on the NPU: {ours - KNOWN_COVERAGE_GAP}"
+    assert not ours, f"profile predicts CPU ops Vela runs on the NPU: {ours}"
 
 
 def test_ethos_targets_in_catalogue_are_int8_only():
