@@ -258,9 +258,42 @@ def _effnet_case():
         calib = load_calibration(Path(tmp) / "crops", shape, preprocessing=prep)
         photos = load_calibration(Path(tmp) / "photos", shape, preprocessing=prep).inputs[name]
     fp32 = ort_run(model, {name: photos})
-    noise = np.random.default_rng(0).uniform(-1, 1, photos.shape).astype(np.float32) / 255 / 0.5  # +-1 grey level
-    floor = float(np.mean(ort_run(model, {name: photos + noise}).argmax(1) == fp32.argmax(1)))
+    floor = float(np.mean(noisy_fp32(model, photos, 0).argmax(1) == fp32.argmax(1)))
     return model, calib, photos, fp32, floor
+
+
+def noisy_fp32(model, inputs: np.ndarray, seed: int) -> np.ndarray:
+    """FP32 logits on `inputs` plus uniform +-1 grey level (EfficientNet-Lite's preprocessing: one level = 2/255)."""
+    from tests.test_precision import ort_run
+
+    noise = np.random.default_rng(seed).uniform(-1, 1, inputs.shape).astype(np.float32) / 255 / 0.5
+    return ort_run(model, {model.graph.input[0].name: inputs + noise})
+
+
+def resolvable(model, inputs: np.ndarray, draws: int = 5) -> np.ndarray:
+    """Which inputs' FP32 top-1 survives `draws` draws of +-1 grey-level noise (those a top-1 check can resolve)."""
+    from tests.test_precision import ort_run
+
+    top1 = ort_run(model, {model.graph.input[0].name: inputs}).argmax(1)
+    return np.logical_and.reduce([noisy_fp32(model, inputs, seed).argmax(1) == top1 for seed in range(draws)])
+
+
+@functools.cache
+def effnet_crops(per_photo: int = 8, seed: int = 1):
+    """192 crops of the photos (none of them a calibration crop) and which of them FP32 resolves."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.models import pretrained
+    from vdeploy.calibration import Preprocessing, load_calibration
+
+    model = _effnet_case()[0]
+    name = model.graph.input[0].name
+    prep = Preprocessing(*pretrained.EFFNET_MEAN_STD, source="EfficientNet-Lite (TF)")
+    with tempfile.TemporaryDirectory() as tmp:
+        pretrained.save_photos(Path(tmp), images=pretrained.photo_crops(per_photo=per_photo, seed=seed))
+        crops = load_calibration(Path(tmp), {name: (1, 3, 224, 224)}, preprocessing=prep).inputs[name]
+    return crops, resolvable(model, crops)
 
 
 @pytest.mark.parametrize("form", [Int8Form.ort_qdq])  # x86-cpu (nncf_openvino): benchmarks/int8_latency.py
@@ -268,8 +301,10 @@ def test_effnet_lite0_int8_top1_on_real_photos(form, int8_isa_env):
     """EfficientNet-Lite0 (real ImageNet weights) INT8 by default options, calibrated on 48 crops of 24 real photos
     and run on the 24 whole photos: top-1 agrees with FP32 at least as often as FP32 agrees with itself under
     +-1 grey-level input noise (these photos are mostly not ImageNet scenes: flat logits, tiny margins), and the
-    logits keep a high worst-photo cosine. onnxruntime-cpu (Q/DQ, bias-corrected); the same test passes with
-    Int8Form.nncf_openvino (x86-cpu: NNCF misses, the Q/DQ graph on OpenVINO is kept) but takes 2-3x as long."""
+    logits keep a high worst-photo cosine; on 192 other crops, top-1 agrees on >= 95 % of those whose FP32 top-1
+    survives that noise (the issue's 95 %, where this photo set can resolve it). onnxruntime-cpu (Q/DQ,
+    bias-corrected); the same test passes with Int8Form.nncf_openvino (x86-cpu: NNCF misses, the Q/DQ graph on
+    OpenVINO is kept) but takes 2-3x as long."""
     from tests.test_precision import ort_run
     from vdeploy.int8_eval import _ov_child, _ov_run
     from vdeploy.targets import Precision, load_catalog
@@ -295,6 +330,11 @@ def test_effnet_lite0_int8_top1_on_real_photos(form, int8_isa_env):
     )
     assert agree >= floor and cos.min() >= 0.97, (agree, floor, cos.min(), info.get("int8_all"))
     assert info["result"]["holds"]
+    if form is Int8Form.ort_qdq:  # the issue's 95 %, on the crops whose FP32 top-1 the photos can resolve
+        crops, stable = effnet_crops()
+        same = ort_run(quantized, {name: crops}).argmax(1) == ort_run(model, {name: crops}).argmax(1)
+        print(f"[effnet-lite0] crops: {same.mean():.3f} of {len(crops)}, {same[stable].mean():.3f} of {stable.sum()}")
+        assert stable.sum() >= len(crops) // 2 and same[stable].mean() >= 0.95, (same.mean(), same[stable].mean())
 
 
 # ---- QAT ------------------------------------------------------------------------------------------------------
