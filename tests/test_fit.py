@@ -417,3 +417,9 @@ def test_the_search_keeps_time_for_the_final_timing_and_skips_a_batch_it_has_no_
     s.retime(s.trials)
     assert all(t.side_by_side_ms is not None for t in s.trials if t.ok)
     assert s.startup_s != STARTUP_GUESS_S and s.startup_s >= 0.0
+
+    from vdeploy.fit.trial import Trial
+
+    int8, before = Choices(s.base.choices.runtime, "int8"), s.expected_s(choices)
+    s.trials.append(Trial(int8, seconds=42.0))  # once an INT8 trial ran, its time is the INT8 estimate
+    assert s.expected_s(int8) == 42.0 and s.expected_s(choices) == before  # and the others' stays theirs

@@ -32,7 +32,7 @@ from vdeploy.runtimes import backend_of, offers
 MAX_RETIMED = 6  # artifacts re-timed side by side at the end (one child process each)
 INT8_FALLBACKS = (8,)  # INT8 plans with this many of the most sensitive layers kept float, beside "auto"
 RESERVE = 0.1  # share of the time budget kept for measuring predicted combinations and the re-timing
-STARTUP_GUESS_S = 1.0  # a timing child's start until one is measured (the children start at once: deit_tiny 0.28 s each)
+STARTUP_GUESS_S = 1.0  # a timing child's start until measured (children start together: deit_tiny 0.28 s each)
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,12 @@ class Search:
         return None
 
     def expected_s(self, choices: Choices) -> float:
-        """A trial's likely cost: the median of the trials so far, else the baseline's stages after export."""
-        done = sorted(t.seconds for t in self.trials[1:] if t.choices.precision != "int8")
+        """A trial's likely cost: the median of the trials so far of its kind (INT8 or not), else the baseline's
+        stages after export (three times that for a first INT8 trial: calibration and its fallback search)."""
+        int8 = choices.precision == "int8"
+        done = sorted(t.seconds for t in self.trials[1:] if (t.choices.precision == "int8") == int8)
         tail = sum(v for k, v in self.base.state.timings.items() if k not in ("load", "reference", "export"))
-        typical = done[len(done) // 2] if done else tail
-        expected = max(typical, 1.0) * (3 if choices.precision == "int8" else 1)
+        expected = max(done[len(done) // 2] if done else tail * (3 if int8 else 1), 1.0)
         state = self.base.state
         if choices.prune_heads and state.target.spec.opset not in state.shared.head_importance:
             runs = (self.heads + 1) * len(next(iter(state.shared.samples.values())))  # the ablation, once
